@@ -1,0 +1,230 @@
+//! The `retagd` command line.
+//!
+//! Every subcommand returns a [`Failure`] kind that `main` maps to the exit status: 0 success,
+//! 1 the work failed or found nothing, 2 bad invocation or bad configuration (clap's own usage
+//! errors also exit 2). Errors are printed once, by `main`, one sentence first.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Args, Parser, Subcommand};
+
+use crate::config::{self, Auth, Config};
+use crate::policy::{self, Filter, Order, Policy, Selector};
+
+/// Promote container images dev -> rc -> release inside registries.
+#[derive(Debug, Parser)]
+#[command(name = "retagd", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a configuration file and print its pipelines (exit 0 valid, 2 invalid).
+    Check(CheckArgs),
+    /// Select a tag from candidates exactly as a stage (and Flux's ImagePolicy) would.
+    ///
+    /// Candidate tags come from the arguments, or one per line from stdin when none are given.
+    /// Prints the selected tag. Exit 1 when no tag qualifies (or, for numerical, a candidate is
+    /// not a number); exit 2 for an invalid range, pattern or order.
+    Policy(PolicyArgs),
+}
+
+/// `retagd check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The configuration file (.toml, .yaml or .yml); RETAGD_* variables override its keys.
+    #[arg(long, short, env = "RETAGD_CONFIG", value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+/// `retagd policy`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("kind").required(true).args(["semver", "alphabetical", "numerical"])))]
+pub struct PolicyArgs {
+    /// Greatest version within a Masterminds/Flux range, e.g. ">=1.0.0-0" or "^1.2 || ~2.0".
+    #[arg(long, value_name = "RANGE", allow_hyphen_values = true)]
+    pub semver: Option<String>,
+    /// Byte order: "asc" picks the greatest, "desc" the least.
+    #[arg(long, value_name = "ORDER")]
+    pub alphabetical: Option<String>,
+    /// Numeric order: "asc" picks the greatest, "desc" the least.
+    #[arg(long, value_name = "ORDER")]
+    pub numerical: Option<String>,
+    /// Regex a tag must match (searched anywhere; anchor it with ^...$).
+    #[arg(long, value_name = "REGEX", allow_hyphen_values = true)]
+    pub pattern: Option<String>,
+    /// What the policy ranks instead of the tag: an expansion of the match, e.g. '$ts' or '${1}'.
+    #[arg(long, value_name = "TEMPLATE", requires = "pattern", allow_hyphen_values = true)]
+    pub extract: Option<String>,
+    /// Candidate tags; read from stdin, one per line, when none are given.
+    #[arg(value_name = "TAG")]
+    pub tags: Vec<String>,
+}
+
+/// How a subcommand failed, which decides the exit status.
+#[derive(Debug)]
+pub enum Failure {
+    /// The work failed or found nothing (exit 1).
+    Work(anyhow::Error),
+    /// Bad invocation, input or configuration (exit 2).
+    Usage(anyhow::Error),
+}
+
+impl Failure {
+    /// The exit status for this failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Work(_) => 1,
+            Failure::Usage(_) => 2,
+        }
+    }
+
+    /// The error to print.
+    pub fn error(&self) -> &anyhow::Error {
+        match self {
+            Failure::Work(e) | Failure::Usage(e) => e,
+        }
+    }
+}
+
+/// Runs one subcommand; output goes to `out`, warnings to `err`.
+pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Failure> {
+    match cli.command {
+        Command::Check(args) => check(&args, out, err),
+        Command::Policy(args) => select(&args, &mut std::io::stdin().lock(), out),
+    }
+}
+
+fn io_failure(e: std::io::Error) -> Failure {
+    Failure::Work(anyhow::Error::new(e).context("cannot write output"))
+}
+
+fn check(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Failure> {
+    let loaded = config::load(&args.config).map_err(|e| Failure::Usage(e.into()))?;
+    for w in &loaded.warnings {
+        writeln!(err, "warning: {w}").map_err(io_failure)?;
+    }
+    out.write_all(summary(&args.config.display().to_string(), &loaded.config).as_bytes())
+        .map_err(io_failure)
+}
+
+/// The human summary `retagd check` prints.
+pub fn summary(origin: &str, config: &Config) -> String {
+    let stages: usize = config.pipelines.iter().map(|p| p.stages.len()).sum();
+    let mut s = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        s,
+        "{origin} is valid: {} registr{}, {} pipeline(s), {stages} stage(s); serving on {}.",
+        config.registries.len(),
+        if config.registries.len() == 1 { "y" } else { "ies" },
+        config.pipelines.len(),
+        config.server.listen,
+    );
+    let _ = writeln!(s, "\nregistries:");
+    for r in config.registries.values() {
+        let auth = match &r.auth {
+            Auth::Anonymous => "anonymous".to_string(),
+            Auth::Password { username, .. } => format!("user {username} (password from file)"),
+            Auth::DockerConfig(path) => format!("credentials from {}", path.display()),
+        };
+        let rate = r
+            .requests_per_second
+            .map_or("no rate limit".to_string(), |r| format!("{r} req/s"));
+        let _ = writeln!(
+            s,
+            "  {:<12} {}  {auth}, {} in flight, {rate}",
+            r.name, r.url, r.max_concurrency
+        );
+    }
+    for p in &config.pipelines {
+        let _ = writeln!(
+            s,
+            "\npipeline {} (every {}):",
+            p.name,
+            humantime::format_duration(p.interval)
+        );
+        let width = p.stages.iter().map(|st| st.name.len()).max().unwrap_or(0);
+        for st in &p.stages {
+            let filter = st.selector.filter();
+            let mut f = match filter.pattern() {
+                Some(pattern) => format!("tags /{pattern}/"),
+                None => "all tags".to_string(),
+            };
+            if let Some(e) = filter.extract() {
+                let _ = write!(f, " extract {e:?}");
+            }
+            let _ = writeln!(
+                s,
+                "  {:<width$}  {}/{}  {f}, {}",
+                st.name,
+                st.registry,
+                st.repository,
+                st.selector.policy()
+            );
+        }
+        for st in &p.stages {
+            let Some(pr) = &st.promote else { continue };
+            let from = p.stages.get(pr.from).map_or("?", |s| s.name.as_str());
+            let mut line = format!("  {from} -> {} as {} ({}", st.name, pr.tag, pr.approval);
+            if let Some(age) = pr.min_age {
+                let _ = write!(line, ", after {}", humantime::format_duration(age));
+            }
+            if pr.overwrite {
+                line.push_str(", may overwrite");
+            }
+            let _ = writeln!(s, "{line})");
+        }
+    }
+    s
+}
+
+fn select(args: &PolicyArgs, stdin: &mut dyn BufRead, out: &mut dyn Write) -> Result<(), Failure> {
+    let usage = |e: policy::Error| Failure::Usage(e.into());
+    let filter = Filter::new(args.pattern.as_deref(), args.extract.as_deref())
+        .map_err(|e| usage(e.into()))?;
+    let policy = match (&args.semver, &args.alphabetical, &args.numerical) {
+        (Some(range), _, _) => Policy::semver(range).map_err(usage)?,
+        (_, Some(order), _) => Policy::Alphabetical(policy::AlphabeticalPolicy::new(
+            order.parse::<Order>().map_err(usage)?,
+        )),
+        (_, _, Some(order)) => Policy::Numerical(policy::NumericalPolicy::new(
+            order.parse::<Order>().map_err(usage)?,
+        )),
+        // clap's "kind" group requires one of the three.
+        (None, None, None) => {
+            return Err(Failure::Usage(anyhow::anyhow!(
+                "choose a policy: --semver, --alphabetical or --numerical"
+            )))
+        }
+    };
+    let selector = Selector::new(filter, policy);
+
+    let mut from_stdin = Vec::new();
+    let tags: &[String] = if args.tags.is_empty() {
+        for (n, line) in stdin.lines().enumerate() {
+            let line = line.map_err(|e| {
+                Failure::Usage(anyhow::Error::new(e).context(format!("cannot read tag on stdin line {}", n + 1)))
+            })?;
+            let tag = line.trim();
+            if !tag.is_empty() {
+                from_stdin.push(tag.to_string());
+            }
+        }
+        &from_stdin
+    } else {
+        &args.tags
+    };
+
+    match selector.select(tags.iter().map(String::as_str)) {
+        Ok(selected) => writeln!(out, "{}", selected.tag).map_err(io_failure),
+        Err(e) if e.is_invalid_selector() => Err(usage(e)),
+        Err(e) => Err(Failure::Work(e.into())),
+    }
+}

@@ -1,0 +1,389 @@
+//! Configuration: the file users write, checked completely before anything runs.
+//!
+//! Loading has three layers. `figment` reads a TOML or YAML file (by extension) and overlays
+//! `RETAGD_*` environment variables (`__` separates levels: `RETAGD_SERVER__LISTEN`). The merged
+//! value is deserialized into [`raw`] structs that refuse unknown keys, with the key path of any
+//! type error. Then `validate` compiles those into [`Config`]: durations, URLs, regexes, ranges
+//! and templates parsed, names resolved to indices, and every problem collected with its key path
+//! (`pipelines[0].stages[2].promote.from: unknown stage "stagign" ...`) before failing.
+//!
+//! Nothing secret lives in the file: credentials are named by path (`password_file`,
+//! `docker_config`) and read by the registry client, so this module never sees a secret and no
+//! error it prints can contain one.
+
+pub mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format as _, Toml, Yaml};
+use figment::Figment;
+use url::Url;
+
+use crate::policy::Selector;
+use crate::template::Template;
+
+/// Environment variables with the `RETAGD_` prefix that are not configuration overrides.
+pub const RESERVED_ENV: [&str; 4] = ["RETAGD_CONFIG", "RETAGD_API_TOKEN", "RETAGD_LOG", "RETAGD_LOG_FORMAT"];
+
+/// Default `defaults.interval`: once a minute, as Flux's ImageRepository scans by default.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+/// Default `server.listen`: loopback only until the operator opens it.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9090";
+/// Default `max_concurrency` per registry.
+pub const DEFAULT_MAX_CONCURRENCY: u32 = 8;
+/// Default `page_size` of tag listings: the most ECR accepts.
+pub const DEFAULT_PAGE_SIZE: u32 = 1000;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[defaults]`, resolved.
+    pub defaults: Defaults,
+    /// `[server]`, resolved.
+    pub server: Server,
+    /// Registries by name.
+    pub registries: BTreeMap<String, Registry>,
+    /// Pipelines in file order.
+    pub pipelines: Vec<Pipeline>,
+}
+
+/// `[defaults]`.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    /// Reconcile interval of pipelines that set none.
+    pub interval: Duration,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Listen address of the HTTP server.
+    pub listen: SocketAddr,
+    /// Bearer token file of the write API; `None` disables writes.
+    pub api_token_file: Option<PathBuf>,
+}
+
+/// How retagd authenticates to a registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// No credentials.
+    Anonymous,
+    /// A user and a file holding the password (Basic, or for the token server).
+    Password {
+        /// The user name.
+        username: String,
+        /// Where the password is.
+        password_file: PathBuf,
+    },
+    /// Credentials from a Docker `config.json` (`auths`, helpers).
+    DockerConfig(PathBuf),
+}
+
+/// `[registries.NAME]`.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    /// The key in `registries`.
+    pub name: String,
+    /// Base URL (scheme and authority; the API lives at `/v2/`).
+    pub url: Url,
+    /// Credentials.
+    pub auth: Auth,
+    /// Extra CA certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Requests in flight at once, shared by everything that talks to this registry.
+    pub max_concurrency: u32,
+    /// Request rate ceiling; `None` for none.
+    pub requests_per_second: Option<f64>,
+    /// Tags asked for per listing page.
+    pub page_size: u32,
+}
+
+/// `[[pipelines]]`.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// Unique name.
+    pub name: String,
+    /// Reconcile interval.
+    pub interval: Duration,
+    /// Stages in promotion order.
+    pub stages: Vec<Stage>,
+}
+
+/// `[[pipelines.stages]]`, with registry and repository resolved.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    /// Unique within the pipeline.
+    pub name: String,
+    /// Registry name (a key of [`Config::registries`]).
+    pub registry: String,
+    /// Repository path.
+    pub repository: String,
+    /// Filter and policy choosing the stage's current tag.
+    pub selector: Selector,
+    /// How tags enter this stage; `None` for the first.
+    pub promote: Option<Promotion>,
+}
+
+/// Whether a promotion happens by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Approval {
+    /// As soon as a candidate qualifies.
+    Auto,
+    /// When a person approves (`retagd promote`, the API).
+    Manual,
+}
+
+impl fmt::Display for Approval {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Approval::Auto => "auto",
+            Approval::Manual => "manual",
+        })
+    }
+}
+
+/// `promote = { ... }`.
+#[derive(Debug, Clone)]
+pub struct Promotion {
+    /// Index of the source stage in the pipeline (always an earlier one).
+    pub from: usize,
+    /// The target tag template.
+    pub tag: Template,
+    /// Auto or manual.
+    pub approval: Approval,
+    /// How long a candidate must have been seen in the source stage.
+    pub min_age: Option<Duration>,
+    /// Whether an existing target tag with another digest may be moved.
+    pub overwrite: bool,
+}
+
+/// One problem, at a key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// `pipelines[0].stages[2].promote.from`, or `.` for the whole file.
+    pub path: String,
+    /// What is wrong, and where possible how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The extension names no supported format.
+    #[error("config file {0} must end in .toml, .yaml or .yml")]
+    Format(PathBuf),
+    /// TOML/YAML syntax, or a value of the wrong type at a key path.
+    #[error("invalid config {origin}: {problem}")]
+    Shape {
+        /// The file (and environment variable, if one was involved).
+        origin: String,
+        /// Where and what.
+        problem: Problem,
+    },
+    /// Validation found problems; all of them are listed.
+    #[error("invalid config {origin}: {} problem(s):{}", problems.len(), list(problems))]
+    Invalid {
+        /// The file.
+        origin: String,
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems.iter().map(|p| format!("\n  {p}")).collect()
+}
+
+/// A configuration and the doubtful-but-legal things noticed while checking it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The configuration.
+    pub config: Config,
+    /// Warnings, with key paths.
+    pub warnings: Vec<Problem>,
+}
+
+/// The file formats, chosen by extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `.toml`
+    Toml,
+    /// `.yaml` / `.yml`
+    Yaml,
+}
+
+impl Format {
+    /// The format a path's extension names.
+    pub fn of(path: &Path) -> Option<Format> {
+        match path.extension()?.to_str()? {
+            "toml" => Some(Format::Toml),
+            "yaml" | "yml" => Some(Format::Yaml),
+            _ => None,
+        }
+    }
+}
+
+/// Loads `path`, overlays `RETAGD_*` variables from the process environment, and validates.
+pub fn load(path: &Path) -> Result<Loaded, Error> {
+    let format = Format::of(path).ok_or_else(|| Error::Format(path.to_path_buf()))?;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let env = Env::prefixed("RETAGD_")
+        .split("__")
+        .ignore(&["config", "api_token", "log", "log_format"]);
+    // Which variable set which key, so an error at that key can name the variable.
+    let overrides: Vec<(String, String)> = env
+        .iter()
+        .map(|(key, _)| {
+            let key = key.as_str().to_string();
+            (format!("RETAGD_{}", key.to_ascii_uppercase().replace('.', "__")), key)
+        })
+        .collect();
+    let figment = base(&text, format).merge(env);
+    from_figment(&figment, &path.display().to_string(), &overrides)
+}
+
+/// Parses configuration text without environment overrides; `origin` names it in messages.
+pub fn parse(text: &str, format: Format, origin: &str) -> Result<Loaded, Error> {
+    from_figment(&base(text, format), origin, &[])
+}
+
+fn base(text: &str, format: Format) -> Figment {
+    match format {
+        Format::Toml => Figment::from(Toml::string(text)),
+        Format::Yaml => Figment::from(Yaml::string(text)),
+    }
+}
+
+/// `overrides` pairs each overriding variable with the key path it sets.
+fn from_figment(
+    figment: &Figment,
+    origin: &str,
+    overrides: &[(String, String)],
+) -> Result<Loaded, Error> {
+    let describe = |path: &str| describe_origin(origin, path, overrides);
+    let value: figment::value::Value = figment.extract().map_err(|e| Error::Shape {
+        origin: origin.to_string(),
+        problem: Problem {
+            path: ".".to_string(),
+            message: syntax_message(&e),
+        },
+    })?;
+    let file: raw::File = serde_path_to_error::deserialize(&value).map_err(|e| {
+        let problem = shape_problem(&e);
+        Error::Shape {
+            origin: describe(&problem.path),
+            problem,
+        }
+    })?;
+    let checked = validate::validate(file);
+    match checked.config {
+        Some(config) if checked.errors.is_empty() => Ok(Loaded {
+            config,
+            warnings: checked.warnings,
+        }),
+        _ => {
+            let origin = checked
+                .errors
+                .iter()
+                .map(|p| describe(&p.path))
+                .find(|o| o != origin)
+                .unwrap_or_else(|| origin.to_string());
+            Err(Error::Invalid {
+                origin,
+                problems: checked.errors,
+            })
+        }
+    }
+}
+
+/// Names the file, and the environment variable when one set the key at `path`.
+fn describe_origin(origin: &str, path: &str, overrides: &[(String, String)]) -> String {
+    let vars: Vec<&str> = overrides
+        .iter()
+        .filter(|(_, key)| {
+            key == path || key.starts_with(&format!("{path}.")) || path.starts_with(&format!("{key}."))
+        })
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if vars.is_empty() {
+        origin.to_string()
+    } else {
+        format!("{origin} (with environment variable {})", vars.join(", "))
+    }
+}
+
+fn syntax_message(e: &figment::Error) -> String {
+    // figment's message already says which format failed and where.
+    e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Turns a serde error into a problem at the key it concerns: serde reports unknown and missing
+/// keys at their parent, so the key is moved into the path.
+fn shape_problem(e: &serde_path_to_error::Error<figment::Error>) -> Problem {
+    let parent = e.path().to_string();
+    let message = e.inner().to_string();
+    let message = message
+        .split(" for key ")
+        .next()
+        .unwrap_or(&message)
+        .to_string();
+    let join = |key: &str| {
+        if parent == "." {
+            key.to_string()
+        } else {
+            format!("{parent}.{key}")
+        }
+    };
+    let quoted = |prefix: &str| {
+        message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_string)
+    };
+    if let Some(key) = quoted("unknown field `") {
+        let expected = message.split_once(", expected ").map_or("", |(_, e)| e);
+        let hint = if key == "password" {
+            " (secrets never go in the config file: use password_file or docker_config)".to_string()
+        } else if expected.is_empty() {
+            String::new()
+        } else {
+            format!(" (expected {})", expected.replace('`', ""))
+        };
+        return Problem {
+            path: join(&key),
+            message: format!("unknown key{hint}"),
+        };
+    }
+    if let Some(key) = quoted("missing field `") {
+        return Problem {
+            path: join(&key),
+            message: "missing (this key is required)".to_string(),
+        };
+    }
+    Problem {
+        path: parent,
+        message,
+    }
+}

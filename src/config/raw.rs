@@ -1,0 +1,153 @@
+//! The configuration file as written: the serde shape users type, before validation.
+//!
+//! Every struct rejects unknown keys, so a typo is an error with its key path instead of a
+//! silently ignored setting. Leaves stay plain strings and numbers; `validate` turns them into the
+//! typed [`super::Config`], collecting every problem at once.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    /// Defaults for every pipeline.
+    #[serde(default)]
+    pub defaults: Defaults,
+    /// The HTTP listener.
+    #[serde(default)]
+    pub server: Server,
+    /// Registries by name.
+    pub registries: BTreeMap<String, Registry>,
+    /// The promotion pipelines.
+    pub pipelines: Vec<Pipeline>,
+}
+
+/// `[defaults]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    /// How often a pipeline reconciles when it sets no `interval`.
+    pub interval: Option<String>,
+}
+
+/// `[server]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// `IP:PORT` for /metrics, /healthz, /readyz and /api.
+    pub listen: Option<String>,
+    /// File holding the bearer token of the write API.
+    pub api_token_file: Option<String>,
+}
+
+/// `[registries.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    /// Base URL; the scheme decides TLS.
+    pub url: String,
+    /// User for Basic auth or the token server.
+    pub username: Option<String>,
+    /// File holding the password.
+    pub password_file: Option<String>,
+    /// A Docker `config.json` to take credentials from.
+    pub docker_config: Option<String>,
+    /// Extra CA certificate (PEM).
+    pub ca_file: Option<String>,
+    /// Requests in flight at once.
+    pub max_concurrency: Option<u32>,
+    /// Request rate ceiling.
+    pub requests_per_second: Option<f64>,
+    /// Tags asked for per page of a listing.
+    pub page_size: Option<u32>,
+}
+
+/// `[[pipelines]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    /// Unique name.
+    pub name: String,
+    /// Registry name (a key of `registries`).
+    pub registry: String,
+    /// Repository path in that registry.
+    pub repository: String,
+    /// Reconcile interval.
+    pub interval: Option<String>,
+    /// Stages in promotion order.
+    pub stages: Vec<Stage>,
+}
+
+/// `[[pipelines.stages]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    /// Unique name within the pipeline.
+    pub name: String,
+    /// Registry override.
+    pub registry: Option<String>,
+    /// Repository override.
+    pub repository: Option<String>,
+    /// Which tags belong to the stage.
+    pub filter_tags: Option<FilterTags>,
+    /// How its current tag is chosen.
+    pub policy: Option<Policy>,
+    /// How tags enter the stage.
+    pub promote: Option<Promote>,
+}
+
+/// `filter_tags = { pattern, extract }`, as in Flux.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterTags {
+    /// Regex searched in each tag.
+    pub pattern: Option<String>,
+    /// Expansion of the first match that the policy ranks.
+    pub extract: Option<String>,
+}
+
+/// `policy = { semver | alphabetical | numerical }`; exactly one is set.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// `{ range }`.
+    pub semver: Option<Semver>,
+    /// `{ order }`.
+    pub alphabetical: Option<Ordered>,
+    /// `{ order }`.
+    pub numerical: Option<Ordered>,
+}
+
+/// `semver = { range }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Semver {
+    /// A Masterminds range.
+    pub range: String,
+}
+
+/// `{ order = "asc" | "desc" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ordered {
+    /// `asc` (default) or `desc`.
+    pub order: Option<String>,
+}
+
+/// `promote = { from, tag, approval, min_age, overwrite }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Promote {
+    /// The earlier stage promoted from.
+    pub from: String,
+    /// Target tag template.
+    pub tag: String,
+    /// `auto` or `manual`.
+    pub approval: Option<String>,
+    /// Soak time in the source stage.
+    pub min_age: Option<String>,
+    /// Whether an existing target tag with another digest may be moved.
+    pub overwrite: Option<bool>,
+}

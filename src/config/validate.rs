@@ -1,0 +1,566 @@
+//! Compiles the [`raw`] file into a [`Config`], collecting every problem with its key path.
+//!
+//! Errors make the configuration unusable; warnings are legal but probably not what the user
+//! meant (a stage promoted into without a filter, a template whose tags the target stage's own
+//! filter would not see). `retagd check` prints both.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use regex::Regex;
+use url::Url;
+
+use super::{
+    raw, Approval, Auth, Config, Defaults, Pipeline, Problem, Promotion, Registry, Server, Stage,
+    DEFAULT_INTERVAL, DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENCY, DEFAULT_PAGE_SIZE,
+};
+use crate::policy::{self, Filter, Order, Policy, Selector};
+use crate::template::{self, Template, Values, Var};
+
+/// Names of registries, pipelines and stages: they appear in URLs, metric labels and logs.
+static NAME: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$").expect("constant pattern"));
+/// The distribution spec's repository name grammar.
+static REPOSITORY: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$")
+        .expect("constant pattern")
+});
+
+/// Below this a poll interval mostly burns registry rate limits.
+const SHORT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The result of validation: a config when every part compiled, and what was found.
+pub(super) struct Checked {
+    pub config: Option<Config>,
+    pub errors: Vec<Problem>,
+    pub warnings: Vec<Problem>,
+}
+
+#[derive(Default)]
+struct Problems {
+    errors: Vec<Problem>,
+    warnings: Vec<Problem>,
+}
+
+impl Problems {
+    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Records the error of `result` at `path` and passes its value on.
+    fn check<T, E: std::fmt::Display>(&mut self, path: &str, result: Result<T, E>) -> Option<T> {
+        result.map_err(|e| self.error(path, e.to_string())).ok()
+    }
+}
+
+pub(super) fn validate(file: raw::File) -> Checked {
+    let mut p = Problems::default();
+
+    let interval = match &file.defaults.interval {
+        Some(text) => duration(&mut p, "defaults.interval", text, true),
+        None => Some(DEFAULT_INTERVAL),
+    };
+    let server = server(&mut p, &file.server);
+
+    let mut registries = BTreeMap::new();
+    for (name, reg) in &file.registries {
+        if let Some(r) = registry(&mut p, name, reg) {
+            registries.insert(name.clone(), r);
+        }
+    }
+
+    let mut pipelines = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, raw) in file.pipelines.iter().enumerate() {
+        let path = format!("pipelines[{i}]");
+        if !seen.insert(raw.name.as_str()) {
+            p.error(format!("{path}.name"), format!("duplicate pipeline name {:?}", raw.name));
+        }
+        if let Some(pl) = pipeline(&mut p, &path, raw, &file, interval.unwrap_or(DEFAULT_INTERVAL)) {
+            pipelines.push(pl);
+        }
+    }
+    if file.pipelines.is_empty() {
+        p.error("pipelines", "no pipeline is defined (add at least one [[pipelines]])");
+    }
+    for name in file.registries.keys() {
+        let used = file.pipelines.iter().any(|pl| {
+            pl.registry == *name || pl.stages.iter().any(|s| s.registry.as_deref() == Some(name))
+        });
+        if !used {
+            p.warn(format!("registries.{name}"), "not used by any pipeline");
+        }
+    }
+
+    let config = match (interval, server) {
+        (Some(interval), Some(server)) if p.errors.is_empty() => Some(Config {
+            defaults: Defaults { interval },
+            server,
+            registries,
+            pipelines,
+        }),
+        _ => None,
+    };
+    Checked {
+        config,
+        errors: p.errors,
+        warnings: p.warnings,
+    }
+}
+
+fn duration(p: &mut Problems, path: &str, text: &str, positive: bool) -> Option<Duration> {
+    match humantime::parse_duration(text) {
+        Ok(d) if positive && d.is_zero() => {
+            p.error(path, format!("{text:?} is zero; give a positive duration such as 30s or 5m"));
+            None
+        }
+        Ok(d) => Some(d),
+        Err(e) => {
+            p.error(path, format!("invalid duration {text:?}: {e} (write e.g. 30s, 5m, 1h30m)"));
+            None
+        }
+    }
+}
+
+fn name(p: &mut Problems, path: &str, what: &str, value: &str) {
+    if !NAME.is_match(value) {
+        p.error(
+            path,
+            format!("invalid {what} name {value:?} (letters, digits, '.', '_', '-'; at most 63, starting with a letter or digit)"),
+        );
+    }
+}
+
+fn nonempty_path(p: &mut Problems, path: &str, value: &Option<String>) -> Option<std::path::PathBuf> {
+    match value.as_deref() {
+        Some("") => {
+            p.error(path, "is empty; give a file path or remove the key");
+            None
+        }
+        Some(v) => Some(v.into()),
+        None => None,
+    }
+}
+
+fn server(p: &mut Problems, raw: &raw::Server) -> Option<Server> {
+    let listen = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+    let listen = match listen.parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            p.error(
+                "server.listen",
+                format!("invalid address {listen:?} (write IP:PORT, e.g. 127.0.0.1:9090 or 0.0.0.0:9090)"),
+            );
+            None
+        }
+    };
+    let api_token_file = nonempty_path(p, "server.api_token_file", &raw.api_token_file);
+    Some(Server {
+        listen: listen?,
+        api_token_file,
+    })
+}
+
+fn registry(p: &mut Problems, name: &str, raw: &raw::Registry) -> Option<Registry> {
+    let path = format!("registries.{name}");
+    self::name(p, &path, "registry", name);
+    let url = registry_url(p, &format!("{path}.url"), &raw.url);
+
+    let password_file = nonempty_path(p, &format!("{path}.password_file"), &raw.password_file);
+    let docker_config = nonempty_path(p, &format!("{path}.docker_config"), &raw.docker_config);
+    let ca_file = nonempty_path(p, &format!("{path}.ca_file"), &raw.ca_file);
+    let auth = match (&raw.username, password_file, docker_config) {
+        (None, None, None) => Auth::Anonymous,
+        (Some(u), Some(f), None) if !u.is_empty() => Auth::Password {
+            username: u.clone(),
+            password_file: f,
+        },
+        (None, None, Some(d)) => Auth::DockerConfig(d),
+        (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
+            p.error(
+                &path,
+                "set either username + password_file or docker_config, not both",
+            );
+            Auth::Anonymous
+        }
+        (Some(u), None, None) if !u.is_empty() => {
+            p.error(format!("{path}.password_file"), "missing: username needs password_file");
+            Auth::Anonymous
+        }
+        (Some(_), _, None) => {
+            p.error(format!("{path}.username"), "is empty");
+            Auth::Anonymous
+        }
+        (None, Some(_), None) => {
+            p.error(format!("{path}.username"), "missing: password_file needs username");
+            Auth::Anonymous
+        }
+    };
+
+    let max_concurrency = raw.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY);
+    if max_concurrency == 0 {
+        p.error(format!("{path}.max_concurrency"), "must be at least 1");
+    }
+    if let Some(rps) = raw.requests_per_second {
+        if !(rps.is_finite() && rps > 0.0) {
+            p.error(
+                format!("{path}.requests_per_second"),
+                format!("must be a positive number, not {rps}; remove the key for no limit"),
+            );
+        }
+    }
+    let page_size = raw.page_size.unwrap_or(DEFAULT_PAGE_SIZE);
+    if page_size == 0 || page_size > 10_000 {
+        p.error(format!("{path}.page_size"), format!("must be 1 to 10000, not {page_size}"));
+    } else if page_size > 1000 {
+        p.warn(format!("{path}.page_size"), "ECR refuses pages over 1000 tags");
+    }
+    let url = url?;
+    if ca_file.is_some() && url.scheme() == "http" {
+        p.warn(format!("{path}.ca_file"), "ignored: the registry URL is plain http");
+    }
+    Some(Registry {
+        name: name.to_string(),
+        url,
+        auth,
+        ca_file,
+        max_concurrency,
+        requests_per_second: raw.requests_per_second,
+        page_size,
+    })
+}
+
+fn registry_url(p: &mut Problems, path: &str, text: &str) -> Option<Url> {
+    if !text.contains("://") {
+        p.error(
+            path,
+            format!("{text:?} has no scheme; write https://{text} (or http:// for a plain-HTTP registry)"),
+        );
+        return None;
+    }
+    let url = match Url::parse(text) {
+        Ok(u) => u,
+        Err(e) => {
+            // The text may carry credentials; name the problem, not the value.
+            p.error(path, format!("invalid URL: {e}"));
+            return None;
+        }
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        p.error(
+            path,
+            "credentials in the URL are not allowed (they would end up in logs); use username + password_file",
+        );
+        return None;
+    }
+    if !matches!(url.scheme(), "http" | "https") {
+        p.error(path, format!("scheme {:?} is not http or https", url.scheme()));
+        return None;
+    }
+    if url.host().is_none() {
+        p.error(path, format!("{text:?} has no host"));
+        return None;
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        p.error(
+            path,
+            format!("{text:?} must be just scheme://host[:port]; the registry API lives at /v2/ on that host"),
+        );
+        return None;
+    }
+    Some(url)
+}
+
+fn pipeline(
+    p: &mut Problems,
+    path: &str,
+    raw: &raw::Pipeline,
+    file: &raw::File,
+    default_interval: Duration,
+) -> Option<Pipeline> {
+    name(p, &format!("{path}.name"), "pipeline", &raw.name);
+    let interval = match &raw.interval {
+        Some(text) => duration(p, &format!("{path}.interval"), text, true),
+        None => Some(default_interval),
+    };
+    if let Some(i) = interval.filter(|i| *i < SHORT_INTERVAL) {
+        p.warn(
+            format!("{path}.interval"),
+            format!("{} is very short: each reconcile lists tags, which counts against registry rate limits (webhooks give faster promotion)", humantime::format_duration(i)),
+        );
+    }
+    if raw.stages.is_empty() {
+        p.error(format!("{path}.stages"), "a pipeline needs at least one stage");
+    }
+
+    let mut stages: Vec<Stage> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut complete = true;
+    for (i, st) in raw.stages.iter().enumerate() {
+        let spath = format!("{path}.stages[{i}]");
+        name(p, &format!("{spath}.name"), "stage", &st.name);
+        if !seen.insert(st.name.as_str()) {
+            p.error(format!("{spath}.name"), format!("duplicate stage name {:?} in pipeline {:?}", st.name, raw.name));
+        }
+        match stage(p, &spath, i, st, raw, file, &stages) {
+            Some(s) => stages.push(s),
+            None => complete = false,
+        }
+    }
+    if !complete {
+        return None;
+    }
+    Some(Pipeline {
+        name: raw.name.clone(),
+        interval: interval?,
+        stages,
+    })
+}
+
+fn stage(
+    p: &mut Problems,
+    path: &str,
+    index: usize,
+    raw: &raw::Stage,
+    pipeline: &raw::Pipeline,
+    file: &raw::File,
+    earlier: &[Stage],
+) -> Option<Stage> {
+    let (registry_path, registry) = match &raw.registry {
+        Some(r) => (format!("{path}.registry"), r),
+        None => (format!("{path}.registry (from the pipeline)"), &pipeline.registry),
+    };
+    if !file.registries.contains_key(registry) {
+        let known: Vec<&str> = file.registries.keys().map(String::as_str).collect();
+        let path = match &raw.registry {
+            Some(_) => registry_path,
+            None if index == 0 => path_of_pipeline_key(path, "registry"),
+            // Reported once, at the pipeline key, for the first stage.
+            None => String::new(),
+        };
+        if !path.is_empty() {
+            p.error(path, format!("unknown registry {registry:?} (registries: {})", known.join(", ")));
+        }
+    }
+    let repository = raw.repository.as_ref().unwrap_or(&pipeline.repository);
+    if !REPOSITORY.is_match(repository) || repository.len() > 255 {
+        let rpath = match &raw.repository {
+            Some(_) => Some(format!("{path}.repository")),
+            None if index == 0 => Some(path_of_pipeline_key(path, "repository")),
+            None => None,
+        };
+        if let Some(rpath) = rpath {
+            p.error(rpath, format!("invalid repository {repository:?} (lowercase path components of [a-z0-9] joined by '.', '_', '__' or '-', separated by '/'; no registry host, no tag)"));
+        }
+    }
+
+    let filter = match &raw.filter_tags {
+        None => Some(Filter::all()),
+        Some(f) => match Filter::new(f.pattern.as_deref(), f.extract.as_deref()) {
+            Ok(filter) => Some(filter),
+            Err(e) => {
+                let key = match e {
+                    policy::FilterError::Pattern { .. } => "pattern",
+                    _ => "extract",
+                };
+                p.error(format!("{path}.filter_tags.{key}"), e.to_string());
+                None
+            }
+        },
+    };
+    let policy = stage_policy(p, path, raw.policy.as_ref());
+
+    let promote = match (&raw.promote, index) {
+        (None, _) => None,
+        (Some(_), 0) => {
+            p.error(
+                format!("{path}.promote"),
+                "the first stage cannot be promoted into: builds land there (move promote to a later stage)",
+            );
+            None
+        }
+        (Some(pr), _) => promotion(p, path, index, pr, pipeline, earlier),
+    };
+    if raw.promote.is_some() && index > 0 && raw.filter_tags.is_none() {
+        p.warn(
+            format!("{path}.filter_tags"),
+            "a stage that is promoted into has no filter, so every tag in its repository counts as already in it",
+        );
+    }
+
+    let selector = Selector::new(filter?, policy?);
+    if let Some(promotion) = &promote {
+        sample_check(p, path, promotion, earlier, &selector);
+    } else if raw.promote.is_some() {
+        return None;
+    }
+    Some(Stage {
+        name: raw.name.clone(),
+        registry: registry.clone(),
+        repository: repository.clone(),
+        selector,
+        promote,
+    })
+}
+
+/// `pipelines[0].stages[0]` -> `pipelines[0].registry`.
+fn path_of_pipeline_key(stage_path: &str, key: &str) -> String {
+    let pipeline = stage_path.rsplit_once(".stages[").map_or(stage_path, |(p, _)| p);
+    format!("{pipeline}.{key}")
+}
+
+fn stage_policy(p: &mut Problems, path: &str, raw: Option<&raw::Policy>) -> Option<Policy> {
+    let ppath = format!("{path}.policy");
+    let Some(raw) = raw else {
+        p.error(ppath, "missing: choose one of semver = { range = \"...\" }, alphabetical = { order = \"asc\" }, numerical = { order = \"asc\" }");
+        return None;
+    };
+    let set: Vec<&str> = [
+        raw.semver.as_ref().map(|_| "semver"),
+        raw.alphabetical.as_ref().map(|_| "alphabetical"),
+        raw.numerical.as_ref().map(|_| "numerical"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if set.len() != 1 {
+        let found = if set.is_empty() { "none".to_string() } else { set.join(" and ") };
+        p.error(ppath, format!("exactly one of semver, alphabetical, numerical must be set; found {found}"));
+        return None;
+    }
+    let order = |p: &mut Problems, key: &str, o: &raw::Ordered| -> Option<Order> {
+        let text = o.order.as_deref().unwrap_or("asc");
+        p.check(&format!("{ppath}.{key}.order"), text.parse::<Order>())
+    };
+    if let Some(s) = &raw.semver {
+        return p.check(&format!("{ppath}.semver.range"), Policy::semver(&s.range));
+    }
+    if let Some(a) = &raw.alphabetical {
+        return order(p, "alphabetical", a).map(|o| Policy::Alphabetical(policy::AlphabeticalPolicy::new(o)));
+    }
+    raw.numerical
+        .as_ref()
+        .and_then(|n| order(p, "numerical", n))
+        .map(|o| Policy::Numerical(policy::NumericalPolicy::new(o)))
+}
+
+fn promotion(
+    p: &mut Problems,
+    path: &str,
+    index: usize,
+    raw: &raw::Promote,
+    pipeline: &raw::Pipeline,
+    earlier: &[Stage],
+) -> Option<Promotion> {
+    let ppath = format!("{path}.promote");
+    let names: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
+    let from = match names.iter().position(|n| *n == raw.from) {
+        None => {
+            p.error(
+                format!("{ppath}.from"),
+                format!("unknown stage {:?} (stages: {})", raw.from, names.join(", ")),
+            );
+            None
+        }
+        Some(i) if i == index => {
+            p.error(format!("{ppath}.from"), "a stage cannot promote from itself");
+            None
+        }
+        Some(i) if i > index => {
+            p.error(
+                format!("{ppath}.from"),
+                format!(
+                    "{:?} comes after {:?}; promotions go from an earlier stage to a later one",
+                    raw.from, pipeline.stages[index].name
+                ),
+            );
+            None
+        }
+        Some(i) => Some(i),
+    };
+    let template = p.check(&format!("{ppath}.tag"), Template::parse(&raw.tag));
+    let approval = match raw.approval.as_deref() {
+        None | Some("manual") => Some(Approval::Manual),
+        Some("auto") => Some(Approval::Auto),
+        Some(other) => {
+            p.error(format!("{ppath}.approval"), format!("invalid approval {other:?} (use \"auto\" or \"manual\")"));
+            None
+        }
+    };
+    let min_age = match &raw.min_age {
+        Some(text) => Some(duration(p, &format!("{ppath}.min_age"), text, false)?),
+        None => None,
+    };
+
+    // The source stage must provide what the template uses. An earlier stage that failed to
+    // compile is reported on its own; nothing more to say about it here.
+    if let (Some(t), Some(from)) = (&template, from) {
+        if let Some(source) = earlier.get(from) {
+            for var in t.variables() {
+                if var.needs_version() && !matches!(source.selector.policy(), Policy::Semver(_)) {
+                    p.error(
+                        format!("{ppath}.tag"),
+                        format!(
+                            "{var} needs a version, but stage {:?} has the {} policy (use semver there, or {{tag}} / {{extract}} here)",
+                            source.name,
+                            source.selector.policy().kind()
+                        ),
+                    );
+                }
+                if var == Var::Extract && !source.selector.filter().has_extract() {
+                    p.error(
+                        format!("{ppath}.tag"),
+                        format!("{{extract}} needs filter_tags.extract on stage {:?}", source.name),
+                    );
+                }
+            }
+        }
+    }
+
+    Some(Promotion {
+        from: from?,
+        tag: template?,
+        approval: approval?,
+        min_age,
+        overwrite: raw.overwrite.unwrap_or(false),
+    })
+}
+
+/// Renders the template for a typical source version and warns when the target stage's own
+/// filter would not see the result: such a stage would be promoted into again on every pass.
+fn sample_check(p: &mut Problems, path: &str, promotion: &Promotion, earlier: &[Stage], target: &Selector) {
+    let Some(source) = earlier.get(promotion.from) else {
+        return;
+    };
+    let version = semver::Version::parse("1.2.3-rc.1").ok();
+    let sample_tag = "v1.2.3-rc.1";
+    let values = Values {
+        tag: sample_tag,
+        extract: "1.2.3",
+        version: version.as_ref().filter(|_| matches!(source.selector.policy(), Policy::Semver(_))),
+    };
+    let rendered = promotion.tag.render(&values, 1);
+    if !template::is_valid_tag(&rendered) {
+        return;
+    }
+    if target.filter().apply(&rendered).is_none() {
+        p.warn(
+            format!("{path}.promote.tag"),
+            format!(
+                "for a source version like 1.2.3-rc.1 the template gives {rendered:?}, which this stage's filter {:?} does not match; promoted tags would not count as in this stage",
+                target.filter().pattern().unwrap_or("")
+            ),
+        );
+    }
+}

@@ -1,0 +1,20 @@
+//! retagd promotes container images between environments (dev -> rc -> release) by copying
+//! manifests inside registries, choosing what to promote with per-environment tag filters that
+//! behave exactly like Flux's ImagePolicy.
+//!
+//! # Layout
+//!
+//! - [`config`]: the configuration file (TOML or YAML plus `RETAGD_*` overrides), validated up
+//!   front with key paths in every error.
+//! - [`policy`]: tag selection (`filter_tags` + `semver` / `alphabetical` / `numerical`) with
+//!   Flux's semantics, including the Masterminds range language. Pure: no I/O.
+//! - [`template`]: promotion target tag templates (`v{major}.{minor}.{patch}-rc.{n}`).
+//! - [`cli`]: the `retagd` command line; `main.rs` only maps its result to an exit code.
+//!
+//! Dependencies point one way: `policy` and `template` know nothing of configuration files, the
+//! command line or the network.
+
+pub mod cli;
+pub mod config;
+pub mod policy;
+pub mod template;
