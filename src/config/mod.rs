@@ -181,7 +181,7 @@ impl fmt::Display for Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -191,7 +191,15 @@ pub enum Error {
     /// The extension names no supported format.
     #[error("config file {0} must end in .toml, .yaml or .yml")]
     Format(PathBuf),
-    /// TOML/YAML syntax, or a value of the wrong type at a key path.
+    /// The file is not well-formed TOML or YAML.
+    #[error("invalid config {origin}: {message}")]
+    Syntax {
+        /// The file.
+        origin: String,
+        /// The parser's explanation, with line and column.
+        message: String,
+    },
+    /// A key that does not exist, a missing key, or a value of the wrong type.
     #[error("invalid config {origin}: {problem}")]
     Shape {
         /// The file (and environment variable, if one was involved).
@@ -283,12 +291,9 @@ fn from_figment(
     overrides: &[(String, String)],
 ) -> Result<Loaded, Error> {
     let describe = |path: &str| describe_origin(origin, path, overrides);
-    let value: figment::value::Value = figment.extract().map_err(|e| Error::Shape {
+    let value: figment::value::Value = figment.extract().map_err(|e| Error::Syntax {
         origin: origin.to_string(),
-        problem: Problem {
-            path: ".".to_string(),
-            message: syntax_message(&e),
-        },
+        message: syntax_message(&e),
     })?;
     let file: raw::File = serde_path_to_error::deserialize(&value).map_err(|e| {
         let problem = shape_problem(&e);
@@ -335,20 +340,18 @@ fn describe_origin(origin: &str, path: &str, overrides: &[(String, String)]) -> 
 }
 
 fn syntax_message(e: &figment::Error) -> String {
-    // figment's message already says which format failed and where.
-    e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+    // The parser's message says where; figment appends a source name we already give.
+    let message = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+    ["in TOML source string", "in YAML source string"]
+        .iter()
+        .fold(message, |m, suffix| m.trim_end_matches(suffix).trim_end().to_string())
 }
 
 /// Turns a serde error into a problem at the key it concerns: serde reports unknown and missing
 /// keys at their parent, so the key is moved into the path.
 fn shape_problem(e: &serde_path_to_error::Error<figment::Error>) -> Problem {
+    use figment::error::Kind;
     let parent = e.path().to_string();
-    let message = e.inner().to_string();
-    let message = message
-        .split(" for key ")
-        .next()
-        .unwrap_or(&message)
-        .to_string();
     let join = |key: &str| {
         if parent == "." {
             key.to_string()
@@ -356,34 +359,30 @@ fn shape_problem(e: &serde_path_to_error::Error<figment::Error>) -> Problem {
             format!("{parent}.{key}")
         }
     };
-    let quoted = |prefix: &str| {
-        message
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.split('`').next())
-            .map(str::to_string)
-    };
-    if let Some(key) = quoted("unknown field `") {
-        let expected = message.split_once(", expected ").map_or("", |(_, e)| e);
-        let hint = if key == "password" {
-            " (secrets never go in the config file: use password_file or docker_config)".to_string()
-        } else if expected.is_empty() {
-            String::new()
-        } else {
-            format!(" (expected {})", expected.replace('`', ""))
-        };
-        return Problem {
-            path: join(&key),
-            message: format!("unknown key{hint}"),
-        };
-    }
-    if let Some(key) = quoted("missing field `") {
-        return Problem {
-            path: join(&key),
+    match &e.inner().kind {
+        Kind::UnknownField(key, expected) => {
+            let hint = if key == "password" {
+                "secrets never go in the config file: use password_file or docker_config".to_string()
+            } else {
+                format!("expected one of: {}", expected.join(", "))
+            };
+            // serde_path_to_error already ends the path with the unknown key.
+            Problem {
+                path: parent,
+                message: format!("unknown key ({hint})"),
+            }
+        }
+        Kind::MissingField(key) => Problem {
+            path: join(key),
             message: "missing (this key is required)".to_string(),
-        };
-    }
-    Problem {
-        path: parent,
-        message,
+        },
+        Kind::InvalidType(actual, expected) => Problem {
+            path: parent,
+            message: format!("expected {expected}, found {actual}"),
+        },
+        other => Problem {
+            path: parent,
+            message: other.to_string(),
+        },
     }
 }
