@@ -507,17 +507,24 @@ fn promotion(
     // compile is reported on its own; nothing more to say about it here.
     if let (Some(t), Some(from)) = (&template, from) {
         if let Some(source) = earlier.get(from) {
+            let needs_version: Vec<String> = t
+                .variables()
+                .filter(|v| v.needs_version())
+                .map(|v| v.to_string())
+                .collect();
+            if !needs_version.is_empty() && !matches!(source.selector.policy(), Policy::Semver(_)) {
+                p.error(
+                    format!("{ppath}.tag"),
+                    format!(
+                        "{} need{} a version, but stage {:?} has the {} policy (use semver there, or {{tag}} / {{extract}} here)",
+                        needs_version.join(", "),
+                        if needs_version.len() == 1 { "s" } else { "" },
+                        source.name,
+                        source.selector.policy().kind()
+                    ),
+                );
+            }
             for var in t.variables() {
-                if var.needs_version() && !matches!(source.selector.policy(), Policy::Semver(_)) {
-                    p.error(
-                        format!("{ppath}.tag"),
-                        format!(
-                            "{var} needs a version, but stage {:?} has the {} policy (use semver there, or {{tag}} / {{extract}} here)",
-                            source.name,
-                            source.selector.policy().kind()
-                        ),
-                    );
-                }
                 if var == Var::Extract && !source.selector.filter().has_extract() {
                     p.error(
                         format!("{ppath}.tag"),

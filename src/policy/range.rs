@@ -60,6 +60,9 @@ pub enum Error {
     /// More than [`MAX_ALTERNATIVES`] `||` alternatives.
     #[error("the range has more than {MAX_ALTERNATIVES} \"||\" alternatives")]
     TooManyAlternatives,
+    /// `||` with nothing on one side.
+    #[error("an alternative is empty (nothing between \"||\" and the end or another \"||\")")]
+    EmptyAlternative,
     /// One alternative does not follow the grammar.
     #[error("improper constraint {0:?} (comparators are an operator =, !=, >, <, >=, <=, ~, ^ followed by a version such as 1.2.3, 1.2, 1.x or *)")]
     Improper(String),
@@ -152,6 +155,9 @@ impl Range {
         }
         let mut alternatives = Vec::with_capacity(groups.len());
         for group in groups {
+            if group.trim_matches([' ', '\t', '\n', '\x0C', '\r']).is_empty() {
+                return Err(Error::EmptyAlternative);
+            }
             if !VALID_GROUP.is_match(group) {
                 return Err(Error::Improper(group.trim().to_string()));
             }
