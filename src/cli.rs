@@ -60,7 +60,12 @@ pub struct PolicyArgs {
     #[arg(long, value_name = "REGEX", allow_hyphen_values = true)]
     pub pattern: Option<String>,
     /// What the policy ranks instead of the tag: an expansion of the match, e.g. '$ts' or '${1}'.
-    #[arg(long, value_name = "TEMPLATE", requires = "pattern", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        value_name = "TEMPLATE",
+        requires = "pattern",
+        allow_hyphen_values = true
+    )]
     pub extract: Option<String>,
     /// Candidate tags; read from stdin, one per line, when none are given.
     #[arg(value_name = "TAG")]
@@ -123,7 +128,11 @@ pub fn summary(origin: &str, config: &Config) -> String {
         s,
         "{origin} is valid: {} registr{}, {} pipeline(s), {stages} stage(s); serving on {}.",
         config.registries.len(),
-        if config.registries.len() == 1 { "y" } else { "ies" },
+        if config.registries.len() == 1 {
+            "y"
+        } else {
+            "ies"
+        },
         config.pipelines.len(),
         config.server.listen,
     );
@@ -210,7 +219,10 @@ fn select(args: &PolicyArgs, stdin: &mut dyn BufRead, out: &mut dyn Write) -> Re
     let tags: &[String] = if args.tags.is_empty() {
         for (n, line) in stdin.lines().enumerate() {
             let line = line.map_err(|e| {
-                Failure::Usage(anyhow::Error::new(e).context(format!("cannot read tag on stdin line {}", n + 1)))
+                Failure::Usage(
+                    anyhow::Error::new(e)
+                        .context(format!("cannot read tag on stdin line {}", n + 1)),
+                )
             })?;
             let tag = line.trim();
             if !tag.is_empty() {

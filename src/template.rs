@@ -123,7 +123,11 @@ impl Template {
         while let Some((i, c)) = rest.next() {
             match c {
                 '{' => {
-                    let name: String = rest.by_ref().map(|(_, c)| c).take_while(|&c| c != '}').collect();
+                    let name: String = rest
+                        .by_ref()
+                        .map(|(_, c)| c)
+                        .take_while(|&c| c != '}')
+                        .collect();
                     if !source[i..].contains('}') || name.contains('{') {
                         return Err(Error::Unbalanced(i));
                     }
@@ -210,7 +214,9 @@ impl Template {
         existing
             .into_iter()
             .filter_map(|tag| {
-                let middle = tag.strip_prefix(prefix.as_str())?.strip_suffix(suffix.as_str())?;
+                let middle = tag
+                    .strip_prefix(prefix.as_str())?
+                    .strip_suffix(suffix.as_str())?;
                 if middle.is_empty() || !middle.bytes().all(|b| b.is_ascii_digit()) {
                     return None;
                 }
@@ -266,7 +272,13 @@ mod tests {
         let v = Version::parse("1.2.0-dev.7").unwrap();
         let vals = values("v1.2.0-dev.7", &v);
         assert_eq!(t.next_counter(&vals, []), 1);
-        let existing = ["v1.2.0-rc.1", "v1.2.0-rc.4", "v1.2.1-rc.9", "v1.2.0-rc.x", "1.2.0-rc.7"];
+        let existing = [
+            "v1.2.0-rc.1",
+            "v1.2.0-rc.4",
+            "v1.2.1-rc.9",
+            "v1.2.0-rc.x",
+            "1.2.0-rc.7",
+        ];
         let n = t.next_counter(&vals, existing);
         assert_eq!(n, 5);
         assert_eq!(t.render(&vals, n), "v1.2.0-rc.5");
@@ -274,7 +286,10 @@ mod tests {
 
     #[test]
     fn templates_refuse_what_no_tag_can_hold() {
-        assert_eq!(Template::parse("{majr}"), Err(Error::UnknownVariable("majr".into())));
+        assert_eq!(
+            Template::parse("{majr}"),
+            Err(Error::UnknownVariable("majr".into()))
+        );
         assert_eq!(Template::parse("v{major"), Err(Error::Unbalanced(1)));
         assert_eq!(Template::parse("v}"), Err(Error::Unbalanced(1)));
         assert_eq!(Template::parse("v/1"), Err(Error::BadCharacter('/')));

@@ -54,16 +54,29 @@ fn run_with_stdin(args: &[&str], stdin: &str) -> (i32, String, String) {
 
 #[test]
 fn the_example_configurations_are_valid_and_equal() {
-    let (code, toml, err) = run(retagd().args(["check", "--config"]).arg(repo("config/retagd.toml")));
+    let (code, toml, err) = run(retagd()
+        .args(["check", "--config"])
+        .arg(repo("config/retagd.toml")));
     assert_eq!(code, 0, "{err}");
-    assert!(err.is_empty(), "no warnings expected for the example: {err}");
-    let (code, yaml, err) = run(retagd().args(["check", "--config"]).arg(repo("config/retagd.yaml")));
+    assert!(
+        err.is_empty(),
+        "no warnings expected for the example: {err}"
+    );
+    let (code, yaml, err) = run(retagd()
+        .args(["check", "--config"])
+        .arg(repo("config/retagd.yaml")));
     assert_eq!(code, 0, "{err}");
     // Same pipelines from both formats: everything after the first (file name) line matches.
     let body = |s: &str| s.lines().skip(1).collect::<Vec<_>>().join("\n");
     assert_eq!(body(&toml), body(&yaml));
-    assert!(toml.contains("dev -> staging as v{major}.{minor}.{patch}-rc.{n} (auto)"), "{toml}");
-    assert!(toml.contains("staging -> production as v{major}.{minor}.{patch} (manual)"), "{toml}");
+    assert!(
+        toml.contains("dev -> staging as v{major}.{minor}.{patch}-rc.{n} (auto)"),
+        "{toml}"
+    );
+    assert!(
+        toml.contains("staging -> production as v{major}.{minor}.{patch} (manual)"),
+        "{toml}"
+    );
 }
 
 #[test]
@@ -74,7 +87,11 @@ fn every_broken_configuration_exits_2_naming_its_key_path() {
         .map(|e| e.expect("readable entry").path())
         .collect();
     files.sort();
-    assert!(files.len() >= 12, "at least 12 broken configs, found {}", files.len());
+    assert!(
+        files.len() >= 12,
+        "at least 12 broken configs, found {}",
+        files.len()
+    );
     for file in files {
         let text = std::fs::read_to_string(&file).expect("readable config");
         let expect = text
@@ -84,11 +101,27 @@ fn every_broken_configuration_exits_2_naming_its_key_path() {
             .unwrap_or_else(|| panic!("{} lacks an '# expect:' first line", file.display()));
         let (code, out, err) = run(retagd().args(["check", "--config"]).arg(&file));
         assert_eq!(code, 2, "{}: {err}", file.display());
-        assert!(out.is_empty(), "{}: nothing on stdout, got {out}", file.display());
-        assert!(err.starts_with("error: invalid config "), "{}: {err}", file.display());
-        assert!(err.contains(expect), "{}: expected {expect:?} in:\n{err}", file.display());
+        assert!(
+            out.is_empty(),
+            "{}: nothing on stdout, got {out}",
+            file.display()
+        );
+        assert!(
+            err.starts_with("error: invalid config "),
+            "{}: {err}",
+            file.display()
+        );
+        assert!(
+            err.contains(expect),
+            "{}: expected {expect:?} in:\n{err}",
+            file.display()
+        );
         for secret in ["s3cr3t-pa55", "hunter2"] {
-            assert!(!err.contains(secret), "{} leaked a secret: {err}", file.display());
+            assert!(
+                !err.contains(secret),
+                "{} leaked a secret: {err}",
+                file.display()
+            );
         }
     }
 }
@@ -111,14 +144,21 @@ fn environment_variables_override_keys_and_are_named_in_errors() {
         .arg(&config)
         .env("RETAGD_SERVER__LISTEN", "nowhere"));
     assert_eq!(code, 2);
-    assert!(err.contains("RETAGD_SERVER__LISTEN") && err.contains("server.listen: invalid address \"nowhere\""), "{err}");
+    assert!(
+        err.contains("RETAGD_SERVER__LISTEN")
+            && err.contains("server.listen: invalid address \"nowhere\""),
+        "{err}"
+    );
 
     let (code, _, err) = run(retagd()
         .args(["check", "--config"])
         .arg(&config)
         .env("RETAGD_SERVR__LISTEN", "0.0.0.0:1"));
     assert_eq!(code, 2);
-    assert!(err.contains("RETAGD_SERVR__LISTEN") && err.contains("servr: unknown key"), "{err}");
+    assert!(
+        err.contains("RETAGD_SERVR__LISTEN") && err.contains("servr: unknown key"),
+        "{err}"
+    );
 
     // The config file itself may come from RETAGD_CONFIG.
     let (code, _, err) = run(retagd().arg("check").env("RETAGD_CONFIG", &config));
@@ -129,7 +169,10 @@ fn environment_variables_override_keys_and_are_named_in_errors() {
 fn unreadable_or_unknown_files_exit_2() {
     let (code, _, err) = run(retagd().args(["check", "--config", "/nonexistent/retagd.toml"]));
     assert_eq!(code, 2);
-    assert!(err.starts_with("error: cannot read config file /nonexistent/retagd.toml: "), "{err}");
+    assert!(
+        err.starts_with("error: cannot read config file /nonexistent/retagd.toml: "),
+        "{err}"
+    );
     let (code, _, err) = run(retagd().args(["check", "--config", "retagd.json"]));
     assert_eq!(code, 2);
     assert!(err.contains("must end in .toml, .yaml or .yml"), "{err}");
@@ -165,17 +208,44 @@ promote = { from = "dev", tag = "v{major}.{minor}.{patch}", approval = "auto" }
     let (code, out, err) = run(retagd().args(["check", "--config"]).arg(&file));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("is valid"), "{out}");
-    assert!(err.contains("warning: registries.unused: not used by any pipeline"), "{err}");
-    assert!(err.contains("warning: pipelines[0].interval: 2s is very short"), "{err}");
+    assert!(
+        err.contains("warning: registries.unused: not used by any pipeline"),
+        "{err}"
+    );
+    assert!(
+        err.contains("warning: pipelines[0].interval: 2s is very short"),
+        "{err}"
+    );
     assert!(err.contains("warning: pipelines[0].stages[1].promote.tag: for a source version like 1.2.3-rc.1 the template gives \"v1.2.3\""), "{err}");
 }
 
 #[test]
 fn policy_selects_from_arguments_and_stdin() {
-    let (code, out, err) = run(retagd().args(["policy", "--semver", ">=1.0.0-0", "--pattern", r"^v\d+\.\d+\.\d+-dev\.\d+$", "v1.2.0-dev.2", "v1.2.0-dev.10", "v1.2.0", "latest"]));
+    let (code, out, err) = run(retagd().args([
+        "policy",
+        "--semver",
+        ">=1.0.0-0",
+        "--pattern",
+        r"^v\d+\.\d+\.\d+-dev\.\d+$",
+        "v1.2.0-dev.2",
+        "v1.2.0-dev.10",
+        "v1.2.0",
+        "latest",
+    ]));
     assert_eq!((code, out.as_str()), (0, "v1.2.0-dev.10\n"), "{err}");
 
-    let (code, out, err) = run_with_stdin(&["policy", "--numerical", "asc", "--pattern", r"^build-(\d+)$", "--extract", "$1"], "build-9\r\nbuild-10\n\nmain\n");
+    let (code, out, err) = run_with_stdin(
+        &[
+            "policy",
+            "--numerical",
+            "asc",
+            "--pattern",
+            r"^build-(\d+)$",
+            "--extract",
+            "$1",
+        ],
+        "build-9\r\nbuild-10\n\nmain\n",
+    );
     assert_eq!((code, out.as_str()), (0, "build-10\n"), "{err}");
 
     let (code, out, _) = run_with_stdin(&["policy", "--alphabetical", "desc"], "b\na\nc\n");
@@ -191,18 +261,45 @@ fn policy_exits_1_when_nothing_qualifies_and_2_when_the_policy_is_invalid() {
 
     let (code, _, err) = run(retagd().args(["policy", "--numerical", "asc", "1", "two"]));
     assert_eq!(code, 1);
-    assert!(err.contains("\"two\"") && err.contains("not a number"), "{err}");
+    assert!(
+        err.contains("\"two\"") && err.contains("not a number"),
+        "{err}"
+    );
 
     let (code, _, err) = run_with_stdin(&["policy", "--semver", "*"], "");
     assert_eq!(code, 1);
     assert!(err.contains("no tag matched"), "{err}");
 
     for (args, needle) in [
-        (vec!["policy", "--semver", ">=1.0 ||", "1.0.0"], "invalid semver range"),
-        (vec!["policy", "--semver", "", "1.0.0"], "the range is empty"),
-        (vec!["policy", "--alphabetical", "up", "a"], "invalid order \"up\""),
-        (vec!["policy", "--semver", "*", "--pattern", "(", "1.0.0"], "invalid pattern"),
-        (vec!["policy", "--semver", "*", "--pattern", "(a)", "--extract", "$2", "a"], "refers to $2"),
+        (
+            vec!["policy", "--semver", ">=1.0 ||", "1.0.0"],
+            "invalid semver range",
+        ),
+        (
+            vec!["policy", "--semver", "", "1.0.0"],
+            "the range is empty",
+        ),
+        (
+            vec!["policy", "--alphabetical", "up", "a"],
+            "invalid order \"up\"",
+        ),
+        (
+            vec!["policy", "--semver", "*", "--pattern", "(", "1.0.0"],
+            "invalid pattern",
+        ),
+        (
+            vec![
+                "policy",
+                "--semver",
+                "*",
+                "--pattern",
+                "(a)",
+                "--extract",
+                "$2",
+                "a",
+            ],
+            "refers to $2",
+        ),
     ] {
         let (code, _, err) = run(retagd().args(&args));
         assert_eq!(code, 2, "{args:?}: {err}");
@@ -223,7 +320,12 @@ fn bad_invocations_exit_2_and_help_exits_0() {
         let (code, _, err) = run(retagd().args(&args));
         assert_eq!(code, 2, "{args:?}: {err}");
     }
-    for args in [vec!["--help"], vec!["check", "--help"], vec!["policy", "--help"], vec!["--version"]] {
+    for args in [
+        vec!["--help"],
+        vec!["check", "--help"],
+        vec!["policy", "--help"],
+        vec!["--version"],
+    ] {
         let (code, out, err) = run(retagd().args(&args));
         assert_eq!(code, 0, "{args:?}: {err}");
         assert!(!out.is_empty());

@@ -11,7 +11,10 @@ use retagd::policy::{self, version, Filter, NumericalPolicy, Order, Policy, Sele
 fn identifier() -> impl Strategy<Value = String> {
     prop_oneof![
         (0u64..20).prop_map(|n| n.to_string()),
-        prop::sample::select(vec!["rc", "alpha", "beta", "RC", "dev", "rc9", "rc10", "a-b"]).prop_map(String::from),
+        prop::sample::select(vec![
+            "rc", "alpha", "beta", "RC", "dev", "rc9", "rc10", "a-b"
+        ])
+        .prop_map(String::from),
     ]
 }
 
@@ -50,13 +53,28 @@ fn selectors() -> Vec<Selector> {
     let mut out = vec![
         Selector::new(all(), Policy::semver("*").expect("valid")),
         Selector::new(all(), Policy::semver(">=0.0.0-0").expect("valid")),
-        Selector::new(all(), Policy::semver(">=1.0.0-rc.0 <3.0.0 || 0.x").expect("valid")),
-        Selector::new(all(), Policy::Alphabetical(policy::AlphabeticalPolicy::new(Order::Asc))),
-        Selector::new(all(), Policy::Alphabetical(policy::AlphabeticalPolicy::new(Order::Desc))),
+        Selector::new(
+            all(),
+            Policy::semver(">=1.0.0-rc.0 <3.0.0 || 0.x").expect("valid"),
+        ),
+        Selector::new(
+            all(),
+            Policy::Alphabetical(policy::AlphabeticalPolicy::new(Order::Asc)),
+        ),
+        Selector::new(
+            all(),
+            Policy::Alphabetical(policy::AlphabeticalPolicy::new(Order::Desc)),
+        ),
     ];
     let numbers = || Filter::new(Some(r"^v?(\d+)"), Some("$1")).expect("valid filter");
-    out.push(Selector::new(numbers(), Policy::Numerical(NumericalPolicy::new(Order::Asc))));
-    out.push(Selector::new(numbers(), Policy::Numerical(NumericalPolicy::new(Order::Desc))));
+    out.push(Selector::new(
+        numbers(),
+        Policy::Numerical(NumericalPolicy::new(Order::Asc)),
+    ));
+    out.push(Selector::new(
+        numbers(),
+        Policy::Numerical(NumericalPolicy::new(Order::Desc)),
+    ));
     out
 }
 

@@ -2,7 +2,9 @@
 //! and whole selections with filter, extract and each policy. Every row is a rule from
 //! `shared/notes/tag-policies.md`; rows marked "cargo:" are where Cargo's rules would differ.
 
-use retagd::policy::{self, version::parse_tag, Filter, NumericalPolicy, Order, Policy, Range, Selector};
+use retagd::policy::{
+    self, version::parse_tag, Filter, NumericalPolicy, Order, Policy, Range, Selector,
+};
 
 /// (range, version, admitted)
 const RANGES: &[(&str, &str, bool)] = &[
@@ -149,8 +151,20 @@ const RANGES: &[(&str, &str, bool)] = &[
 
 /// Ranges Masterminds refuses.
 const BAD_RANGES: &[&str] = &[
-    "", "   ", ">= 1.0.0 ||", "abc", ">=1.0.0 &&", "1.2.3.4", "1x", ">=1.0.0-01", ">", "1|2",
-    ">=1.0.0 || || <2", "~>", "1.2.3 -", "=1.2.3=",
+    "",
+    "   ",
+    ">= 1.0.0 ||",
+    "abc",
+    ">=1.0.0 &&",
+    "1.2.3.4",
+    "1x",
+    ">=1.0.0-01",
+    ">",
+    "1|2",
+    ">=1.0.0 || || <2",
+    "~>",
+    "1.2.3 -",
+    "=1.2.3=",
 ];
 
 /// (tag, the version Flux reads, or "-" when it is not a version)
@@ -192,33 +206,129 @@ const SELECTIONS: &[(&str, &str, &str, &str, &str)] = &[
     ("semver:*", "", "", "1.2.3.4 1.0.0", "1.0.0"),
     ("semver:*", "", "", "latest main", "!none"),
     ("semver:>=5.0.0", "", "", "1.0.0 2.0.0", "!none"),
-    ("semver:>=1.0.0-0", r"^v\d+\.\d+\.\d+-dev\.\d+$", "", "v1.2.0-dev.1 v1.2.0-dev.2 v1.2.0-rc.1 v1.1.0 v1.2.0-dev.10", "v1.2.0-dev.10"),
-    ("semver:>=0.0.0-0", "rc", "", "v1.0.0-rc.1 v1.0.0 v1.1.0-rc.2", "v1.1.0-rc.2"),
-    ("semver:*", r"^main-(?P<ver>\d+\.\d+\.\d+)-\w+$", "$ver", "main-1.0.0-abc main-1.2.0-def main-1.1.0-xyz 1.9.0", "main-1.2.0-def"),
-    ("semver:*", r"^(\d+\.\d+\.\d+)-\w+$", "$1", "1.0.0-zzz 1.0.0-aaa", "1.0.0-aaa"),
+    (
+        "semver:>=1.0.0-0",
+        r"^v\d+\.\d+\.\d+-dev\.\d+$",
+        "",
+        "v1.2.0-dev.1 v1.2.0-dev.2 v1.2.0-rc.1 v1.1.0 v1.2.0-dev.10",
+        "v1.2.0-dev.10",
+    ),
+    (
+        "semver:>=0.0.0-0",
+        "rc",
+        "",
+        "v1.0.0-rc.1 v1.0.0 v1.1.0-rc.2",
+        "v1.1.0-rc.2",
+    ),
+    (
+        "semver:*",
+        r"^main-(?P<ver>\d+\.\d+\.\d+)-\w+$",
+        "$ver",
+        "main-1.0.0-abc main-1.2.0-def main-1.1.0-xyz 1.9.0",
+        "main-1.2.0-def",
+    ),
+    (
+        "semver:*",
+        r"^(\d+\.\d+\.\d+)-\w+$",
+        "$1",
+        "1.0.0-zzz 1.0.0-aaa",
+        "1.0.0-aaa",
+    ),
     ("semver:^1.2", "", "", "1.2.0 1.9.0 2.0.0", "1.9.0"),
     ("semver:~1.2", "", "", "1.2.0 1.2.9 1.3.0", "1.2.9"),
     ("semver:1.2.x", "", "", "1.2.1 1.3.0 1.2.10", "1.2.10"),
-    ("semver:<1.0.0", "", "", "0.9.0 1.0.0-rc.1 0.9.1-rc", "0.9.0"),
-    ("semver:>=1.0.0 <2.0.0 || >=3.0.0", "", "", "1.5.0 2.5.0 3.0.0-rc.1", "1.5.0"),
+    (
+        "semver:<1.0.0",
+        "",
+        "",
+        "0.9.0 1.0.0-rc.1 0.9.1-rc",
+        "0.9.0",
+    ),
+    (
+        "semver:>=1.0.0 <2.0.0 || >=3.0.0",
+        "",
+        "",
+        "1.5.0 2.5.0 3.0.0-rc.1",
+        "1.5.0",
+    ),
     ("semver:1.2 - 1.4", "", "", "1.4.9 1.5.0", "1.4.9"),
     ("semver:!=2.0.0", "", "", "1.0.0 2.0.0", "1.0.0"),
-    ("semver:>=1.0.0-0", "", "", "1.0.0-rc9 1.0.0-rc10", "1.0.0-rc9"),
-    ("semver:>=1.0.0-0", "", "", "1.0.0-rc.9 1.0.0-rc.10", "1.0.0-rc.10"),
+    (
+        "semver:>=1.0.0-0",
+        "",
+        "",
+        "1.0.0-rc9 1.0.0-rc10",
+        "1.0.0-rc9",
+    ),
+    (
+        "semver:>=1.0.0-0",
+        "",
+        "",
+        "1.0.0-rc.9 1.0.0-rc.10",
+        "1.0.0-rc.10",
+    ),
     ("semver:>=1.0.0-0", "", "", "1.0.0-rc.1 1.0.0", "1.0.0"),
-    ("semver:>=1.0.0-0", "", "", "1.0.0-alpha 1.0.0-alpha.1", "1.0.0-alpha.1"),
-    ("semver:*", r"^v(\d+)\.(\d+)\.(\d+)$", "$1.$2.$3", "v1.2.3 v1.10.0 v1.9.9", "v1.10.0"),
-    ("semver:*", r"^(\d+)_(\d+)_(\d+)$", "${1}.${2}.${3}", "1_2_3 1_2_4", "1_2_4"),
-    ("semver:*", r"^(\d+)_(\d+)_(\d+)$", "$1_x", "1_2_3", "!invalid"),
+    (
+        "semver:>=1.0.0-0",
+        "",
+        "",
+        "1.0.0-alpha 1.0.0-alpha.1",
+        "1.0.0-alpha.1",
+    ),
+    (
+        "semver:*",
+        r"^v(\d+)\.(\d+)\.(\d+)$",
+        "$1.$2.$3",
+        "v1.2.3 v1.10.0 v1.9.9",
+        "v1.10.0",
+    ),
+    (
+        "semver:*",
+        r"^(\d+)_(\d+)_(\d+)$",
+        "${1}.${2}.${3}",
+        "1_2_3 1_2_4",
+        "1_2_4",
+    ),
+    (
+        "semver:*",
+        r"^(\d+)_(\d+)_(\d+)$",
+        "$1_x",
+        "1_2_3",
+        "!invalid",
+    ),
     ("alphabetical:asc", "", "", "a b c", "c"),
     ("alphabetical:desc", "", "", "a b c", "a"),
     ("alphabetical:asc", "", "", "B a", "a"),
     ("alphabetical:asc", "", "", "9 10", "9"),
     ("alphabetical:desc", "", "", "9 10", "10"),
-    ("alphabetical:asc", r"^RELEASE\.", "", "RELEASE.2024-01-05 RELEASE.2024-02-01 latest", "RELEASE.2024-02-01"),
-    ("alphabetical:asc", r"^(?P<ts>\d+)-(?P<sha>[a-f0-9]+)$", "$ts", "100-aaa 200-bbb 150-ccc", "200-bbb"),
-    ("alphabetical:asc", r"^x-(\d)-\w$", "$1", "x-1-b x-1-a x-2-c", "x-2-c"),
-    ("alphabetical:desc", r"^x-(\d)-\w$", "$1", "x-1-b x-1-a x-2-c", "x-1-a"),
+    (
+        "alphabetical:asc",
+        r"^RELEASE\.",
+        "",
+        "RELEASE.2024-01-05 RELEASE.2024-02-01 latest",
+        "RELEASE.2024-02-01",
+    ),
+    (
+        "alphabetical:asc",
+        r"^(?P<ts>\d+)-(?P<sha>[a-f0-9]+)$",
+        "$ts",
+        "100-aaa 200-bbb 150-ccc",
+        "200-bbb",
+    ),
+    (
+        "alphabetical:asc",
+        r"^x-(\d)-\w$",
+        "$1",
+        "x-1-b x-1-a x-2-c",
+        "x-2-c",
+    ),
+    (
+        "alphabetical:desc",
+        r"^x-(\d)-\w$",
+        "$1",
+        "x-1-b x-1-a x-2-c",
+        "x-1-a",
+    ),
     ("alphabetical:asc", "^nomatch$", "", "a b", "!none"),
     ("numerical:asc", "", "", "1 2 10", "10"),
     ("numerical:desc", "", "", "1 2 10", "1"),
@@ -228,16 +338,40 @@ const SELECTIONS: &[(&str, &str, &str, &str, &str)] = &[
     ("numerical:asc", "", "", "-1 -2", "-1"),
     ("numerical:asc", "", "", "1e3 999", "1e3"),
     ("numerical:asc", "", "", "1 latest", "!nan"),
-    ("numerical:asc", r"^build-(\d+)$", "$1", "build-9 build-10 main", "build-10"),
-    ("numerical:desc", r"^build-(\d+)$", "$1", "build-9 build-10 main", "build-9"),
+    (
+        "numerical:asc",
+        r"^build-(\d+)$",
+        "$1",
+        "build-9 build-10 main",
+        "build-10",
+    ),
+    (
+        "numerical:desc",
+        r"^build-(\d+)$",
+        "$1",
+        "build-9 build-10 main",
+        "build-9",
+    ),
     ("numerical:asc", "", "", "0x1p4 15", "0x1p4"),
     ("numerical:asc", "", "", "inf 5", "inf"),
     ("numerical:asc", "", "", "1e400 1", "!nan"),
     ("numerical:desc", "", "", "007 7.0 8", "007"),
     ("numerical:asc", "", "", "NaN 5", "5"),
     ("numerical:asc", "", "", "5 nan", "5"),
-    ("numerical:asc", r"^build(\d*)$", "$1", "build build5", "!nan"),
-    ("numerical:asc", r"^(\d+)$", "", "20240101 20231231", "20240101"),
+    (
+        "numerical:asc",
+        r"^build(\d*)$",
+        "$1",
+        "build build5",
+        "!nan",
+    ),
+    (
+        "numerical:asc",
+        r"^(\d+)$",
+        "",
+        "20240101 20231231",
+        "20240101",
+    ),
     ("semver:", "", "", "1.0.0", "!invalid"),
     ("semver:>=1.0.0 ||", "", "", "1.0.0", "!invalid"),
     ("alphabetical:up", "", "", "a", "!invalid"),
@@ -255,7 +389,9 @@ fn selector(policy: &str, pattern: &str, extract: &str) -> Result<Selector, poli
     )?;
     let policy = match kind {
         "semver" => Policy::semver(arg)?,
-        "alphabetical" => Policy::Alphabetical(policy::AlphabeticalPolicy::new(arg.parse::<Order>()?)),
+        "alphabetical" => {
+            Policy::Alphabetical(policy::AlphabeticalPolicy::new(arg.parse::<Order>()?))
+        }
         "numerical" => Policy::Numerical(NumericalPolicy::new(arg.parse::<Order>()?)),
         other => panic!("unknown policy kind {other}"),
     };
@@ -284,7 +420,12 @@ fn ranges_follow_masterminds() {
             failures.push(format!("{range:?} admits {version:?}: want {want}"));
         }
     }
-    assert!(failures.is_empty(), "{} range rows failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} range rows failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -293,7 +434,10 @@ fn improper_ranges_are_refused() {
         assert!(Range::parse(bad).is_err(), "{bad:?} should be refused");
     }
     let many = vec![">=1.0.0"; 33].join(" || ");
-    assert!(Range::parse(&many).is_err(), "33 alternatives should be refused");
+    assert!(
+        Range::parse(&many).is_err(),
+        "33 alternatives should be refused"
+    );
     assert!(Range::parse(&vec![">=1.0.0"; 32].join(" || ")).is_ok());
 }
 
@@ -319,5 +463,10 @@ fn selections_match_flux_in_any_input_order() {
             ));
         }
     }
-    assert!(failures.is_empty(), "{} selection rows failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} selection rows failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -28,7 +28,12 @@ use crate::policy::Selector;
 use crate::template::Template;
 
 /// Environment variables with the `RETAGD_` prefix that are not configuration overrides.
-pub const RESERVED_ENV: [&str; 4] = ["RETAGD_CONFIG", "RETAGD_API_TOKEN", "RETAGD_LOG", "RETAGD_LOG_FORMAT"];
+pub const RESERVED_ENV: [&str; 4] = [
+    "RETAGD_CONFIG",
+    "RETAGD_API_TOKEN",
+    "RETAGD_LOG",
+    "RETAGD_LOG_FORMAT",
+];
 
 /// Default `defaults.interval`: once a minute, as Flux's ImageRepository scans by default.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
@@ -257,15 +262,19 @@ pub fn load(path: &Path) -> Result<Loaded, Error> {
         path: path.to_path_buf(),
         source,
     })?;
-    let env = Env::prefixed("RETAGD_")
-        .split("__")
-        .ignore(&["config", "api_token", "log", "log_format"]);
+    let env =
+        Env::prefixed("RETAGD_")
+            .split("__")
+            .ignore(&["config", "api_token", "log", "log_format"]);
     // Which variable set which key, so an error at that key can name the variable.
     let overrides: Vec<(String, String)> = env
         .iter()
         .map(|(key, _)| {
             let key = key.as_str().to_string();
-            (format!("RETAGD_{}", key.to_ascii_uppercase().replace('.', "__")), key)
+            (
+                format!("RETAGD_{}", key.to_ascii_uppercase().replace('.', "__")),
+                key,
+            )
         })
         .collect();
     let figment = base(&text, format).merge(env);
@@ -328,7 +337,9 @@ fn describe_origin(origin: &str, path: &str, overrides: &[(String, String)]) -> 
     let vars: Vec<&str> = overrides
         .iter()
         .filter(|(_, key)| {
-            key == path || key.starts_with(&format!("{path}.")) || path.starts_with(&format!("{key}."))
+            key == path
+                || key.starts_with(&format!("{path}."))
+                || path.starts_with(&format!("{key}."))
         })
         .map(|(name, _)| name.as_str())
         .collect();
@@ -341,10 +352,16 @@ fn describe_origin(origin: &str, path: &str, overrides: &[(String, String)]) -> 
 
 fn syntax_message(e: &figment::Error) -> String {
     // The parser's message says where; figment appends a source name we already give.
-    let message = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+    let message = e
+        .to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     ["in TOML source string", "in YAML source string"]
         .iter()
-        .fold(message, |m, suffix| m.trim_end_matches(suffix).trim_end().to_string())
+        .fold(message, |m, suffix| {
+            m.trim_end_matches(suffix).trim_end().to_string()
+        })
 }
 
 /// Turns a serde error into a problem at the key it concerns: serde reports unknown and missing
@@ -362,7 +379,8 @@ fn shape_problem(e: &serde_path_to_error::Error<figment::Error>) -> Problem {
     match &e.inner().kind {
         Kind::UnknownField(key, expected) => {
             let hint = if key == "password" {
-                "secrets never go in the config file: use password_file or docker_config".to_string()
+                "secrets never go in the config file: use password_file or docker_config"
+                    .to_string()
             } else {
                 format!("expected one of: {}", expected.join(", "))
             };

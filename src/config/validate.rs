@@ -23,8 +23,10 @@ static NAME: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$").expect("constant pattern"));
 /// The distribution spec's repository name grammar.
 static REPOSITORY: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$")
-        .expect("constant pattern")
+    Regex::new(
+        r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$",
+    )
+    .expect("constant pattern")
 });
 
 /// Below this a poll interval mostly burns registry rate limits.
@@ -85,18 +87,34 @@ pub(super) fn validate(file: raw::File) -> Checked {
     for (i, raw) in file.pipelines.iter().enumerate() {
         let path = format!("pipelines[{i}]");
         if !seen.insert(raw.name.as_str()) {
-            p.error(format!("{path}.name"), format!("duplicate pipeline name {:?}", raw.name));
+            p.error(
+                format!("{path}.name"),
+                format!("duplicate pipeline name {:?}", raw.name),
+            );
         }
-        if let Some(pl) = pipeline(&mut p, &path, raw, &file, interval.unwrap_or(DEFAULT_INTERVAL)) {
+        if let Some(pl) = pipeline(
+            &mut p,
+            &path,
+            raw,
+            &file,
+            interval.unwrap_or(DEFAULT_INTERVAL),
+        ) {
             pipelines.push(pl);
         }
     }
     if file.pipelines.is_empty() {
-        p.error("pipelines", "no pipeline is defined (add at least one [[pipelines]])");
+        p.error(
+            "pipelines",
+            "no pipeline is defined (add at least one [[pipelines]])",
+        );
     }
     for name in file.registries.keys() {
         let used = file.pipelines.iter().any(|pl| {
-            pl.registry == *name || pl.stages.iter().any(|s| s.registry.as_deref() == Some(name))
+            pl.registry == *name
+                || pl
+                    .stages
+                    .iter()
+                    .any(|s| s.registry.as_deref() == Some(name))
         });
         if !used {
             p.warn(format!("registries.{name}"), "not used by any pipeline");
@@ -122,12 +140,18 @@ pub(super) fn validate(file: raw::File) -> Checked {
 fn duration(p: &mut Problems, path: &str, text: &str, positive: bool) -> Option<Duration> {
     match humantime::parse_duration(text) {
         Ok(d) if positive && d.is_zero() => {
-            p.error(path, format!("{text:?} is zero; give a positive duration such as 30s or 5m"));
+            p.error(
+                path,
+                format!("{text:?} is zero; give a positive duration such as 30s or 5m"),
+            );
             None
         }
         Ok(d) => Some(d),
         Err(e) => {
-            p.error(path, format!("invalid duration {text:?}: {e} (write e.g. 30s, 5m, 1h30m)"));
+            p.error(
+                path,
+                format!("invalid duration {text:?}: {e} (write e.g. 30s, 5m, 1h30m)"),
+            );
             None
         }
     }
@@ -142,7 +166,11 @@ fn name(p: &mut Problems, path: &str, what: &str, value: &str) {
     }
 }
 
-fn nonempty_path(p: &mut Problems, path: &str, value: &Option<String>) -> Option<std::path::PathBuf> {
+fn nonempty_path(
+    p: &mut Problems,
+    path: &str,
+    value: &Option<String>,
+) -> Option<std::path::PathBuf> {
     match value.as_deref() {
         Some("") => {
             p.error(path, "is empty; give a file path or remove the key");
@@ -195,7 +223,10 @@ fn registry(p: &mut Problems, name: &str, raw: &raw::Registry) -> Option<Registr
             Auth::Anonymous
         }
         (Some(u), None, None) if !u.is_empty() => {
-            p.error(format!("{path}.password_file"), "missing: username needs password_file");
+            p.error(
+                format!("{path}.password_file"),
+                "missing: username needs password_file",
+            );
             Auth::Anonymous
         }
         (Some(_), _, None) => {
@@ -203,7 +234,10 @@ fn registry(p: &mut Problems, name: &str, raw: &raw::Registry) -> Option<Registr
             Auth::Anonymous
         }
         (None, Some(_), None) => {
-            p.error(format!("{path}.username"), "missing: password_file needs username");
+            p.error(
+                format!("{path}.username"),
+                "missing: password_file needs username",
+            );
             Auth::Anonymous
         }
     };
@@ -222,13 +256,22 @@ fn registry(p: &mut Problems, name: &str, raw: &raw::Registry) -> Option<Registr
     }
     let page_size = raw.page_size.unwrap_or(DEFAULT_PAGE_SIZE);
     if page_size == 0 || page_size > 10_000 {
-        p.error(format!("{path}.page_size"), format!("must be 1 to 10000, not {page_size}"));
+        p.error(
+            format!("{path}.page_size"),
+            format!("must be 1 to 10000, not {page_size}"),
+        );
     } else if page_size > 1000 {
-        p.warn(format!("{path}.page_size"), "ECR refuses pages over 1000 tags");
+        p.warn(
+            format!("{path}.page_size"),
+            "ECR refuses pages over 1000 tags",
+        );
     }
     let url = url?;
     if ca_file.is_some() && url.scheme() == "http" {
-        p.warn(format!("{path}.ca_file"), "ignored: the registry URL is plain http");
+        p.warn(
+            format!("{path}.ca_file"),
+            "ignored: the registry URL is plain http",
+        );
     }
     Some(Registry {
         name: name.to_string(),
@@ -265,7 +308,10 @@ fn registry_url(p: &mut Problems, path: &str, text: &str) -> Option<Url> {
         return None;
     }
     if !matches!(url.scheme(), "http" | "https") {
-        p.error(path, format!("scheme {:?} is not http or https", url.scheme()));
+        p.error(
+            path,
+            format!("scheme {:?} is not http or https", url.scheme()),
+        );
         return None;
     }
     if url.host().is_none() {
@@ -301,7 +347,10 @@ fn pipeline(
         );
     }
     if raw.stages.is_empty() {
-        p.error(format!("{path}.stages"), "a pipeline needs at least one stage");
+        p.error(
+            format!("{path}.stages"),
+            "a pipeline needs at least one stage",
+        );
     }
 
     let mut stages: Vec<Stage> = Vec::new();
@@ -311,7 +360,13 @@ fn pipeline(
         let spath = format!("{path}.stages[{i}]");
         name(p, &format!("{spath}.name"), "stage", &st.name);
         if !seen.insert(st.name.as_str()) {
-            p.error(format!("{spath}.name"), format!("duplicate stage name {:?} in pipeline {:?}", st.name, raw.name));
+            p.error(
+                format!("{spath}.name"),
+                format!(
+                    "duplicate stage name {:?} in pipeline {:?}",
+                    st.name, raw.name
+                ),
+            );
         }
         match stage(p, &spath, i, st, raw, file, &stages) {
             Some(s) => stages.push(s),
@@ -339,7 +394,10 @@ fn stage(
 ) -> Option<Stage> {
     let (registry_path, registry) = match &raw.registry {
         Some(r) => (format!("{path}.registry"), r),
-        None => (format!("{path}.registry (from the pipeline)"), &pipeline.registry),
+        None => (
+            format!("{path}.registry (from the pipeline)"),
+            &pipeline.registry,
+        ),
     };
     if !file.registries.contains_key(registry) {
         let known: Vec<&str> = file.registries.keys().map(String::as_str).collect();
@@ -350,7 +408,13 @@ fn stage(
             None => String::new(),
         };
         if !path.is_empty() {
-            p.error(path, format!("unknown registry {registry:?} (registries: {})", known.join(", ")));
+            p.error(
+                path,
+                format!(
+                    "unknown registry {registry:?} (registries: {})",
+                    known.join(", ")
+                ),
+            );
         }
     }
     let repository = raw.repository.as_ref().unwrap_or(&pipeline.repository);
@@ -416,7 +480,9 @@ fn stage(
 
 /// `pipelines[0].stages[0]` -> `pipelines[0].registry`.
 fn path_of_pipeline_key(stage_path: &str, key: &str) -> String {
-    let pipeline = stage_path.rsplit_once(".stages[").map_or(stage_path, |(p, _)| p);
+    let pipeline = stage_path
+        .rsplit_once(".stages[")
+        .map_or(stage_path, |(p, _)| p);
     format!("{pipeline}.{key}")
 }
 
@@ -435,8 +501,15 @@ fn stage_policy(p: &mut Problems, path: &str, raw: Option<&raw::Policy>) -> Opti
     .flatten()
     .collect();
     if set.len() != 1 {
-        let found = if set.is_empty() { "none".to_string() } else { set.join(" and ") };
-        p.error(ppath, format!("exactly one of semver, alphabetical, numerical must be set; found {found}"));
+        let found = if set.is_empty() {
+            "none".to_string()
+        } else {
+            set.join(" and ")
+        };
+        p.error(
+            ppath,
+            format!("exactly one of semver, alphabetical, numerical must be set; found {found}"),
+        );
         return None;
     }
     let order = |p: &mut Problems, key: &str, o: &raw::Ordered| -> Option<Order> {
@@ -447,7 +520,8 @@ fn stage_policy(p: &mut Problems, path: &str, raw: Option<&raw::Policy>) -> Opti
         return p.check(&format!("{ppath}.semver.range"), Policy::semver(&s.range));
     }
     if let Some(a) = &raw.alphabetical {
-        return order(p, "alphabetical", a).map(|o| Policy::Alphabetical(policy::AlphabeticalPolicy::new(o)));
+        return order(p, "alphabetical", a)
+            .map(|o| Policy::Alphabetical(policy::AlphabeticalPolicy::new(o)));
     }
     raw.numerical
         .as_ref()
@@ -469,12 +543,19 @@ fn promotion(
         None => {
             p.error(
                 format!("{ppath}.from"),
-                format!("unknown stage {:?} (stages: {})", raw.from, names.join(", ")),
+                format!(
+                    "unknown stage {:?} (stages: {})",
+                    raw.from,
+                    names.join(", ")
+                ),
             );
             None
         }
         Some(i) if i == index => {
-            p.error(format!("{ppath}.from"), "a stage cannot promote from itself");
+            p.error(
+                format!("{ppath}.from"),
+                "a stage cannot promote from itself",
+            );
             None
         }
         Some(i) if i > index => {
@@ -494,7 +575,10 @@ fn promotion(
         None | Some("manual") => Some(Approval::Manual),
         Some("auto") => Some(Approval::Auto),
         Some(other) => {
-            p.error(format!("{ppath}.approval"), format!("invalid approval {other:?} (use \"auto\" or \"manual\")"));
+            p.error(
+                format!("{ppath}.approval"),
+                format!("invalid approval {other:?} (use \"auto\" or \"manual\")"),
+            );
             None
         }
     };
@@ -528,7 +612,10 @@ fn promotion(
                 if var == Var::Extract && !source.selector.filter().has_extract() {
                     p.error(
                         format!("{ppath}.tag"),
-                        format!("{{extract}} needs filter_tags.extract on stage {:?}", source.name),
+                        format!(
+                            "{{extract}} needs filter_tags.extract on stage {:?}",
+                            source.name
+                        ),
                     );
                 }
             }
@@ -546,7 +633,13 @@ fn promotion(
 
 /// Renders the template for a typical source version and warns when the target stage's own
 /// filter would not see the result: such a stage would be promoted into again on every pass.
-fn sample_check(p: &mut Problems, path: &str, promotion: &Promotion, earlier: &[Stage], target: &Selector) {
+fn sample_check(
+    p: &mut Problems,
+    path: &str,
+    promotion: &Promotion,
+    earlier: &[Stage],
+    target: &Selector,
+) {
     let Some(source) = earlier.get(promotion.from) else {
         return;
     };
@@ -555,7 +648,9 @@ fn sample_check(p: &mut Problems, path: &str, promotion: &Promotion, earlier: &[
     let values = Values {
         tag: sample_tag,
         extract: "1.2.3",
-        version: version.as_ref().filter(|_| matches!(source.selector.policy(), Policy::Semver(_))),
+        version: version
+            .as_ref()
+            .filter(|_| matches!(source.selector.policy(), Policy::Semver(_))),
     };
     let rendered = promotion.tag.render(&values, 1);
     if !template::is_valid_tag(&rendered) {

@@ -32,7 +32,9 @@ impl AlphabeticalPolicy {
                         Order::Asc => c.value.as_bytes().cmp(b.value.as_bytes()),
                         Order::Desc => b.value.as_bytes().cmp(c.value.as_bytes()),
                     };
-                    by_value.then_with(|| b.tag.as_bytes().cmp(c.tag.as_bytes())).is_gt()
+                    by_value
+                        .then_with(|| b.tag.as_bytes().cmp(c.tag.as_bytes()))
+                        .is_gt()
                 }
             };
             if better {

@@ -152,7 +152,12 @@ fn check_references(template: &str, regex: &Regex) -> Result<(), Error> {
                 pattern: regex.as_str().to_string(),
                 available: available.join(", "),
                 hint: match name.find(|c: char| !c.is_ascii_digit()) {
-                    Some(i) if i > 0 => format!("; write ${{{}}}{} to follow group {} with text", &name[..i], &name[i..], &name[..i]),
+                    Some(i) if i > 0 => format!(
+                        "; write ${{{}}}{} to follow group {} with text",
+                        &name[..i],
+                        &name[i..],
+                        &name[..i]
+                    ),
                     _ => String::new(),
                 },
             });

@@ -63,7 +63,10 @@ pub enum Error {
 impl Error {
     /// True for errors in the selector itself (configuration), false for "nothing qualifies".
     pub fn is_invalid_selector(&self) -> bool {
-        matches!(self, Error::Filter(_) | Error::Range { .. } | Error::Order(_))
+        matches!(
+            self,
+            Error::Filter(_) | Error::Range { .. } | Error::Order(_)
+        )
     }
 }
 

@@ -122,7 +122,9 @@ mod tests {
         assert_eq!(parse_go_float("0x1.8p1"), Some(3.0));
         assert_eq!(parse_go_float("+Inf"), Some(f64::INFINITY));
         assert!(parse_go_float("NaN").is_some_and(f64::is_nan));
-        for bad in ["", "+nan", "1e400", "0x10", "1_000", "1.2.3", "v1", " 1", "1 "] {
+        for bad in [
+            "", "+nan", "1e400", "0x10", "1_000", "1.2.3", "v1", " 1", "1 ",
+        ] {
             assert_eq!(parse_go_float(bad), None, "{bad:?}");
         }
     }

@@ -155,7 +155,10 @@ impl Range {
         }
         let mut alternatives = Vec::with_capacity(groups.len());
         for group in groups {
-            if group.trim_matches([' ', '\t', '\n', '\x0C', '\r']).is_empty() {
+            if group
+                .trim_matches([' ', '\t', '\n', '\x0C', '\r'])
+                .is_empty()
+            {
                 return Err(Error::EmptyAlternative);
             }
             if !VALID_GROUP.is_match(group) {
@@ -314,8 +317,7 @@ impl Comparator {
             return false;
         }
         // `~0.0.0` admits everything.
-        if c.major == 0 && c.minor == 0 && c.patch == 0 && !self.minor_dirty && !self.patch_dirty
-        {
+        if c.major == 0 && c.minor == 0 && c.patch == 0 && !self.minor_dirty && !self.patch_dirty {
             return true;
         }
         if v.major != c.major {

@@ -53,14 +53,13 @@ pub fn parse_loose(input: &str) -> Option<Version> {
         rest = &rest[..i];
     }
 
+    // Missing minor and patch stay 0.
     let mut nums = [0u64; 3];
-    let mut count = 0;
-    for seg in rest.split('.') {
-        if count == 3 || seg.is_empty() || !seg.bytes().all(|b| b.is_ascii_digit()) {
+    for (i, seg) in rest.split('.').enumerate() {
+        if i == 3 || seg.is_empty() || !seg.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
-        nums[count] = seg.parse().ok()?;
-        count += 1;
+        nums[i] = seg.parse().ok()?;
     }
     Some(Version {
         major: nums[0],
@@ -153,7 +152,16 @@ mod tests {
         assert_eq!(v("2024.01.05"), Version::new(2024, 1, 5));
         assert_eq!(v("1.2-rc.1").to_string(), "1.2.0-rc.1");
         assert_eq!(v("1.2.3+build.5").build.as_str(), "build.5");
-        for bad in ["1.2", "v1", "V1.2.3", "1.2.3.4", "1.2.3-", "1.2.3-rc..1", "1.2.3-01", "x.y.z"] {
+        for bad in [
+            "1.2",
+            "v1",
+            "V1.2.3",
+            "1.2.3.4",
+            "1.2.3-",
+            "1.2.3-rc..1",
+            "1.2.3-01",
+            "x.y.z",
+        ] {
             assert!(parse_tag(bad).is_none(), "{bad} must not be a version");
         }
     }
