@@ -88,6 +88,9 @@ const RANGES: &[(&str, &str, bool)] = &[
     ("^0.0", "0.1.0", false),
     ("^0", "0.9.9", true),
     ("^0", "1.0.0", false),
+    // A Masterminds quirk Flux shares: `^*` parses as ^0.0.0 without the "dirty minor" mark.
+    ("^*", "0.0.0", true),
+    ("^*", "1.0.0", false),
     // Wildcards: `*` is any release, never a prerelease.
     ("*", "1.2.3", true),
     ("*", "0.0.0", true),
