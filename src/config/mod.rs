@@ -262,10 +262,12 @@ pub fn load(path: &Path) -> Result<Loaded, Error> {
         path: path.to_path_buf(),
         source,
     })?;
-    let env =
-        Env::prefixed("RETAGD_")
-            .split("__")
-            .ignore(&["config", "api_token", "log", "log_format"]);
+    let reserved: Vec<String> = RESERVED_ENV
+        .iter()
+        .map(|name| name.trim_start_matches("RETAGD_").to_ascii_lowercase())
+        .collect();
+    let reserved: Vec<&str> = reserved.iter().map(String::as_str).collect();
+    let env = Env::prefixed("RETAGD_").split("__").ignore(&reserved);
     // Which variable set which key, so an error at that key can name the variable.
     let overrides: Vec<(String, String)> = env
         .iter()
@@ -402,5 +404,76 @@ fn shape_problem(e: &serde_path_to_error::Error<figment::Error>) -> Problem {
             path: parent,
             message: other.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE_TOML: &str = include_str!("../../config/retagd.toml");
+    const EXAMPLE_YAML: &str = include_str!("../../config/retagd.yaml");
+
+    #[test]
+    fn both_examples_load_to_the_same_pipelines() {
+        let t = parse(EXAMPLE_TOML, Format::Toml, "toml").expect("valid toml");
+        let y = parse(EXAMPLE_YAML, Format::Yaml, "yaml").expect("valid yaml");
+        let shape = |c: &Config| {
+            c.pipelines
+                .iter()
+                .flat_map(|p| {
+                    p.stages.iter().map(move |s| {
+                        let promote = s.promote.as_ref().map(|pr| {
+                            (
+                                pr.from,
+                                pr.tag.to_string(),
+                                pr.approval,
+                                pr.min_age,
+                                pr.overwrite,
+                            )
+                        });
+                        (
+                            p.name.clone(),
+                            p.interval,
+                            s.name.clone(),
+                            s.registry.clone(),
+                            s.repository.clone(),
+                            s.selector.policy().to_string(),
+                            promote,
+                        )
+                    })
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(shape(&t.config), shape(&y.config));
+        assert_eq!(t.config.server.listen, y.config.server.listen);
+        assert!(t.warnings.is_empty() && y.warnings.is_empty());
+    }
+
+    #[test]
+    fn an_error_at_an_overridden_key_names_the_variable() {
+        let overrides = [(
+            "RETAGD_SERVER__LISTEN".to_string(),
+            "server.listen".to_string(),
+        )];
+        assert_eq!(
+            describe_origin("f.toml", "server.listen", &overrides),
+            "f.toml (with environment variable RETAGD_SERVER__LISTEN)"
+        );
+        assert_eq!(
+            describe_origin("f.toml", "server", &overrides),
+            "f.toml (with environment variable RETAGD_SERVER__LISTEN)"
+        );
+        assert_eq!(
+            describe_origin("f.toml", "defaults.interval", &overrides),
+            "f.toml"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let err = parse("[server\nlisten = 1", Format::Toml, "x.toml").expect_err("invalid");
+        assert!(matches!(err, Error::Syntax { .. }), "{err}");
+        assert!(err.to_string().contains("line 1"), "{err}");
     }
 }

@@ -336,6 +336,8 @@ fn pipeline(
     default_interval: Duration,
 ) -> Option<Pipeline> {
     name(p, &format!("{path}.name"), "pipeline", &raw.name);
+    known_registry(p, &format!("{path}.registry"), &raw.registry, file);
+    valid_repository(p, &format!("{path}.repository"), &raw.repository);
     let interval = match &raw.interval {
         Some(text) => duration(p, &format!("{path}.interval"), text, true),
         None => Some(default_interval),
@@ -392,42 +394,14 @@ fn stage(
     file: &raw::File,
     earlier: &[Stage],
 ) -> Option<Stage> {
-    let (registry_path, registry) = match &raw.registry {
-        Some(r) => (format!("{path}.registry"), r),
-        None => (
-            format!("{path}.registry (from the pipeline)"),
-            &pipeline.registry,
-        ),
-    };
-    if !file.registries.contains_key(registry) {
-        let known: Vec<&str> = file.registries.keys().map(String::as_str).collect();
-        let path = match &raw.registry {
-            Some(_) => registry_path,
-            None if index == 0 => path_of_pipeline_key(path, "registry"),
-            // Reported once, at the pipeline key, for the first stage.
-            None => String::new(),
-        };
-        if !path.is_empty() {
-            p.error(
-                path,
-                format!(
-                    "unknown registry {registry:?} (registries: {})",
-                    known.join(", ")
-                ),
-            );
-        }
+    if let Some(r) = &raw.registry {
+        known_registry(p, &format!("{path}.registry"), r, file);
     }
+    if let Some(r) = &raw.repository {
+        valid_repository(p, &format!("{path}.repository"), r);
+    }
+    let registry = raw.registry.as_ref().unwrap_or(&pipeline.registry);
     let repository = raw.repository.as_ref().unwrap_or(&pipeline.repository);
-    if !REPOSITORY.is_match(repository) || repository.len() > 255 {
-        let rpath = match &raw.repository {
-            Some(_) => Some(format!("{path}.repository")),
-            None if index == 0 => Some(path_of_pipeline_key(path, "repository")),
-            None => None,
-        };
-        if let Some(rpath) = rpath {
-            p.error(rpath, format!("invalid repository {repository:?} (lowercase path components of [a-z0-9] joined by '.', '_', '__' or '-', separated by '/'; no registry host, no tag)"));
-        }
-    }
 
     let filter = match &raw.filter_tags {
         None => Some(Filter::all()),
@@ -478,12 +452,23 @@ fn stage(
     })
 }
 
-/// `pipelines[0].stages[0]` -> `pipelines[0].registry`.
-fn path_of_pipeline_key(stage_path: &str, key: &str) -> String {
-    let pipeline = stage_path
-        .rsplit_once(".stages[")
-        .map_or(stage_path, |(p, _)| p);
-    format!("{pipeline}.{key}")
+fn known_registry(p: &mut Problems, path: &str, name: &str, file: &raw::File) {
+    if !file.registries.contains_key(name) {
+        let known: Vec<&str> = file.registries.keys().map(String::as_str).collect();
+        p.error(
+            path,
+            format!(
+                "unknown registry {name:?} (registries: {})",
+                known.join(", ")
+            ),
+        );
+    }
+}
+
+fn valid_repository(p: &mut Problems, path: &str, repository: &str) {
+    if !REPOSITORY.is_match(repository) || repository.len() > 255 {
+        p.error(path, format!("invalid repository {repository:?} (lowercase path components of [a-z0-9] joined by '.', '_', '__' or '-', separated by '/'; no registry host, no tag)"));
+    }
 }
 
 fn stage_policy(p: &mut Problems, path: &str, raw: Option<&raw::Policy>) -> Option<Policy> {
