@@ -179,14 +179,7 @@ impl Template {
     /// Renders the template with counter `n`; the caller checks the result with
     /// [`is_valid_tag`] since values come from the registry.
     pub fn render(&self, values: &Values<'_>, n: u64) -> String {
-        let mut out = String::new();
-        for part in &self.parts {
-            match part {
-                Part::Text(t) => out.push_str(t),
-                Part::Var(v) => render_var(*v, values, n, &mut out),
-            }
-        }
-        out
+        render_parts(&self.parts, values, n)
     }
 
     /// The counter the next promotion gets: one more than the highest `{n}` among `existing`
@@ -199,18 +192,9 @@ impl Template {
         let Some(at) = self.parts.iter().position(|p| *p == Part::Var(Var::N)) else {
             return 1;
         };
-        let render_parts = |parts: &[Part]| {
-            let mut s = String::new();
-            for p in parts {
-                match p {
-                    Part::Text(t) => s.push_str(t),
-                    Part::Var(v) => render_var(*v, values, 0, &mut s),
-                }
-            }
-            s
-        };
-        let prefix = render_parts(&self.parts[..at]);
-        let suffix = render_parts(&self.parts[at + 1..]);
+        // {n} appears once, so neither side of it depends on the counter.
+        let prefix = render_parts(&self.parts[..at], values, 0);
+        let suffix = render_parts(&self.parts[at + 1..], values, 0);
         existing
             .into_iter()
             .filter_map(|tag| {
@@ -225,6 +209,17 @@ impl Template {
             .max()
             .map_or(1, |n| n.saturating_add(1))
     }
+}
+
+fn render_parts(parts: &[Part], values: &Values<'_>, n: u64) -> String {
+    let mut out = String::new();
+    for part in parts {
+        match part {
+            Part::Text(t) => out.push_str(t),
+            Part::Var(v) => render_var(*v, values, n, &mut out),
+        }
+    }
+    out
 }
 
 fn render_var(var: Var, values: &Values<'_>, n: u64, out: &mut String) {

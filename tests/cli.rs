@@ -18,7 +18,11 @@ fn retagd() -> Command {
 }
 
 fn run(cmd: &mut Command) -> (i32, String, String) {
-    let out: Output = cmd.output().expect("retagd runs");
+    outcome(cmd.output().expect("retagd runs"))
+}
+
+/// Exit status, stdout and stderr of a finished run.
+fn outcome(out: Output) -> (i32, String, String) {
     (
         out.status.code().expect("retagd exits with a status"),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -44,12 +48,7 @@ fn run_with_stdin(args: &[&str], stdin: &str) -> (i32, String, String) {
         .expect("stdin is piped")
         .write_all(stdin.as_bytes())
         .expect("stdin accepts the tags");
-    let out = child.wait_with_output().expect("retagd finishes");
-    (
-        out.status.code().expect("exit status"),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    outcome(child.wait_with_output().expect("retagd finishes"))
 }
 
 #[test]
