@@ -7,11 +7,14 @@
 use std::fmt::Write as _;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
 use crate::config::{self, Auth, Config};
 use crate::policy::{self, Filter, Order, Policy, Selector};
+use crate::reference::{self, Reference};
+use crate::registry::{self, NoObserver, Registries};
 
 /// Promote container images dev -> rc -> release inside registries.
 #[derive(Debug, Parser)]
@@ -33,6 +36,14 @@ pub enum Command {
     /// Prints the selected tag. Exit 1 when no tag qualifies (or, for numerical, a candidate is
     /// not a number); exit 2 for an invalid range, pattern or order.
     Policy(PolicyArgs),
+    /// Copy an image to another tag, repository or registry, digest preserved.
+    ///
+    /// References look like 127.0.0.1:5000/myorg/app:v1.2.0-dev.3 or ...@sha256:<hex>.
+    /// Registries named in the config (by host) supply URL scheme, credentials, CA and limits;
+    /// others are reached with ~/.docker/config.json credentials if any, over https (http on
+    /// loopback). Within one repository only the manifest is copied; within one registry blobs
+    /// are mounted; across registries missing blobs are streamed. Exit 1 when the copy fails.
+    Copy(CopyArgs),
 }
 
 /// `retagd check`.
@@ -72,6 +83,20 @@ pub struct PolicyArgs {
     pub tags: Vec<String>,
 }
 
+/// `retagd copy`.
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// Configuration file with the registries' URLs and credentials (optional).
+    #[arg(long, short, env = "RETAGD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The image to copy.
+    #[arg(value_name = "SRC")]
+    pub src: String,
+    /// Where to copy it (a tag, or the same digest).
+    #[arg(value_name = "DST")]
+    pub dst: String,
+}
+
 /// How a subcommand failed, which decides the exit status.
 #[derive(Debug)]
 pub enum Failure {
@@ -103,6 +128,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Fai
     match cli.command {
         Command::Check(args) => check(&args, out, err),
         Command::Policy(args) => select(&args, &mut std::io::stdin().lock(), out),
+        Command::Copy(args) => copy(&args, out, err),
     }
 }
 
@@ -192,6 +218,87 @@ pub fn summary(origin: &str, config: &Config) -> String {
         }
     }
     s
+}
+
+fn copy(args: &CopyArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Failure> {
+    let usage = |e: anyhow::Error| Failure::Usage(e);
+    let src: Reference = args
+        .src
+        .parse()
+        .map_err(|e: reference::Error| usage(anyhow::Error::new(e).context("SRC")))?;
+    let dst: Reference = args
+        .dst
+        .parse()
+        .map_err(|e: reference::Error| usage(anyhow::Error::new(e).context("DST")))?;
+    let configured = match &args.config {
+        Some(path) => {
+            let loaded = config::load(path).map_err(|e| usage(e.into()))?;
+            for w in &loaded.warnings {
+                writeln!(err, "warning: {w}").map_err(io_failure)?;
+            }
+            loaded.config.registries
+        }
+        None => Default::default(),
+    };
+    let registries = Registries::new(
+        &configured,
+        Registries::default_docker_config(),
+        Arc::new(NoObserver),
+    )
+    .map_err(|e| usage(e.into()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            Failure::Work(anyhow::Error::new(e).context("cannot start the async runtime"))
+        })?;
+    let report = runtime
+        .block_on(async {
+            let from = registries.for_host(&src.registry)?;
+            let to = registries.for_host(&dst.registry)?;
+            registry::copy(&from, &src, &to, &dst).await
+        })
+        .map_err(|e| {
+            Failure::Work(anyhow::Error::new(e).context(format!("cannot copy {src} to {dst}")))
+        })?;
+    writeln!(out, "{}", describe_copy(&report, &src, &dst)).map_err(io_failure)?;
+    writeln!(out, "digest {}", report.digest).map_err(io_failure)
+}
+
+/// One line saying what a copy did.
+pub fn describe_copy(report: &registry::Report, src: &Reference, dst: &Reference) -> String {
+    if report.up_to_date {
+        return format!("already up to date: {dst}");
+    }
+    let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    let mut what = Vec::new();
+    if report.blobs_mounted > 0 {
+        what.push(format!("mounted {}", plural(report.blobs_mounted, "blob")));
+    }
+    if report.blobs_uploaded > 0 {
+        what.push(format!(
+            "uploaded {} ({:.1} MiB)",
+            plural(report.blobs_uploaded, "blob"),
+            report.bytes_uploaded as f64 / (1024.0 * 1024.0)
+        ));
+    }
+    if report.blobs_present > 0 {
+        what.push(format!(
+            "{} already present",
+            plural(report.blobs_present, "blob")
+        ));
+    }
+    let how = match report.path {
+        registry::Path::SameRepository => "same repository, manifest only".to_string(),
+        _ => {
+            what.push(format!(
+                "pushed {}",
+                plural(report.manifests_pushed, "manifest")
+            ));
+            what.join(", ")
+        }
+    };
+    format!("copied {src} -> {dst} ({how})")
 }
 
 fn select(args: &PolicyArgs, stdin: &mut dyn BufRead, out: &mut dyn Write) -> Result<(), Failure> {

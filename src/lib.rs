@@ -9,12 +9,19 @@
 //! - [`policy`]: tag selection (`filter_tags` + `semver` / `alphabetical` / `numerical`) with
 //!   Flux's semantics, including the Masterminds range language. Pure: no I/O.
 //! - [`template`]: promotion target tag templates (`v{major}.{minor}.{patch}-rc.{n}`).
+//! - [`reference`]: image references and digests by the OCI grammar; the gate every name passes
+//!   before it reaches a URL.
+//! - [`registry`]: the registry client: tag lists, manifests, and copies with the fewest requests
+//!   (retries, rate limits, auth, TLS).
 //! - [`cli`]: the `retagd` command line; `main.rs` only maps its result to an exit code.
 //!
-//! Dependencies point one way: `policy` and `template` know nothing of configuration files, the
-//! command line or the network.
+//! Dependencies point one way: `policy`, `template` and `reference` know nothing of
+//! configuration files, the command line or the network; `registry` knows configuration only
+//! through [`config::Registry`].
 
 pub mod cli;
 pub mod config;
 pub mod policy;
+pub mod reference;
+pub mod registry;
 pub mod template;

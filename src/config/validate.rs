@@ -16,18 +16,12 @@ use super::{
     DEFAULT_INTERVAL, DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENCY, DEFAULT_PAGE_SIZE,
 };
 use crate::policy::{self, Filter, Order, Policy, Selector};
-use crate::template::{self, Template, Values, Var};
+use crate::reference;
+use crate::template::{Template, Values, Var};
 
 /// Names of registries, pipelines and stages: they appear in URLs, metric labels and logs.
 static NAME: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$").expect("constant pattern"));
-/// The distribution spec's repository name grammar.
-static REPOSITORY: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(
-        r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$",
-    )
-    .expect("constant pattern")
-});
 
 /// Below this a poll interval mostly burns registry rate limits.
 const SHORT_INTERVAL: Duration = Duration::from_secs(10);
@@ -466,7 +460,7 @@ fn known_registry(p: &mut Problems, path: &str, name: &str, file: &raw::File) {
 }
 
 fn valid_repository(p: &mut Problems, path: &str, repository: &str) {
-    if !REPOSITORY.is_match(repository) || repository.len() > 255 {
+    if !reference::is_valid_repository(repository) {
         p.error(path, format!("invalid repository {repository:?} (lowercase path components of [a-z0-9] joined by '.', '_', '__' or '-', separated by '/'; no registry host, no tag)"));
     }
 }
@@ -638,7 +632,7 @@ fn sample_check(
             .filter(|_| matches!(source.selector.policy(), Policy::Semver(_))),
     };
     let rendered = promotion.tag.render(&values, 1);
-    if !template::is_valid_tag(&rendered) {
+    if !reference::is_valid_tag(&rendered) {
         return;
     }
     if target.filter().apply(&rendered).is_none() {

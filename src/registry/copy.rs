@@ -1,0 +1,601 @@
+//! Copying an image `SRC -> DST` with the digest preserved, the cheapest way the pair allows.
+//!
+//! # Paths
+//!
+//! - **Same repository**: HEAD the destination; GET the source; PUT the same bytes. No blob is
+//!   touched. When the destination tag exists, the source is HEADed first, so an up-to-date copy
+//!   costs two HEADs and no GET (a GET counts as a pull on Docker Hub).
+//! - **Same registry, other repository**: GET the root and its children, then mount every blob
+//!   (`POST ...?mount=&from=`), push the children by digest, the root last. A refused mount
+//!   (202) uploads into the session it opened; 401/403/404 fall back to a plain upload.
+//! - **Other registry**: HEAD every blob on the destination, stream the missing ones (memory
+//!   is bounded by a chunk: a 1 GiB layer is never held), then the children, then the root.
+//!
+//! # Guarantees
+//!
+//! Nothing is written that did not come from a digest-verified read: manifests are checked
+//! before any PUT; a streamed blob is hashed on the way and its last chunk is held back until the
+//! hash matches, so a corrupted transfer never completes an upload. Referrers (signatures,
+//! SBOMs stored as `sha256-<hex>` tags or via the referrers API) are not carried along.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::{stream, Stream, StreamExt as _, TryStreamExt as _};
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use reqwest::{Method, StatusCode};
+use sha2::{Digest as _, Sha256};
+use url::Url;
+
+use super::auth::{self, Scopes};
+use super::manifest::{self, Contents, Descriptor, Manifest};
+use super::transport::Request;
+use super::{Client, Error};
+use crate::reference::{Digest, Reference};
+
+/// Index nesting followed (an index of indexes is legal, deeper is not seen in practice).
+const MAX_DEPTH: usize = 3;
+
+/// Which path a copy took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// Source and destination in one repository: manifest only.
+    SameRepository,
+    /// One registry, two repositories: blobs mounted.
+    Mount,
+    /// Two registries: blobs streamed.
+    Transfer,
+}
+
+/// What a copy did, for the command line and the logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The root manifest's digest, the same on both sides.
+    pub digest: Digest,
+    /// The path taken.
+    pub path: Path,
+    /// The destination already had this digest: nothing was written.
+    pub up_to_date: bool,
+    /// Manifests PUT (children and root).
+    pub manifests_pushed: usize,
+    /// Blobs mounted from the source repository.
+    pub blobs_mounted: usize,
+    /// Blobs uploaded (streamed) because they could not be mounted or were missing.
+    pub blobs_uploaded: usize,
+    /// Bytes in those uploads.
+    pub bytes_uploaded: u64,
+    /// Blobs the destination already had.
+    pub blobs_present: usize,
+}
+
+impl Report {
+    fn new(digest: Digest, path: Path) -> Report {
+        Report {
+            digest,
+            path,
+            up_to_date: false,
+            manifests_pushed: 0,
+            blobs_mounted: 0,
+            blobs_uploaded: 0,
+            bytes_uploaded: 0,
+            blobs_present: 0,
+        }
+    }
+}
+
+/// How one blob got to the destination.
+enum BlobOutcome {
+    Mounted,
+    Present,
+    Uploaded(u64),
+}
+
+/// Copies `src_ref` (resolved by `src`) to `dst_ref` (on `dst`); see the module docs. A `dst_ref`
+/// with a digest must name the source's digest.
+pub async fn copy(
+    src: &Client,
+    src_ref: &Reference,
+    dst: &Client,
+    dst_ref: &Reference,
+) -> Result<Report, Error> {
+    let same_registry = std::ptr::eq(src, dst);
+    let path = match (same_registry, src_ref.repository == dst_ref.repository) {
+        (true, true) => Path::SameRepository,
+        (true, false) => Path::Mount,
+        (false, _) => Path::Transfer,
+    };
+    // One scope set per registry for the whole copy, so one token serves every request; on one
+    // registry it includes pull on the source, which mounts need.
+    let mut dst_scopes = Scopes::from([auth::pull_push(&dst_ref.repository)]);
+    if path == Path::Mount {
+        dst_scopes.insert(auth::pull(&src_ref.repository));
+    }
+    let src_scopes = if same_registry {
+        dst_scopes.clone()
+    } else {
+        Scopes::from([auth::pull(&src_ref.repository)])
+    };
+    let src_repo = src_ref.repository.as_str();
+    let dst_repo = dst_ref.repository.as_str();
+
+    let existing = dst
+        .head_manifest_with(dst_repo, dst_ref.manifest_ref(), &dst_scopes)
+        .await?
+        .map(|h| h.digest);
+    let wanted = match (&src_ref.digest, &existing) {
+        (Some(d), _) => Some(d.clone()),
+        (None, Some(_)) => Some(
+            src.head_manifest_with(src_repo, src_ref.manifest_ref(), &src_scopes)
+                .await?
+                .ok_or_else(|| Error::Refused(format!("source {src_ref} does not exist")))?
+                .digest,
+        ),
+        (None, None) => None,
+    };
+    if let (Some(w), Some(e)) = (&wanted, &existing) {
+        if w == e {
+            let mut report = Report::new(w.clone(), path);
+            report.up_to_date = true;
+            return Ok(report);
+        }
+    }
+    let root_ref = wanted
+        .as_ref()
+        .map_or_else(|| src_ref.manifest_ref().to_string(), |d| d.to_string());
+    let root = src
+        .get_manifest_with(src_repo, &root_ref, wanted.as_ref(), &src_scopes)
+        .await
+        .map_err(|e| match e {
+            e if e.is_not_found() => Error::Refused(format!("source {src_ref} does not exist")),
+            e => e,
+        })?;
+    if let Some(d) = &dst_ref.digest {
+        if *d != root.digest {
+            return Err(Error::Refused(format!(
+                "destination {dst_ref} names digest {d}, but the source is {}",
+                root.digest
+            )));
+        }
+    }
+    let mut report = Report::new(root.digest.clone(), path);
+    if path != Path::SameRepository {
+        let children = children(src, src_repo, &root, &src_scopes).await?;
+        let mut blobs = BTreeMap::new();
+        for m in std::iter::once(&root).chain(&children) {
+            if let Contents::Image(descriptors) = contents(src, m)? {
+                for d in descriptors {
+                    blobs.entry(d.digest.clone()).or_insert(d);
+                }
+            }
+        }
+        let width = dst.transport.max_concurrency();
+        let outcomes: Vec<BlobOutcome> = stream::iter(blobs.values())
+            .map(|blob| {
+                copy_blob(
+                    src,
+                    src_repo,
+                    &src_scopes,
+                    dst,
+                    dst_repo,
+                    &dst_scopes,
+                    blob,
+                    path,
+                )
+            })
+            .buffer_unordered(width)
+            .try_collect()
+            .await?;
+        for outcome in outcomes {
+            match outcome {
+                BlobOutcome::Mounted => report.blobs_mounted += 1,
+                BlobOutcome::Present => report.blobs_present += 1,
+                BlobOutcome::Uploaded(n) => {
+                    report.blobs_uploaded += 1;
+                    report.bytes_uploaded += n;
+                }
+            }
+        }
+        // Children by digest, deepest first (they are listed that way), before the root.
+        for child in &children {
+            dst.put_manifest(dst_repo, child.digest.as_str(), child, &dst_scopes)
+                .await?;
+            report.manifests_pushed += 1;
+        }
+    }
+    let target = dst_ref
+        .tag
+        .clone()
+        .unwrap_or_else(|| root.digest.to_string());
+    dst.put_manifest(dst_repo, &target, &root, &dst_scopes)
+        .await?;
+    report.manifests_pushed += 1;
+    Ok(report)
+}
+
+fn contents(client: &Client, m: &Manifest) -> Result<Contents, Error> {
+    manifest::contents(&m.bytes, &m.media_type).map_err(|source| Error::Manifest {
+        registry: client.name().to_string(),
+        what: m.digest.to_string(),
+        source,
+    })
+}
+
+/// Every manifest below `root`, children before their parents, each GET verified by digest and
+/// size.
+async fn children(
+    src: &Client,
+    repository: &str,
+    root: &Manifest,
+    scopes: &Scopes,
+) -> Result<Vec<Manifest>, Error> {
+    let mut out = Vec::new();
+    let mut level = vec![root.clone()];
+    for depth in 0..=MAX_DEPTH {
+        let mut wanted: Vec<Descriptor> = Vec::new();
+        for m in &level {
+            if let Contents::Index(c) = contents(src, m)? {
+                wanted.extend(c);
+            }
+        }
+        if wanted.is_empty() {
+            break;
+        }
+        if depth == MAX_DEPTH {
+            return Err(Error::Refused(format!(
+                "{}: indexes nested deeper than {MAX_DEPTH} levels",
+                root.digest
+            )));
+        }
+        let width = src.transport.max_concurrency();
+        let fetched: Vec<Manifest> = stream::iter(wanted)
+            .map(|d| async move {
+                let m = src
+                    .get_manifest_with(repository, d.digest.as_str(), Some(&d.digest), scopes)
+                    .await?;
+                if m.bytes.len() as u64 != d.size {
+                    return Err(Error::Refused(format!(
+                        "child manifest {} is {} bytes, its index says {}",
+                        d.digest,
+                        m.bytes.len(),
+                        d.size
+                    )));
+                }
+                Ok(m)
+            })
+            .buffered(width)
+            .try_collect()
+            .await?;
+        // Deeper levels go first in the final list.
+        out.splice(0..0, fetched.iter().cloned());
+        level = fetched;
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn copy_blob(
+    src: &Client,
+    src_repo: &str,
+    src_scopes: &Scopes,
+    dst: &Client,
+    dst_repo: &str,
+    dst_scopes: &Scopes,
+    blob: &Descriptor,
+    path: Path,
+) -> Result<BlobOutcome, Error> {
+    let uploads = dst.url(&format!("/v2/{dst_repo}/blobs/uploads/"))?;
+    let session = if path == Path::Mount {
+        let mut url = uploads.clone();
+        url.query_pairs_mut()
+            .append_pair("mount", blob.digest.as_str())
+            .append_pair("from", src_repo);
+        let req = Request {
+            method: Method::POST,
+            url,
+            headers: HeaderMap::new(),
+            body: None,
+            scopes: dst_scopes,
+        };
+        let answer = dst.transport.fetch(&req, 0).await?;
+        match answer.status {
+            StatusCode::CREATED => return Ok(BlobOutcome::Mounted),
+            // Mount refused, but an upload session is open: use it.
+            StatusCode::ACCEPTED => Some(location(dst, &req, &answer.headers)?),
+            // Harbor and others say "no mount" this way; upload instead.
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => None,
+            _ => return Err(dst.unexpected(&req, &answer)),
+        }
+    } else {
+        let req = Request {
+            method: Method::HEAD,
+            url: dst.url(&format!("/v2/{dst_repo}/blobs/{}", blob.digest))?,
+            headers: HeaderMap::new(),
+            body: None,
+            scopes: dst_scopes,
+        };
+        let answer = dst.transport.fetch(&req, 0).await?;
+        match answer.status {
+            s if s.is_success() => return Ok(BlobOutcome::Present),
+            StatusCode::NOT_FOUND => None,
+            _ => return Err(dst.unexpected(&req, &answer)),
+        }
+    };
+    let session = Mutex::new(session);
+    let uploaded = dst
+        .transport
+        .retrying(|| async {
+            let opened = session.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let result = upload(
+                src, src_repo, src_scopes, dst, &uploads, dst_scopes, blob, opened,
+            )
+            .await;
+            result
+        })
+        .await?;
+    Ok(BlobOutcome::Uploaded(uploaded))
+}
+
+fn location(client: &Client, req: &Request<'_>, headers: &HeaderMap) -> Result<Url, Error> {
+    let text = headers
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            client
+                .transport
+                .protocol(req, "upload session without a Location".into())
+        })?;
+    req.url.join(text).map_err(|e| {
+        client
+            .transport
+            .protocol(req, format!("invalid upload Location: {e}"))
+    })
+}
+
+/// One upload attempt: open a session unless one is given, stream the source blob into a
+/// monolithic PUT, verify on the way. On failure the session is deleted (best effort).
+#[allow(clippy::too_many_arguments)]
+async fn upload(
+    src: &Client,
+    src_repo: &str,
+    src_scopes: &Scopes,
+    dst: &Client,
+    uploads: &Url,
+    dst_scopes: &Scopes,
+    blob: &Descriptor,
+    session: Option<Url>,
+) -> Result<u64, Error> {
+    let session = match session {
+        Some(s) => s,
+        None => {
+            let req = Request {
+                method: Method::POST,
+                url: uploads.clone(),
+                headers: HeaderMap::new(),
+                body: None,
+                scopes: dst_scopes,
+            };
+            let answer = dst.transport.fetch(&req, 0).await?;
+            if answer.status != StatusCode::ACCEPTED {
+                return Err(dst.unexpected(&req, &answer));
+            }
+            location(dst, &req, &answer.headers)?
+        }
+    };
+    let result = stream_into(src, src_repo, src_scopes, dst, &session, dst_scopes, blob).await;
+    if result.is_err() {
+        let req = Request {
+            method: Method::DELETE,
+            url: session,
+            headers: HeaderMap::new(),
+            body: None,
+            scopes: dst_scopes,
+        };
+        let _ = dst
+            .transport
+            .send_stream(&req, reqwest::Body::from(Bytes::new()))
+            .await;
+    }
+    result.map(|()| blob.size)
+}
+
+async fn stream_into(
+    src: &Client,
+    src_repo: &str,
+    src_scopes: &Scopes,
+    dst: &Client,
+    session: &Url,
+    dst_scopes: &Scopes,
+    blob: &Descriptor,
+) -> Result<(), Error> {
+    // Hold a slot on both registries, taken in name order so opposite copies cannot deadlock;
+    // one slot when both are the same registry.
+    let _slots = if std::ptr::eq(src, dst) {
+        (Some(dst.transport.permit().await?), None)
+    } else if src.name() < dst.name() {
+        let a = src.transport.permit().await?;
+        (Some(a), Some(dst.transport.permit().await?))
+    } else {
+        let a = dst.transport.permit().await?;
+        (Some(a), Some(src.transport.permit().await?))
+    };
+    let get = Request {
+        method: Method::GET,
+        url: src.url(&format!("/v2/{src_repo}/blobs/{}", blob.digest))?,
+        headers: HeaderMap::new(),
+        body: None,
+        scopes: src_scopes,
+    };
+    let answer = src.transport.open(&get, true).await?;
+    if !answer.response.status().is_success() {
+        return Err(src.transport.status_error(&get, answer.response).await);
+    }
+    let failure = Arc::new(Mutex::new(None));
+    let body = verified(
+        answer.into_stream(),
+        blob.clone(),
+        src.name().to_string(),
+        failure.clone(),
+    );
+    let mut url = session.clone();
+    url.query_pairs_mut()
+        .append_pair("digest", blob.digest.as_str());
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(blob.size));
+    let put = Request {
+        method: Method::PUT,
+        url,
+        headers,
+        body: None,
+        scopes: dst_scopes,
+    };
+    let sent = dst
+        .transport
+        .send_stream(&put, reqwest::Body::wrap_stream(body))
+        .await;
+    if let Some(e) = failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        return Err(e);
+    }
+    let response = sent?;
+    if response.status() != StatusCode::CREATED && !response.status().is_success() {
+        return Err(dst.transport.status_error(&put, response).await);
+    }
+    Ok(())
+}
+
+/// Passes `inner` through while hashing it; holds each chunk back until the next arrives, and
+/// ends with an error instead of the last chunk when size or digest is wrong, so the receiver
+/// never sees a complete wrong blob. The error is also left in `failure` for the caller.
+fn verified(
+    inner: impl Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static,
+    blob: Descriptor,
+    registry: String,
+    failure: Arc<Mutex<Option<Error>>>,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    struct State<S> {
+        inner: std::pin::Pin<Box<S>>,
+        hasher: Sha256,
+        held: Option<Bytes>,
+        seen: u64,
+        done: bool,
+    }
+    let state = State {
+        inner: Box::pin(inner),
+        hasher: Sha256::new(),
+        held: None,
+        seen: 0,
+        done: false,
+    };
+    stream::unfold(state, move |mut s| {
+        let blob = blob.clone();
+        let registry = registry.clone();
+        let failure = failure.clone();
+        async move {
+            if s.done {
+                return None;
+            }
+            let fail = |s: &mut State<_>, e: Error| {
+                s.done = true;
+                let message = e.to_string();
+                *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                Some(Err(std::io::Error::other(message)))
+            };
+            loop {
+                match s.inner.next().await {
+                    Some(Ok(chunk)) => {
+                        s.seen += chunk.len() as u64;
+                        if s.seen > blob.size {
+                            let e = Error::Refused(format!(
+                                "registry {registry}: blob {} is longer than its {} bytes",
+                                blob.digest, blob.size
+                            ));
+                            let item = fail(&mut s, e);
+                            return item.map(|i| (i, s));
+                        }
+                        s.hasher.update(&chunk);
+                        if let Some(previous) = s.held.replace(chunk) {
+                            return Some((Ok(previous), s));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        s.done = true;
+                        return Some((Err(std::io::Error::other(e)), s));
+                    }
+                    None => {
+                        let actual = Digest::from_hash(&s.hasher.clone().finalize());
+                        if s.seen != blob.size || actual != blob.digest {
+                            let e = Error::DigestMismatch {
+                                registry: registry.clone(),
+                                what: format!("blob of {} bytes (expected {})", s.seen, blob.size),
+                                expected: blob.digest.clone(),
+                                actual,
+                            };
+                            let item = fail(&mut s, e);
+                            return item.map(|i| (i, s));
+                        }
+                        s.done = true;
+                        return s.held.take().map(|last| (Ok(last), s));
+                    }
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn run(chunks: Vec<&'static [u8]>, blob: Descriptor) -> (Vec<u8>, bool, Option<Error>) {
+        let failure = Arc::new(Mutex::new(None));
+        let inner = stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from_static(c))));
+        let out: Vec<Result<Bytes, std::io::Error>> =
+            verified(inner, blob, "r".into(), failure.clone())
+                .collect()
+                .await;
+        let ended_in_error = out.last().is_some_and(|r| r.is_err());
+        let bytes = out.into_iter().filter_map(Result::ok).flatten().collect();
+        let failure = failure.lock().unwrap().take();
+        (bytes, ended_in_error, failure)
+    }
+
+    fn descriptor(bytes: &[u8]) -> Descriptor {
+        Descriptor {
+            media_type: String::new(),
+            digest: Digest::of(bytes),
+            size: bytes.len() as u64,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_good_blob_passes_whole() {
+        let (bytes, error, failure) =
+            run(vec![b"hello ", b"wor", b"ld"], descriptor(b"hello world")).await;
+        assert_eq!(
+            (bytes.as_slice(), error, failure.is_none()),
+            (&b"hello world"[..], false, true)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_altered_blob_never_delivers_its_last_chunk() {
+        let (bytes, error, failure) =
+            run(vec![b"hello ", b"wor", b"lD"], descriptor(b"hello world")).await;
+        assert_eq!(bytes, b"hello wor");
+        assert!(error);
+        assert!(matches!(failure, Some(Error::DigestMismatch { .. })));
+    }
+
+    #[tokio::test]
+    async fn short_and_long_blobs_are_refused() {
+        let (_, error, failure) = run(vec![b"hello"], descriptor(b"hello world")).await;
+        assert!(error && matches!(failure, Some(Error::DigestMismatch { .. })));
+        let (bytes, error, failure) =
+            run(vec![b"hello world", b"!"], descriptor(b"hello world")).await;
+        assert!(bytes.is_empty() && error && matches!(failure, Some(Error::Refused(_))));
+    }
+}
