@@ -263,6 +263,31 @@ pub fn pull_push(repository: &str) -> String {
     format!("repository:{repository}:pull,push")
 }
 
+/// Merges scopes on the same resource (`repository:a:pull` and `repository:a:pull,push` become
+/// `repository:a:pull,push`), as a challenge often repeats part of what we ask.
+pub fn merge(scopes: &Scopes) -> Scopes {
+    let mut by_resource: std::collections::BTreeMap<&str, BTreeSet<&str>> = Default::default();
+    let mut out = Scopes::new();
+    for scope in scopes {
+        match scope.rsplit_once(':') {
+            Some((resource, actions)) if resource.contains(':') => {
+                by_resource
+                    .entry(resource)
+                    .or_default()
+                    .extend(actions.split(',').filter(|a| !a.is_empty()));
+            }
+            _ => {
+                out.insert(scope.clone());
+            }
+        }
+    }
+    for (resource, actions) in by_resource {
+        let actions: Vec<&str> = actions.into_iter().collect();
+        out.insert(format!("{resource}:{}", actions.join(",")));
+    }
+    out
+}
+
 /// A bearer token and when to stop using it.
 #[derive(Debug, Clone)]
 pub struct Token {
@@ -367,6 +392,27 @@ mod tests {
         }
         let c = parse_challenges("Bearer realm=\"unterminated");
         assert_eq!(c[0].param("realm"), Some("unterminated"));
+    }
+
+    #[test]
+    fn scopes_on_one_resource_merge() {
+        let asked = Scopes::from([
+            pull("prod/app"),
+            pull_push("prod/app"),
+            pull("team/app"),
+            "registry:catalog:*".to_string(),
+            "odd".to_string(),
+        ]);
+        let merged: Vec<String> = merge(&asked).into_iter().collect();
+        assert_eq!(
+            merged,
+            [
+                "odd",
+                "registry:catalog:*",
+                "repository:prod/app:pull,push",
+                "repository:team/app:pull"
+            ]
+        );
     }
 
     #[test]

@@ -30,7 +30,7 @@ use url::Url;
 
 use super::auth::{self, Scopes};
 use super::manifest::{self, Contents, Descriptor, Manifest};
-use super::transport::Request;
+use super::transport::{Request, MAX_ERROR_BODY};
 use super::{Client, Error};
 use crate::reference::{Digest, Reference};
 
@@ -297,7 +297,7 @@ async fn copy_blob(
             body: None,
             scopes: dst_scopes,
         };
-        let answer = dst.transport.fetch(&req, 0).await?;
+        let answer = dst.transport.fetch(&req, MAX_ERROR_BODY).await?;
         match answer.status {
             StatusCode::CREATED => return Ok(BlobOutcome::Mounted),
             // Mount refused, but an upload session is open: use it.
@@ -314,7 +314,7 @@ async fn copy_blob(
             body: None,
             scopes: dst_scopes,
         };
-        let answer = dst.transport.fetch(&req, 0).await?;
+        let answer = dst.transport.fetch(&req, MAX_ERROR_BODY).await?;
         match answer.status {
             s if s.is_success() => return Ok(BlobOutcome::Present),
             StatusCode::NOT_FOUND => None,
@@ -375,7 +375,7 @@ async fn upload(
                 body: None,
                 scopes: dst_scopes,
             };
-            let answer = dst.transport.fetch(&req, 0).await?;
+            let answer = dst.transport.fetch(&req, MAX_ERROR_BODY).await?;
             if answer.status != StatusCode::ACCEPTED {
                 return Err(dst.unexpected(&req, &answer));
             }

@@ -370,7 +370,10 @@ impl Client {
             body: None,
             scopes,
         };
-        let answer = self.transport.fetch(&req, 0).await?;
+        let answer = self
+            .transport
+            .fetch(&req, transport::MAX_ERROR_BODY)
+            .await?;
         if answer.status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -504,7 +507,10 @@ impl Client {
             body: Some(manifest.bytes.clone()),
             scopes,
         };
-        let answer = self.transport.fetch(&req, 0).await?;
+        let answer = self
+            .transport
+            .fetch(&req, transport::MAX_ERROR_BODY)
+            .await?;
         if !answer.status.is_success() {
             return Err(self.unexpected(&req, &answer));
         }
@@ -526,17 +532,8 @@ impl Client {
 
     /// An error for a non-retried status the caller did not expect.
     fn unexpected(&self, req: &Request<'_>, answer: &transport::Fetched) -> Error {
-        let (code, message) = transport::error_text(&answer.body);
-        Error::Status(Box::new(HttpStatus {
-            registry: self.name().to_string(),
-            method: req.method.clone(),
-            path: req.url.path().to_string(),
-            status: answer.status.as_u16(),
-            code,
-            message,
-            retry_after: None,
-            attempts: 1,
-        }))
+        self.transport
+            .error_for(req, answer.status, &answer.headers, &answer.body)
     }
 }
 

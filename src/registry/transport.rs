@@ -43,8 +43,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Longest `Retry-After` we sleep through; beyond it the request fails and the caller (the next
 /// reconcile) tries later.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
-/// Error bodies are read up to this much, for the message.
-const MAX_ERROR_BODY: u64 = 64 << 10;
+/// Error bodies, and bodies nobody needs (answers to PUT and POST), are read up to this much.
+pub const MAX_ERROR_BODY: u64 = 64 << 10;
 /// Redirects followed per request.
 const MAX_REDIRECTS: usize = 5;
 
@@ -500,6 +500,7 @@ impl Transport {
                     .split_whitespace()
                     .map(str::to_string),
             );
+            let wanted = auth::merge(&wanted);
             let _one = self.token_fetch.lock().await;
             let token = self
                 .fetch_token(&realm, service.as_deref(), &wanted)
@@ -631,6 +632,9 @@ impl Transport {
             limit,
             size,
         };
+        if req.method == Method::HEAD {
+            return Ok(Bytes::new());
+        }
         if let Some(len) = response.content_length().filter(|l| *l > limit) {
             return Err(too_large(Some(len)));
         }
@@ -651,22 +655,49 @@ impl Transport {
     /// Turns an unwanted status into an error with the registry's code and message.
     pub async fn status_error(&self, req: &Request<'_>, response: reqwest::Response) -> Error {
         let status = response.status();
-        let retry_after = retry_after(status, response.headers());
-        let body = match self.read_body(req, response, MAX_ERROR_BODY).await {
-            Ok(body) => body,
-            Err(_) => Bytes::new(),
-        };
-        let (code, message) = error_text(&body);
-        Error::Status(Box::new(super::HttpStatus {
+        let headers = response.headers().clone();
+        let body = self
+            .read_body(req, response, MAX_ERROR_BODY)
+            .await
+            .unwrap_or_default();
+        self.error_for(req, status, &headers, &body)
+    }
+
+    /// The error for an answer already read. A 401 that survived our one re-authentication
+    /// becomes [`Error::Auth`], saying which credentials were refused.
+    pub fn error_for(
+        &self,
+        req: &Request<'_>,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Error {
+        let (code, message) = error_text(body);
+        let error = super::HttpStatus {
             registry: self.name.clone(),
             method: req.method.clone(),
             path: req.url.path().to_string(),
             status: status.as_u16(),
             code,
             message,
-            retry_after,
+            retry_after: retry_after(status, headers),
             attempts: 1,
-        }))
+        };
+        if status != StatusCode::UNAUTHORIZED {
+            return Error::Status(Box::new(error));
+        }
+        let refused = match lock(&self.auth).0 {
+            Scheme::Basic => "the registry refused the user name and password".to_string(),
+            Scheme::Bearer { .. } => format!(
+                "the registry refused the token for {} (wrong credentials, or they lack these rights)",
+                auth::scope_key(req.scopes)
+            ),
+            Scheme::Unknown => "the registry asks for credentials".to_string(),
+        };
+        Error::Auth {
+            registry: self.name.clone(),
+            message: format!("{refused}: {error}"),
+        }
     }
 
     fn transport_error(&self, req: &Request<'_>, source: reqwest::Error) -> Error {
