@@ -30,6 +30,7 @@ const MIB: usize = 1024 * 1024;
 struct Recorder {
     requests: Mutex<Vec<(String, Option<u16>)>>,
     retries: Mutex<Vec<(RetryReason, Duration)>>,
+    remaining: Mutex<Option<u64>>,
 }
 
 impl Observer for Recorder {
@@ -42,6 +43,10 @@ impl Observer for Recorder {
 
     fn retry(&self, _: &str, reason: RetryReason, delay: Duration) {
         self.retries.lock().unwrap().push((reason, delay));
+    }
+
+    fn rate_limit_remaining(&self, _: &str, remaining: u64) {
+        *self.remaining.lock().unwrap() = Some(remaining);
     }
 }
 
@@ -248,6 +253,51 @@ async fn a_mounted_copy_of_a_two_platform_index_moves_no_blob_bytes() {
         let child_ref = format!("prod/app@{}", child.digest);
         assert_eq!(raw(&env.registry, &child_ref).await, child.manifest);
     }
+}
+
+#[tokio::test]
+async fn refused_mounts_fall_back_to_uploads() {
+    let env = Anonymous::start();
+    let image = TestImage::generate(15, &[70_000, 10]);
+    Pusher::new(&env.registry.url())
+        .push_image("team/app", &image, Some("v1"))
+        .await;
+    let (config, layer) = (&image.config.digest, &image.layers[0].digest);
+    // The registry itself refuses one mount (202 and an open session: the source repository
+    // named in `from` lacks the blob); a Harbor-style 404 refuses the other.
+    env.proxy.inject(
+        Fault::rewrite("from=team%2Fapp", "from=nowhere%2Fapp")
+            .on("POST")
+            .path_contains(&format!("mount={}", layer.replace(':', "%3A"))),
+    );
+    env.proxy.inject(
+        Fault::status(404)
+            .on("POST")
+            .path_contains(&format!("mount={}", config.replace(':', "%3A"))),
+    );
+    let report = copy(&env.clients, &env.at("team/app:v1"), &env.at("prod/app:v1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        env.proxy.pending_faults(),
+        0,
+        "{:#?}",
+        requests_summary(&env.proxy)
+    );
+    assert_eq!((report.blobs_mounted, report.blobs_uploaded), (1, 2));
+    assert_eq!(
+        report.bytes_uploaded,
+        70_000 + image.config.data.len() as u64
+    );
+    let seen = requests_summary(&env.proxy);
+    // The layer went into the session the refused mount opened: no second POST for it.
+    let posts = env.proxy.count_where(|r| r.method == "POST");
+    assert_eq!(
+        posts, 4,
+        "three mounts, one fresh session after the 404: {seen:#?}"
+    );
+    assert_eq!(env.proxy.blob_gets(), 2, "{seen:#?}");
+    assert_eq!(raw(&env.registry, "prod/app:v1").await, image.manifest);
 }
 
 #[tokio::test]
@@ -752,6 +802,50 @@ async fn an_altered_manifest_is_refused_and_nothing_is_written() {
     assert_eq!(env.proxy.manifest_puts() + env.proxy.blob_uploads(), 0);
     let client = env.clients.get("local").unwrap();
     assert_eq!(client.head_manifest("prod/app", "v1").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn schema1_and_oversized_manifests_are_refused() {
+    let env = Anonymous::start();
+    let image = TestImage::generate(16, &[100]);
+    Pusher::new(&env.registry.url())
+        .push_image("team/app", &image, Some("v1"))
+        .await;
+    let answer = |body: String, content_type: &str| {
+        Fault::new(FaultAction::Respond {
+            status: 200,
+            headers: vec![("Content-Type".into(), content_type.into())],
+            body,
+        })
+        .on("GET")
+        .path_contains("/manifests/")
+    };
+    let schema1 = r#"{"schemaVersion":1,"name":"team/app","tag":"v1","architecture":"amd64","fsLayers":[],"history":[]}"#;
+    env.proxy.inject(answer(
+        schema1.into(),
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    ));
+    let error = copy(&env.clients, &env.at("team/app:v1"), &env.at("prod/app:v1"))
+        .await
+        .unwrap_err();
+    let chain = format!("{:#}", anyhow::Error::new(error));
+    assert!(
+        chain.contains("schema 1 manifests are not supported"),
+        "{chain}"
+    );
+
+    env.proxy.inject(answer(
+        " ".repeat(5 * MIB),
+        "application/vnd.oci.image.manifest.v1+json",
+    ));
+    let error = copy(&env.clients, &env.at("team/app:v1"), &env.at("prod/app:v1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::TooLarge { size: Some(s), .. } if s == 5 * MIB as u64),
+        "{error}"
+    );
+    assert_eq!(env.proxy.manifest_puts() + env.proxy.blob_uploads(), 0);
 }
 
 #[tokio::test]

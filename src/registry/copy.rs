@@ -290,13 +290,7 @@ async fn copy_blob(
         url.query_pairs_mut()
             .append_pair("mount", blob.digest.as_str())
             .append_pair("from", src_repo);
-        let req = Request {
-            method: Method::POST,
-            url,
-            headers: HeaderMap::new(),
-            body: None,
-            scopes: dst_scopes,
-        };
+        let req = Request::new(Method::POST, url, dst_scopes);
         let answer = dst.transport.fetch(&req, MAX_ERROR_BODY).await?;
         match answer.status {
             StatusCode::CREATED => return Ok(BlobOutcome::Mounted),
@@ -307,13 +301,11 @@ async fn copy_blob(
             _ => return Err(dst.unexpected(&req, &answer)),
         }
     } else {
-        let req = Request {
-            method: Method::HEAD,
-            url: dst.url(&format!("/v2/{dst_repo}/blobs/{}", blob.digest))?,
-            headers: HeaderMap::new(),
-            body: None,
-            scopes: dst_scopes,
-        };
+        let req = Request::new(
+            Method::HEAD,
+            dst.url(&format!("/v2/{dst_repo}/blobs/{}", blob.digest))?,
+            dst_scopes,
+        );
         let answer = dst.transport.fetch(&req, MAX_ERROR_BODY).await?;
         match answer.status {
             s if s.is_success() => return Ok(BlobOutcome::Present),
@@ -325,12 +317,12 @@ async fn copy_blob(
     let uploaded = dst
         .transport
         .retrying(|| async {
+            // A session opened by a refused mount serves the first attempt only.
             let opened = session.lock().unwrap_or_else(|e| e.into_inner()).take();
-            let result = upload(
+            upload(
                 src, src_repo, src_scopes, dst, &uploads, dst_scopes, blob, opened,
             )
-            .await;
-            result
+            .await
         })
         .await?;
     Ok(BlobOutcome::Uploaded(uploaded))
@@ -368,13 +360,7 @@ async fn upload(
     let session = match session {
         Some(s) => s,
         None => {
-            let req = Request {
-                method: Method::POST,
-                url: uploads.clone(),
-                headers: HeaderMap::new(),
-                body: None,
-                scopes: dst_scopes,
-            };
+            let req = Request::new(Method::POST, uploads.clone(), dst_scopes);
             let answer = dst.transport.fetch(&req, MAX_ERROR_BODY).await?;
             if answer.status != StatusCode::ACCEPTED {
                 return Err(dst.unexpected(&req, &answer));
@@ -384,17 +370,9 @@ async fn upload(
     };
     let result = stream_into(src, src_repo, src_scopes, dst, &session, dst_scopes, blob).await;
     if result.is_err() {
-        let req = Request {
-            method: Method::DELETE,
-            url: session,
-            headers: HeaderMap::new(),
-            body: None,
-            scopes: dst_scopes,
-        };
-        let _ = dst
-            .transport
-            .send_stream(&req, reqwest::Body::from(Bytes::new()))
-            .await;
+        // Best effort: registries also expire abandoned sessions.
+        let req = Request::new(Method::DELETE, session, dst_scopes);
+        let _ = dst.transport.fetch(&req, MAX_ERROR_BODY).await;
     }
     result.map(|()| blob.size)
 }
@@ -419,13 +397,11 @@ async fn stream_into(
         let a = dst.transport.permit().await?;
         (Some(a), Some(src.transport.permit().await?))
     };
-    let get = Request {
-        method: Method::GET,
-        url: src.url(&format!("/v2/{src_repo}/blobs/{}", blob.digest))?,
-        headers: HeaderMap::new(),
-        body: None,
-        scopes: src_scopes,
-    };
+    let get = Request::new(
+        Method::GET,
+        src.url(&format!("/v2/{src_repo}/blobs/{}", blob.digest))?,
+        src_scopes,
+    );
     let answer = src.transport.open(&get, true).await?;
     if !answer.response.status().is_success() {
         return Err(src.transport.status_error(&get, answer.response).await);

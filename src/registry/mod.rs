@@ -257,14 +257,34 @@ impl Client {
     }
 
     fn manifest_url(&self, repository: &str, reference: &str) -> Result<Url, Error> {
-        check_names(repository, reference)?;
+        check_repository(repository)?;
+        if !reference::is_valid_tag(reference) && reference.parse::<Digest>().is_err() {
+            return Err(Error::Refused(format!(
+                "invalid tag or digest {:?}",
+                reference.chars().take(150).collect::<String>()
+            )));
+        }
         self.url(&format!("/v2/{repository}/manifests/{reference}"))
+    }
+
+    /// A manifest GET or HEAD, with all four manifest types in `Accept`.
+    fn manifest_request<'a>(
+        &self,
+        method: Method,
+        repository: &str,
+        reference: &str,
+        scopes: &'a Scopes,
+    ) -> Result<Request<'a>, Error> {
+        let mut req = Request::new(method, self.manifest_url(repository, reference)?, scopes);
+        req.headers
+            .insert(ACCEPT, HeaderValue::from_static(manifest::ACCEPT));
+        Ok(req)
     }
 
     /// Lists every tag, following `Link` pages (`page_size` per page). A `Link` to another
     /// origin, a page loop, or more than [`MAX_TAGS`] tags is an error.
     pub async fn list_tags(&self, repository: &str) -> Result<TagList, Error> {
-        check_names(repository, "x")?;
+        check_repository(repository)?;
         let scopes = Scopes::from([auth::pull(repository)]);
         let mut url = self.url(&format!("/v2/{repository}/tags/list"))?;
         url.query_pairs_mut()
@@ -272,13 +292,7 @@ impl Client {
         let mut list = TagList::default();
         let mut seen = HashSet::new();
         loop {
-            let req = Request {
-                method: Method::GET,
-                url: url.clone(),
-                headers: HeaderMap::new(),
-                body: None,
-                scopes: &scopes,
-            };
+            let req = Request::new(Method::GET, url.clone(), &scopes);
             let page = self.transport.fetch(&req, MAX_PAGE_BYTES).await?;
             if !page.status.is_success() {
                 return Err(self.unexpected(&req, &page));
@@ -363,13 +377,7 @@ impl Client {
         reference: &str,
         scopes: &Scopes,
     ) -> Result<Option<ManifestHead>, Error> {
-        let req = Request {
-            method: Method::HEAD,
-            url: self.manifest_url(repository, reference)?,
-            headers: accept_manifests(),
-            body: None,
-            scopes,
-        };
+        let req = self.manifest_request(Method::HEAD, repository, reference, scopes)?;
         let answer = self
             .transport
             .fetch(&req, transport::MAX_ERROR_BODY)
@@ -436,13 +444,7 @@ impl Client {
         expected: Option<&Digest>,
         scopes: &Scopes,
     ) -> Result<Manifest, Error> {
-        let req = Request {
-            method: Method::GET,
-            url: self.manifest_url(repository, reference)?,
-            headers: accept_manifests(),
-            body: None,
-            scopes,
-        };
+        let req = self.manifest_request(Method::GET, repository, reference, scopes)?;
         let answer = self
             .transport
             .fetch(&req, manifest::MAX_MANIFEST_BYTES)
@@ -537,26 +539,16 @@ impl Client {
     }
 }
 
-fn accept_manifests() -> HeaderMap {
-    let mut h = HeaderMap::new();
-    h.insert(ACCEPT, HeaderValue::from_static(manifest::ACCEPT));
-    h
-}
-
-/// Names re-checked at the URL boundary, whatever the caller validated.
-fn check_names(repository: &str, reference: &str) -> Result<(), Error> {
-    if !reference::is_valid_repository(repository) {
-        return Err(Error::Refused(format!(
-            "invalid repository name {repository:?}"
-        )));
+/// Names are re-checked at the URL boundary, whatever the caller validated.
+fn check_repository(repository: &str) -> Result<(), Error> {
+    if reference::is_valid_repository(repository) {
+        Ok(())
+    } else {
+        Err(Error::Refused(format!(
+            "invalid repository name {:?}",
+            repository.chars().take(300).collect::<String>()
+        )))
     }
-    if !reference::is_valid_tag(reference) && reference.parse::<Digest>().is_err() {
-        return Err(Error::Refused(format!(
-            "invalid tag or digest {:?}",
-            reference.chars().take(150).collect::<String>()
-        )));
-    }
-    Ok(())
 }
 
 /// The `rel="next"` target of a `Link` header value, if any.
@@ -787,11 +779,38 @@ mod tests {
         }
     }
 
-    #[test]
-    fn names_are_checked_again_at_the_url() {
-        assert!(check_names("a/b", "v1").is_ok());
-        assert!(check_names("a/../b", "v1").is_err());
-        assert!(check_names("a", "../../x").is_err());
-        assert!(check_names("a", "sha256:abc").is_err());
+    #[tokio::test]
+    async fn names_are_checked_again_at_the_url() {
+        let r = settings_for_test();
+        let client = Registries::new(&r, None, Arc::new(NoObserver))
+            .unwrap()
+            .get("x")
+            .unwrap();
+        assert!(client.manifest_url("a/b", "v1").is_ok());
+        for (repo, reference) in [
+            ("a/../b", "v1"),
+            ("a", "../../x"),
+            ("a", "sha256:abc"),
+            ("a", "v1?x"),
+        ] {
+            assert!(
+                matches!(client.manifest_url(repo, reference), Err(Error::Refused(_))),
+                "{repo} {reference}"
+            );
+        }
+        assert!(client.list_tags("../x").await.is_err());
+    }
+
+    fn settings_for_test() -> BTreeMap<String, config::Registry> {
+        let r = config::Registry {
+            name: "x".into(),
+            url: Url::parse("http://127.0.0.1:9").unwrap(),
+            auth: config::Auth::Anonymous,
+            ca_file: None,
+            max_concurrency: 1,
+            requests_per_second: None,
+            page_size: 10,
+        };
+        BTreeMap::from([("x".to_string(), r)])
     }
 }

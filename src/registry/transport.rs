@@ -74,6 +74,19 @@ pub struct Request<'a> {
     pub scopes: &'a Scopes,
 }
 
+impl<'a> Request<'a> {
+    /// A request without extra headers or body.
+    pub fn new(method: Method, url: Url, scopes: &'a Scopes) -> Request<'a> {
+        Request {
+            method,
+            url,
+            headers: HeaderMap::new(),
+            body: None,
+            scopes,
+        }
+    }
+}
+
 /// A fully read answer.
 #[derive(Debug)]
 pub struct Fetched {

@@ -44,6 +44,14 @@ pub enum FaultAction {
         /// Offset of the byte; `None` means the middle (by `Content-Length`).
         offset: Option<u64>,
     },
+    /// Forward with `from` replaced by `to` in the path and query (e.g. a mount's `from=`
+    /// pointing at a repository without the blob, so the registry really refuses the mount).
+    Rewrite {
+        /// Text to replace.
+        from: String,
+        /// Replacement.
+        to: String,
+    },
     /// Answer `status` (a 3xx) with this `Location` without forwarding.
     Redirect {
         /// The status, 307 by default.
@@ -124,6 +132,14 @@ impl Fault {
     pub fn corrupt_byte_at(offset: u64) -> Fault {
         Fault::new(FaultAction::CorruptByte {
             offset: Some(offset),
+        })
+    }
+
+    /// Forward with `from` replaced by `to` in the path and query.
+    pub fn rewrite(from: &str, to: &str) -> Fault {
+        Fault::new(FaultAction::Rewrite {
+            from: from.to_string(),
+            to: to.to_string(),
         })
     }
 
@@ -526,7 +542,11 @@ async fn handle(State(state): State<Arc<ProxyState>>, request: Request) -> Respo
     }
 
     // Forward.
-    let url = format!("http://{}{}", state.upstream, path);
+    let forwarded = match &fault {
+        Some(FaultAction::Rewrite { from, to }) => path.replace(from.as_str(), to),
+        _ => path.clone(),
+    };
+    let url = format!("http://{}{}", state.upstream, forwarded);
     let mut upstream_request = state.client.request(parts.method.clone(), url);
     for (name, value) in &parts.headers {
         // The proxy answers `Expect: 100-continue` itself when it reads the body.
