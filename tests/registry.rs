@@ -189,6 +189,15 @@ async fn a_same_repository_copy_is_one_head_one_get_one_put_and_touches_no_blob(
     );
     assert_eq!(env.proxy.requests().len(), 2);
 
+    // A destination written TAG@DIGEST is about the tag: it is created, not found "up to date"
+    // because the digest already exists.
+    let pinned = env.at(&format!("team/app:stable@{}", image.digest));
+    let report = copy(&env.clients, &env.at("team/app:v1.2.0-dev.3"), &pinned)
+        .await
+        .unwrap();
+    assert!(!report.up_to_date);
+    assert_eq!(raw(&env.registry, "team/app:stable").await, image.manifest);
+
     // By digest, an up-to-date destination costs one HEAD.
     env.proxy.clear();
     let by_digest = env.at(&format!("team/app@{}", image.digest));
@@ -249,6 +258,29 @@ async fn a_mounted_copy_of_a_two_platform_index_moves_no_blob_bytes() {
         .starts_with("PUT /v2/prod/app/manifests/v2.0.0 "));
 
     assert_eq!(raw(&env.registry, "prod/app:v2.0.0").await, index.manifest);
+
+    // A registry that keeps failing blob POSTs gets the retry budget once per blob, not
+    // retries of retries.
+    env.proxy.clear();
+    env.proxy.inject(Fault::status(503).on("POST").times(1000));
+    let one_blob = TestImage::generate(20, &[]);
+    Pusher::new(&env.registry.url())
+        .push_image("team/one", &one_blob, Some("v1"))
+        .await;
+    let error = copy(&env.clients, &env.at("team/one:v1"), &env.at("prod/one:v1"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        env.proxy.count("POST"),
+        5,
+        "{:#?}",
+        requests_summary(&env.proxy)
+    );
+    assert!(
+        error.to_string().contains("gave up after 5 attempts"),
+        "{error}"
+    );
+    env.proxy.clear_faults();
     for child in &index.children {
         let child_ref = format!("prod/app@{}", child.digest);
         assert_eq!(raw(&env.registry, &child_ref).await, child.manifest);
@@ -432,7 +464,7 @@ async fn basic_auth_uses_the_password_file_and_reports_refusals_without_secrets(
     std::fs::write(&password_file, "wrong-pw").unwrap();
     let auth = config::Auth::Password {
         username: "ci".into(),
-        password_file,
+        password_file: password_file.clone(),
     };
     let bad = clients(
         vec![settings("local", &registry.url(), auth)],
@@ -451,6 +483,11 @@ async fn basic_auth_uses_the_password_file_and_reports_refusals_without_secrets(
         "{error}"
     );
     assert!(!error.contains("wrong-pw"), "{error}");
+    // The password is rotated in place: the refusal made the client read the file again.
+    std::fs::write(&password_file, "s3cret-pw\n").unwrap();
+    copy(&bad, &at("team/app:v1"), &at("x/app:v1"))
+        .await
+        .unwrap();
 
     let none = clients(
         vec![settings("local", &registry.url(), config::Auth::Anonymous)],

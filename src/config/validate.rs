@@ -23,6 +23,9 @@ use crate::template::{Template, Values, Var};
 static NAME: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$").expect("constant pattern"));
 
+/// Slower than this, one reconcile would take hours.
+const MIN_REQUESTS_PER_SECOND: f64 = 0.01;
+
 /// Below this a poll interval mostly burns registry rate limits.
 const SHORT_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -241,10 +244,10 @@ fn registry(p: &mut Problems, name: &str, raw: &raw::Registry) -> Option<Registr
         p.error(format!("{path}.max_concurrency"), "must be at least 1");
     }
     if let Some(rps) = raw.requests_per_second {
-        if !(rps.is_finite() && rps > 0.0) {
+        if !(rps.is_finite() && rps >= MIN_REQUESTS_PER_SECOND) {
             p.error(
                 format!("{path}.requests_per_second"),
-                format!("must be a positive number, not {rps}; remove the key for no limit"),
+                format!("must be at least {MIN_REQUESTS_PER_SECOND} (one request per 100 s), not {rps}; remove the key for no limit"),
             );
         }
     }

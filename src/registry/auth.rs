@@ -71,8 +71,16 @@ impl Credentials {
 /// helper is a process to run and anonymous registries never need one.
 #[derive(Debug, Clone)]
 pub enum Source {
-    /// Known up front (anonymous, or `username` + `password_file` read at start).
+    /// Known up front (anonymous).
     Known(Credentials),
+    /// `username` + `password_file`, re-read when credentials are resolved again (so a rotated
+    /// password is picked up without a restart).
+    PasswordFile {
+        /// The user name.
+        username: String,
+        /// The file holding the password.
+        path: PathBuf,
+    },
     /// A Docker `config.json`; `server` is the key to look up (`host[:port]`, or
     /// `https://index.docker.io/v1/` for Docker Hub). `required` is false for the implicit
     /// `~/.docker/config.json` of registries missing from the configuration.
@@ -94,6 +102,14 @@ impl Source {
     pub async fn resolve(&self) -> Result<Credentials, String> {
         let (path, server, required) = match self {
             Source::Known(c) => return Ok(c.clone()),
+            Source::PasswordFile { username, path } => {
+                return read_password(path)
+                    .await
+                    .map(|password| Credentials::Basic {
+                        username: username.clone(),
+                        password,
+                    })
+            }
             Source::DockerConfig {
                 path,
                 server,
@@ -158,6 +174,18 @@ impl Source {
             )),
         }
     }
+}
+
+/// Reads a password file: the first line, without its line ending; empty is an error.
+pub async fn read_password(path: &std::path::Path) -> Result<Secret, String> {
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| format!("cannot read password_file {}: {e}", path.display()))?;
+    let password = text.lines().next().unwrap_or("");
+    if password.is_empty() {
+        return Err(format!("password_file {} is empty", path.display()));
+    }
+    Ok(Secret::new(password))
 }
 
 /// One challenge from a `WWW-Authenticate` header.
@@ -297,10 +325,11 @@ pub struct Token {
     pub refresh_at: Instant,
 }
 
-/// Tokens by scope set.
+/// Tokens by the scope set a request needs, with the (possibly wider) set each was asked for,
+/// so a refresh asks again for everything the registry's challenge wanted.
 #[derive(Debug, Default)]
 pub struct TokenCache {
-    tokens: HashMap<String, Token>,
+    tokens: HashMap<String, (Token, Scopes)>,
 }
 
 /// The cache key of a scope set.
@@ -317,16 +346,22 @@ impl TokenCache {
     pub fn get(&self, key: &str, now: Instant) -> Option<Secret> {
         self.tokens
             .get(key)
-            .filter(|t| t.refresh_at > now)
-            .map(|t| t.value.clone())
+            .filter(|(t, _)| t.refresh_at > now)
+            .map(|(t, _)| t.value.clone())
     }
 
-    /// Stores a token.
-    pub fn put(&mut self, key: String, token: Token) {
-        // Bounded by the scope sets in use; drop stale ones so a long-lived daemon does not grow.
+    /// The scopes the token for `key` was asked with last time.
+    pub fn asked(&self, key: &str) -> Option<Scopes> {
+        self.tokens.get(key).map(|(_, s)| s.clone())
+    }
+
+    /// Stores a token asked for with `asked`.
+    pub fn put(&mut self, key: String, token: Token, asked: Scopes) {
+        // Bounded by the scope sets in use; drop stale ones so a long-lived daemon does not grow
+        // (a stale entry is only needed for its scopes, which the challenge gives again).
         let now = Instant::now();
-        self.tokens.retain(|_, t| t.refresh_at > now);
-        self.tokens.insert(key, token);
+        self.tokens.retain(|_, (t, _)| t.refresh_at > now);
+        self.tokens.insert(key, (token, asked));
     }
 }
 
@@ -435,6 +470,24 @@ mod tests {
         };
         assert!(!format!("{c:?}").contains("hunter2"));
         assert_eq!(c.basic_header().unwrap(), "Basic dTpodW50ZXIy");
+    }
+
+    #[tokio::test]
+    async fn password_files_are_read_again_at_each_resolution() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        let source = Source::PasswordFile {
+            username: "u".into(),
+            path: path.clone(),
+        };
+        std::fs::write(&path, "one\n").unwrap();
+        let first = source.resolve().await.unwrap();
+        std::fs::write(&path, "two").unwrap();
+        let second = source.resolve().await.unwrap();
+        assert_eq!(first.basic_header().unwrap(), "Basic dTpvbmU=");
+        assert_eq!(second.basic_header().unwrap(), "Basic dTp0d28=");
+        std::fs::write(&path, "\n").unwrap();
+        assert!(source.resolve().await.unwrap_err().contains("is empty"));
     }
 
     #[tokio::test]

@@ -36,6 +36,9 @@ use crate::reference::{Digest, Reference};
 
 /// Index nesting followed (an index of indexes is legal, deeper is not seen in practice).
 const MAX_DEPTH: usize = 3;
+/// All child manifests of one image together; each is also capped at 4 MiB, but 1,024 of
+/// those would be 4 GiB in memory.
+const MAX_CHILDREN_BYTES: u64 = 64 << 20;
 
 /// Which path a copy took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,8 +122,10 @@ pub async fn copy(
     let src_repo = src_ref.repository.as_str();
     let dst_repo = dst_ref.repository.as_str();
 
+    // A destination written `TAG@DIGEST` is about the tag: look it up by tag.
+    let dst_lookup = dst_ref.tag.as_deref().unwrap_or(dst_ref.manifest_ref());
     let existing = dst
-        .head_manifest_with(dst_repo, dst_ref.manifest_ref(), &dst_scopes)
+        .head_manifest_with(dst_repo, dst_lookup, &dst_scopes)
         .await?
         .map(|h| h.digest);
     let wanted = match (&src_ref.digest, &existing) {
@@ -133,6 +138,11 @@ pub async fn copy(
         ),
         (None, None) => None,
     };
+    if let (Some(w), Some(d)) = (&wanted, &dst_ref.digest) {
+        if w != d {
+            return Err(digest_conflict(dst_ref, d, w));
+        }
+    }
     if let (Some(w), Some(e)) = (&wanted, &existing) {
         if w == e {
             let mut report = Report::new(w.clone(), path);
@@ -152,10 +162,7 @@ pub async fn copy(
         })?;
     if let Some(d) = &dst_ref.digest {
         if *d != root.digest {
-            return Err(Error::Refused(format!(
-                "destination {dst_ref} names digest {d}, but the source is {}",
-                root.digest
-            )));
+            return Err(digest_conflict(dst_ref, d, &root.digest));
         }
     }
     let mut report = Report::new(root.digest.clone(), path);
@@ -213,6 +220,12 @@ pub async fn copy(
     Ok(report)
 }
 
+fn digest_conflict(dst_ref: &Reference, named: &Digest, source: &Digest) -> Error {
+    Error::Refused(format!(
+        "destination {dst_ref} names digest {named}, but the source is {source}"
+    ))
+}
+
 fn contents(client: &Client, m: &Manifest) -> Result<Contents, Error> {
     manifest::contents(&m.bytes, &m.media_type).map_err(|source| Error::Manifest {
         registry: client.name().to_string(),
@@ -230,13 +243,22 @@ async fn children(
     scopes: &Scopes,
 ) -> Result<Vec<Manifest>, Error> {
     let mut out = Vec::new();
+    let mut total = 0u64;
+    let mut seen = std::collections::HashSet::new();
     let mut level = vec![root.clone()];
     for depth in 0..=MAX_DEPTH {
         let mut wanted: Vec<Descriptor> = Vec::new();
         for m in &level {
             if let Contents::Index(c) = contents(src, m)? {
-                wanted.extend(c);
+                wanted.extend(c.into_iter().filter(|d| seen.insert(d.digest.clone())));
             }
+        }
+        if seen.len() > manifest::MAX_CHILDREN {
+            return Err(Error::Refused(format!(
+                "{}: more than {} child manifests in all",
+                root.digest,
+                manifest::MAX_CHILDREN
+            )));
         }
         if wanted.is_empty() {
             break;
@@ -244,6 +266,13 @@ async fn children(
         if depth == MAX_DEPTH {
             return Err(Error::Refused(format!(
                 "{}: indexes nested deeper than {MAX_DEPTH} levels",
+                root.digest
+            )));
+        }
+        total = wanted.iter().fold(total, |t, d| t.saturating_add(d.size));
+        if total > MAX_CHILDREN_BYTES {
+            return Err(Error::Refused(format!(
+                "{}: child manifests add up to more than {MAX_CHILDREN_BYTES} bytes",
                 root.digest
             )));
         }
@@ -386,11 +415,11 @@ async fn stream_into(
     dst_scopes: &Scopes,
     blob: &Descriptor,
 ) -> Result<(), Error> {
-    // Hold a slot on both registries, taken in name order so opposite copies cannot deadlock;
-    // one slot when both are the same registry.
+    // Hold a slot on both registries, taken in one global order (the clients' addresses, which
+    // are unique, unlike names) so opposite copies cannot deadlock; one slot for one registry.
     let _slots = if std::ptr::eq(src, dst) {
         (Some(dst.transport.permit().await?), None)
-    } else if src.name() < dst.name() {
+    } else if (src as *const Client as usize) < (dst as *const Client as usize) {
         let a = src.transport.permit().await?;
         (Some(a), Some(dst.transport.permit().await?))
     } else {
@@ -482,6 +511,8 @@ fn verified(
             };
             loop {
                 match s.inner.next().await {
+                    // An empty chunk must not become the held-back "last" one.
+                    Some(Ok(chunk)) if chunk.is_empty() => {}
                     Some(Ok(chunk)) => {
                         s.seen += chunk.len() as u64;
                         if s.seen > blob.size {
@@ -563,6 +594,14 @@ mod tests {
             run(vec![b"hello ", b"wor", b"lD"], descriptor(b"hello world")).await;
         assert_eq!(bytes, b"hello wor");
         assert!(error);
+        assert!(matches!(failure, Some(Error::DigestMismatch { .. })));
+    }
+
+    #[tokio::test]
+    async fn an_empty_last_chunk_does_not_let_wrong_bytes_through() {
+        let (bytes, error, failure) =
+            run(vec![b"hello worlD", b""], descriptor(b"hello world")).await;
+        assert!(bytes.is_empty() && error, "{bytes:?}");
         assert!(matches!(failure, Some(Error::DigestMismatch { .. })));
     }
 

@@ -43,8 +43,11 @@ use transport::{Request, Settings, Transport};
 const MAX_PAGE_BYTES: u64 = 16 << 20;
 /// A repository with more tags than this is refused rather than held in memory.
 pub const MAX_TAGS: usize = 1_000_000;
-/// Pages followed per listing.
-const MAX_PAGES: usize = 100_000;
+/// Pages followed per listing (a registry that ignores `n` and sends 50 a page still reaches
+/// [`MAX_TAGS`]).
+const MAX_PAGES: usize = 20_000;
+/// Longest `Link` target followed.
+const MAX_LINK_LEN: usize = 8 << 10;
 /// Docker Hub's API host, for references written `docker.io/...` or without a host.
 const DOCKER_HUB_API: &str = "registry-1.docker.io";
 
@@ -204,10 +207,20 @@ impl Error {
         matches!(self, Error::Status(s) if s.status == 404)
     }
 
+    /// Attempts made by the request that failed (1 for errors that are not about a request).
+    pub fn attempts(&self) -> u32 {
+        match self {
+            Error::Status(s) => s.attempts,
+            Error::Transport { attempts, .. } => *attempts,
+            _ => 1,
+        }
+    }
+
+    /// Records the attempts of a retry loop; an inner loop's larger count is kept.
     fn with_attempts(mut self, n: u32) -> Error {
         match &mut self {
-            Error::Status(s) => s.attempts = n,
-            Error::Transport { attempts, .. } => *attempts = n,
+            Error::Status(s) => s.attempts = s.attempts.max(n),
+            Error::Transport { attempts, .. } => *attempts = (*attempts).max(n),
             _ => {}
         }
         self
@@ -306,19 +319,21 @@ impl Client {
                 self.transport
                     .protocol(&req, format!("tag list is not valid JSON: {e}"))
             })?;
+            let before = list.tags.len() + list.invalid;
             for tag in body.tags.unwrap_or_default() {
+                if list.tags.len() >= MAX_TAGS {
+                    return Err(self.transport.protocol(
+                        &req,
+                        format!("more than {MAX_TAGS} tags; refusing to hold them all"),
+                    ));
+                }
                 if reference::is_valid_tag(&tag) {
                     list.tags.push(tag);
                 } else {
                     list.invalid += 1;
                 }
             }
-            if list.tags.len() > MAX_TAGS {
-                return Err(self.transport.protocol(
-                    &req,
-                    format!("more than {MAX_TAGS} tags; refusing to hold them all"),
-                ));
-            }
+            let added = list.tags.len() + list.invalid - before;
             let Some(next) = page
                 .headers
                 .get_all(LINK)
@@ -328,6 +343,12 @@ impl Client {
             else {
                 return Ok(list);
             };
+            if added == 0 || next.len() > MAX_LINK_LEN {
+                return Err(self.transport.protocol(
+                    &req,
+                    "a tag list page without tags, or with an oversized Link, points to another page".into(),
+                ));
+            }
             let next = url.join(next).map_err(|e| {
                 self.transport
                     .protocol(&req, format!("invalid Link {next:?}: {e}"))
@@ -347,7 +368,7 @@ impl Client {
                     ),
                 ));
             }
-            if !seen.insert(next.to_string()) || list.pages >= MAX_PAGES {
+            if !seen.insert(hash_of(next.as_str())) || list.pages >= MAX_PAGES {
                 return Err(self
                     .transport
                     .protocol(&req, format!("tag list pages loop or exceed {MAX_PAGES}")));
@@ -411,8 +432,9 @@ impl Client {
                 size,
             })),
             None => {
+                let expected = reference.parse::<Digest>().ok();
                 let m = self
-                    .get_manifest_with(repository, reference, None, scopes)
+                    .get_manifest_with(repository, reference, expected.as_ref(), scopes)
                     .await?;
                 Ok(Some(ManifestHead {
                     digest: m.digest,
@@ -551,6 +573,14 @@ fn check_repository(repository: &str) -> Result<(), Error> {
     }
 }
 
+/// Remembers visited page URLs in 8 bytes each.
+fn hash_of(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
 /// The `rel="next"` target of a `Link` header value, if any.
 fn next_link(header: &str) -> Option<&str> {
     let mut rest = header;
@@ -625,23 +655,23 @@ impl Registries {
                     username,
                     password_file,
                 } => {
-                    let password = std::fs::read_to_string(password_file).map_err(|e| {
+                    // Read now to fail at start; read again whenever credentials are refreshed.
+                    let text = std::fs::read_to_string(password_file).map_err(|e| {
                         fail(format!(
                             "cannot read password_file {}: {e}",
                             password_file.display()
                         ))
                     })?;
-                    let password = password.trim_end_matches(['\r', '\n']);
-                    if password.is_empty() {
+                    if text.lines().next().unwrap_or("").is_empty() {
                         return Err(fail(format!(
                             "password_file {} is empty",
                             password_file.display()
                         )));
                     }
-                    Source::Known(Credentials::Basic {
+                    Source::PasswordFile {
                         username: username.clone(),
-                        password: Secret::new(password),
-                    })
+                        path: password_file.clone(),
+                    }
                 }
                 config::Auth::DockerConfig(path) => Source::DockerConfig {
                     path: path.clone(),

@@ -47,6 +47,8 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 pub const MAX_ERROR_BODY: u64 = 64 << 10;
 /// Redirects followed per request.
 const MAX_REDIRECTS: usize = 5;
+/// How long resolved credentials are used before they are resolved again.
+const CREDENTIALS_TTL: Duration = Duration::from_secs(300);
 
 /// Settings of one registry's transport.
 #[derive(Debug, Clone)]
@@ -60,7 +62,7 @@ pub struct Settings {
 }
 
 /// A request as the layers above build it. Bodies are `Bytes`, so a retry resends them for free.
-#[derive(Debug)]
+/// No `Debug`: a token request's body holds a refresh token.
 pub struct Request<'a> {
     /// Method.
     pub method: Method,
@@ -150,7 +152,7 @@ pub struct Transport {
     pub base: Url,
     http: reqwest::Client,
     source: Source,
-    credentials: tokio::sync::OnceCell<Credentials>,
+    credentials: tokio::sync::Mutex<Option<(Credentials, Instant)>>,
     auth: Mutex<(Scheme, TokenCache)>,
     token_fetch: tokio::sync::Mutex<()>,
     permits: Arc<Semaphore>,
@@ -224,9 +226,9 @@ impl Transport {
             .map_err(|e| setup(format!("cannot set up HTTP client: {e}")))?;
         let pacer = settings
             .requests_per_second
-            .filter(|r| r.is_finite() && *r > 0.0)
-            .map(|r| Pacer {
-                period: Duration::from_secs_f64(1.0 / r),
+            .and_then(|r| Duration::try_from_secs_f64(1.0 / r).ok())
+            .map(|period| Pacer {
+                period,
                 next: Mutex::new(Instant::now()),
             });
         Ok(Transport {
@@ -234,7 +236,7 @@ impl Transport {
             base,
             http,
             source,
-            credentials: tokio::sync::OnceCell::new(),
+            credentials: tokio::sync::Mutex::new(None),
             auth: Mutex::new((Scheme::Unknown, TokenCache::default())),
             token_fetch: tokio::sync::Mutex::new(()),
             permits: Arc::new(Semaphore::new(settings.max_concurrency.max(1) as usize)),
@@ -344,7 +346,11 @@ impl Transport {
             .retry(backoff)
             .sleep(tokio::time::sleep)
             .when(|e: &Error| {
-                e.retry_reason().is_some() && e.retry_after().map_or(true, |d| d <= MAX_RETRY_AFTER)
+                // An error that already went through a retry loop below (a request inside a
+                // retried transfer) is not retried again: attempts would multiply.
+                e.retry_reason().is_some()
+                    && e.attempts() <= 1
+                    && e.retry_after().map_or(true, |d| d <= MAX_RETRY_AFTER)
             })
             .adjust(|e: &Error, delay| delay.map(|d| e.retry_after().unwrap_or(d)))
             .notify(|e: &Error, delay| {
@@ -372,10 +378,16 @@ impl Transport {
             let body = req.body.clone().map(reqwest::Body::from);
             let response = self.send_raw(req, &url, authorization, body).await?;
             let status = response.status();
-            if status == StatusCode::UNAUTHORIZED && own && !challenged {
-                challenged = true;
-                self.challenged(&response, req.scopes).await?;
-                continue;
+            if status == StatusCode::UNAUTHORIZED && own {
+                if challenged {
+                    // Refused even after re-authentication: the next request resolves the
+                    // credentials again.
+                    self.forget_credentials().await;
+                } else {
+                    challenged = true;
+                    self.challenged(&response, req.scopes).await?;
+                    continue;
+                }
             }
             let follow = status.is_redirection()
                 && status != StatusCode::NOT_MODIFIED
@@ -451,14 +463,30 @@ impl Transport {
         }
     }
 
-    async fn credentials(&self) -> Result<&Credentials, Error> {
-        self.credentials
-            .get_or_try_init(|| self.source.resolve())
+    /// The credentials, resolved again after [`CREDENTIALS_TTL`] or a refusal: helpers hand out
+    /// short-lived ones (ECR's last 12 h) and password files get rotated.
+    async fn credentials(&self) -> Result<Credentials, Error> {
+        let mut cached = self.credentials.lock().await;
+        if let Some((c, at)) = cached.as_ref() {
+            if at.elapsed() < CREDENTIALS_TTL {
+                return Ok(c.clone());
+            }
+        }
+        let fresh = self
+            .source
+            .resolve()
             .await
             .map_err(|message| Error::Credentials {
                 registry: self.name.clone(),
                 message,
-            })
+            })?;
+        *cached = Some((fresh.clone(), Instant::now()));
+        Ok(fresh)
+    }
+
+    /// Makes the next request resolve the credentials again.
+    async fn forget_credentials(&self) {
+        *self.credentials.lock().await = None;
     }
 
     /// The `Authorization` for a request needing `scopes`, by what the registry asked before.
@@ -477,9 +505,13 @@ impl Transport {
                 if let Some(t) = lock(&self.auth).1.get(&key, Instant::now()) {
                     return Ok(header(format!("Bearer {}", t.expose())));
                 }
-                let token = self.fetch_token(&realm, service.as_deref(), scopes).await?;
+                let asked = lock(&self.auth)
+                    .1
+                    .asked(&key)
+                    .unwrap_or_else(|| scopes.clone());
+                let token = self.fetch_token(&realm, service.as_deref(), &asked).await?;
                 let value = header(format!("Bearer {}", token.value.expose()));
-                lock(&self.auth).1.put(key, token);
+                lock(&self.auth).1.put(key, token, asked);
                 Ok(value)
             }
         }
@@ -520,7 +552,7 @@ impl Transport {
                 .await?;
             let mut state = lock(&self.auth);
             state.0 = Scheme::Bearer { realm, service };
-            state.1.put(auth::scope_key(scopes), token);
+            state.1.put(auth::scope_key(scopes), token, wanted);
             Ok(())
         } else if challenges.iter().any(|c| c.scheme == "basic") {
             let was_basic = lock(&self.auth).0 == Scheme::Basic;
@@ -530,9 +562,15 @@ impl Transport {
                 ));
             }
             if was_basic {
-                return Err(auth_error(
-                    "the registry refused the user name and password".into(),
-                ));
+                // Refused: resolve again (a rotated password file, a helper's new token) and
+                // try once more only if that gave something new.
+                let sent = self.credentials().await?;
+                self.forget_credentials().await;
+                if self.credentials().await? == sent {
+                    return Err(auth_error(
+                        "the registry refused the user name and password".into(),
+                    ));
+                }
             }
             lock(&self.auth).0 = Scheme::Basic;
             Ok(())
@@ -549,7 +587,7 @@ impl Transport {
         service: Option<&str>,
         scopes: &Scopes,
     ) -> Result<auth::Token, Error> {
-        let credentials = self.credentials().await?.clone();
+        let credentials = self.credentials().await?;
         let auth_error = |message: String| Error::Auth {
             registry: self.name.clone(),
             message,
@@ -623,6 +661,7 @@ impl Transport {
             }
             let error = self.status_error(&req, response).await;
             if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+                self.forget_credentials().await;
                 return Err(auth_error(format!(
                     "token server {realm_host} refused the credentials ({error})"
                 )));
