@@ -11,6 +11,9 @@
 //! - [`template`]: promotion target tag templates (`v{major}.{minor}.{patch}-rc.{n}`).
 //! - [`reference`]: image references and digests by the OCI grammar; the gate every name passes
 //!   before it reaches a URL.
+//! - [`engine`]: the promotion engine: a pure planner (registry snapshot -> actions), the
+//!   driver that observes and applies, and the first-seen state for `min_age`.
+//! - [`daemon`]: `retagd run`: pipelines on their intervals, signals, reload.
 //! - [`registry`]: the registry client: tag lists, manifests, and copies with the fewest requests
 //!   (retries, rate limits, auth, TLS).
 //! - [`cli`]: the `retagd` command line; `main.rs` only maps its result to an exit code.
@@ -21,6 +24,8 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
+pub mod engine;
 pub mod policy;
 pub mod reference;
 pub mod registry;

@@ -71,6 +71,9 @@ pub struct Server {
     pub listen: SocketAddr,
     /// Bearer token file of the write API; `None` disables writes.
     pub api_token_file: Option<PathBuf>,
+    /// Where the state file lives; `None` keeps state in memory (a restart restarts the
+    /// `min_age` clocks, which only ever delays a promotion).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// How retagd authenticates to a registry.

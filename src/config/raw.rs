@@ -40,6 +40,8 @@ pub struct Server {
     pub listen: Option<String>,
     /// File holding the bearer token of the write API.
     pub api_token_file: Option<String>,
+    /// Directory for the small state file (first-seen times for `min_age`).
+    pub state_dir: Option<String>,
 }
 
 /// `[registries.NAME]`.

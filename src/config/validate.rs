@@ -191,9 +191,11 @@ fn server(p: &mut Problems, raw: &raw::Server) -> Option<Server> {
         }
     };
     let api_token_file = nonempty_path(p, "server.api_token_file", &raw.api_token_file);
+    let state_dir = nonempty_path(p, "server.state_dir", &raw.state_dir);
     Some(Server {
         listen: listen?,
         api_token_file,
+        state_dir,
     })
 }
 

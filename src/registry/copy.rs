@@ -95,12 +95,14 @@ enum BlobOutcome {
 }
 
 /// Copies `src_ref` (resolved by `src`) to `dst_ref` (on `dst`); see the module docs. A `dst_ref`
-/// with a digest must name the source's digest.
+/// with a digest must name the source's digest. Without `overwrite`, a destination tag that
+/// exists with another digest is refused ([`Error::Refused`]) and left alone.
 pub async fn copy(
     src: &Client,
     src_ref: &Reference,
     dst: &Client,
     dst_ref: &Reference,
+    overwrite: bool,
 ) -> Result<Report, Error> {
     let same_registry = std::ptr::eq(src, dst);
     let path = match (same_registry, src_ref.repository == dst_ref.repository) {
@@ -143,6 +145,13 @@ pub async fn copy(
             return Err(digest_conflict(dst_ref, d, w));
         }
     }
+    if let (Some(w), Some(e), false) = (&wanted, &existing, overwrite) {
+        if w != e {
+            return Err(Error::Refused(format!(
+                "{dst_ref} exists with digest {e}; not moving it to {w} (overwrite is off)"
+            )));
+        }
+    }
     if let (Some(w), Some(e)) = (&wanted, &existing) {
         if w == e {
             let mut report = Report::new(w.clone(), path);
@@ -165,6 +174,14 @@ pub async fn copy(
             return Err(digest_conflict(dst_ref, d, &root.digest));
         }
     }
+    if let (Some(e), false) = (&existing, overwrite) {
+        if *e != root.digest {
+            return Err(Error::Refused(format!(
+                "{dst_ref} exists with digest {e}; not moving it to {} (overwrite is off)",
+                root.digest
+            )));
+        }
+    }
     let mut report = Report::new(root.digest.clone(), path);
     if path != Path::SameRepository {
         let children = children(src, src_repo, &root, &src_scopes).await?;
@@ -177,7 +194,7 @@ pub async fn copy(
             }
         }
         let width = dst.transport.max_concurrency();
-        let outcomes: Vec<BlobOutcome> = stream::iter(blobs.values())
+        let outcomes: Vec<BlobOutcome> = stream::iter(blobs.into_values())
             .map(|blob| {
                 copy_blob(
                     src,
@@ -278,20 +295,7 @@ async fn children(
         }
         let width = src.transport.max_concurrency();
         let fetched: Vec<Manifest> = stream::iter(wanted)
-            .map(|d| async move {
-                let m = src
-                    .get_manifest_with(repository, d.digest.as_str(), Some(&d.digest), scopes)
-                    .await?;
-                if m.bytes.len() as u64 != d.size {
-                    return Err(Error::Refused(format!(
-                        "child manifest {} is {} bytes, its index says {}",
-                        d.digest,
-                        m.bytes.len(),
-                        d.size
-                    )));
-                }
-                Ok(m)
-            })
+            .map(|d| child(src, repository, d, scopes))
             .buffered(width)
             .try_collect()
             .await?;
@@ -302,6 +306,27 @@ async fn children(
     Ok(out)
 }
 
+/// One child manifest, verified by digest and by the size its index gave.
+async fn child(
+    src: &Client,
+    repository: &str,
+    d: Descriptor,
+    scopes: &Scopes,
+) -> Result<Manifest, Error> {
+    let m = src
+        .get_manifest_with(repository, d.digest.as_str(), Some(&d.digest), scopes)
+        .await?;
+    if m.bytes.len() as u64 != d.size {
+        return Err(Error::Refused(format!(
+            "child manifest {} is {} bytes, its index says {}",
+            d.digest,
+            m.bytes.len(),
+            d.size
+        )));
+    }
+    Ok(m)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn copy_blob(
     src: &Client,
@@ -310,9 +335,10 @@ async fn copy_blob(
     dst: &Client,
     dst_repo: &str,
     dst_scopes: &Scopes,
-    blob: &Descriptor,
+    blob: Descriptor,
     path: Path,
 ) -> Result<BlobOutcome, Error> {
+    let blob = &blob;
     let uploads = dst.url(&format!("/v2/{dst_repo}/blobs/uploads/"))?;
     let session = if path == Path::Mount {
         let mut url = uploads.clone();

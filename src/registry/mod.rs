@@ -543,14 +543,26 @@ impl Client {
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<Digest>().ok());
+        // Verify what the registry stored: its answer, or a HEAD when it gave none.
+        let stored = match stored {
+            Some(d) => Some(d),
+            None => self
+                .head_manifest_with(repository, reference, scopes)
+                .await?
+                .map(|h| h.digest),
+        };
         match stored {
-            Some(stored) if stored != manifest.digest => Err(Error::DigestMismatch {
+            Some(stored) if stored == manifest.digest => Ok(()),
+            Some(stored) => Err(Error::DigestMismatch {
                 registry: self.name().to_string(),
                 what: format!("stored manifest {repository}:{reference}"),
                 expected: manifest.digest.clone(),
                 actual: stored,
             }),
-            _ => Ok(()),
+            None => Err(Error::Protocol {
+                registry: self.name().to_string(),
+                what: format!("manifest {repository}:{reference} is missing right after its PUT"),
+            }),
         }
     }
 

@@ -14,9 +14,8 @@
 //! - At most `max_concurrency` requests are in flight (a streamed body keeps its slot until it is
 //!   dropped) and, with `requests_per_second`, requests start at least `1/rps` apart.
 
-use std::cell::Cell;
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -336,7 +335,7 @@ impl Transport {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
-        let attempts = Cell::new(1u32);
+        let attempts = AtomicU32::new(1);
         let backoff = ExponentialBuilder::default()
             .with_min_delay(MIN_BACKOFF)
             .with_max_delay(MAX_BACKOFF)
@@ -354,13 +353,13 @@ impl Transport {
             })
             .adjust(|e: &Error, delay| delay.map(|d| e.retry_after().unwrap_or(d)))
             .notify(|e: &Error, delay| {
-                attempts.set(attempts.get() + 1);
+                attempts.fetch_add(1, Ordering::Relaxed);
                 if let Some(reason) = e.retry_reason() {
                     self.observer.retry(&self.name, reason, delay);
                 }
             })
             .await
-            .map_err(|e| e.with_attempts(attempts.get()))
+            .map_err(|e| e.with_attempts(attempts.load(Ordering::Relaxed)))
     }
 
     /// One attempt: sends, answers one challenge, follows redirects for GET and HEAD.

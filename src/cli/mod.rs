@@ -4,6 +4,8 @@
 //! 1 the work failed or found nothing, 2 bad invocation or bad configuration (clap's own usage
 //! errors also exit 2). Errors are printed once, by `main`, one sentence first.
 
+mod pipelines;
+
 use std::fmt::Write as _;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -44,6 +46,25 @@ pub enum Command {
     /// loopback). Within one repository only the manifest is copied; within one registry blobs
     /// are mounted; across registries missing blobs are streamed. Exit 1 when the copy fails.
     Copy(CopyArgs),
+    /// Show what one reconcile would do, per pipeline and stage, without writing anything.
+    ///
+    /// For each stage: its current tag and digest, and the action: up to date, promote X -> Y,
+    /// pending approval, waiting for min_age, conflict. Exit 1 when a pipeline cannot be
+    /// planned (e.g. its registry is down).
+    Plan(pipelines::PlanArgs),
+    /// Run one reconcile that applies automatic promotions, then exit (for cron jobs and CI).
+    ///
+    /// Exit 1 when a promotion failed or conflicted or a pipeline could not be reconciled.
+    Reconcile(pipelines::ReconcileArgs),
+    /// Approve a promotion: promote into STAGE now (manual approval, min_age waived).
+    ///
+    /// Promotes the source stage's current tag, or --tag. An existing target tag with another
+    /// digest is still a conflict unless the stage allows overwrite.
+    Promote(pipelines::PromoteArgs),
+    /// The daemon: reconcile every pipeline on its interval until SIGTERM or SIGINT.
+    ///
+    /// SIGHUP reloads the configuration (an invalid one is logged and ignored).
+    Run(pipelines::RunArgs),
 }
 
 /// `retagd check`.
@@ -129,6 +150,10 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Fai
         Command::Check(args) => check(&args, out, err),
         Command::Policy(args) => select(&args, &mut std::io::stdin().lock(), out),
         Command::Copy(args) => copy(&args, out, err),
+        Command::Plan(args) => pipelines::plan(&args, out, err),
+        Command::Reconcile(args) => pipelines::reconcile(&args, out, err),
+        Command::Promote(args) => pipelines::promote(&args, out, err),
+        Command::Run(args) => pipelines::run(&args, err),
     }
 }
 
@@ -256,7 +281,7 @@ fn copy(args: &CopyArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<(),
         .block_on(async {
             let from = registries.for_host(&src.registry)?;
             let to = registries.for_host(&dst.registry)?;
-            registry::copy(&from, &src, &to, &dst).await
+            registry::copy(&from, &src, &to, &dst, true).await
         })
         .map_err(|e| {
             Failure::Work(anyhow::Error::new(e).context(format!("cannot copy {src} to {dst}")))

@@ -1,0 +1,488 @@
+//! The commands that work on the configured pipelines: `plan`, `reconcile`, `promote`, `run`,
+//! and how their plans print (a table for people, `--json` for programs).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use clap::{Args, ValueEnum};
+use serde_json::{json, Value};
+
+use super::{io_failure, Failure};
+use crate::config::{self, Config};
+use crate::daemon::{self, Signal};
+use crate::engine::{self, plan, Action, Engine, Intent, PipelinePlan};
+
+/// `--config` and the logging flags, shared by the pipeline commands.
+#[derive(Debug, Args)]
+pub struct Common {
+    /// The configuration file (.toml, .yaml or .yml); RETAGD_* variables override its keys.
+    #[arg(long, short, env = "RETAGD_CONFIG", value_name = "FILE")]
+    pub config: PathBuf,
+    /// Log lines on stderr as text or JSON (level from RETAGD_LOG, default info).
+    #[arg(long, env = "RETAGD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log events are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+/// `retagd plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Print the plan as JSON (the format is documented in README.md and kept stable).
+    #[arg(long)]
+    json: bool,
+}
+
+/// `retagd reconcile`.
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    #[command(flatten)]
+    common: Common,
+}
+
+/// `retagd promote`.
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The pipeline.
+    #[arg(long)]
+    pipeline: String,
+    /// The stage to promote into.
+    #[arg(long)]
+    stage: String,
+    /// Promote this tag of the source stage instead of its current one.
+    #[arg(long)]
+    tag: Option<String>,
+}
+
+/// `retagd run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    common: Common,
+    /// After SIGTERM, how long reconciles in flight may take to finish.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    grace_period: Duration,
+    /// Pipelines reconciling at once.
+    #[arg(long, default_value_t = daemon::DEFAULT_PARALLEL)]
+    parallel: usize,
+}
+
+/// Sets up logging to stderr; `RETAGD_LOG` filters (`info`, `retagd=debug`, ...).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RETAGD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    // A second initialisation (tests calling `run` twice) is harmless and ignored.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+fn load(common: &Common, err: &mut dyn Write) -> Result<Config, Failure> {
+    init_logging(common.log_format);
+    let loaded = config::load(&common.config).map_err(|e| Failure::Usage(e.into()))?;
+    for w in &loaded.warnings {
+        writeln!(err, "warning: {w}").map_err(io_failure)?;
+    }
+    Ok(loaded.config)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Work(anyhow::Error::new(e).context("cannot start the async runtime")))
+}
+
+fn engine(config: &Config) -> Result<Engine, Failure> {
+    let (registries, state) = daemon::build(config).map_err(Failure::Usage)?;
+    Ok(Engine::new(registries, state))
+}
+
+/// `retagd plan`: one reconcile without writing anything (not even the state file).
+pub fn plan(args: &PlanArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Failure> {
+    let config = load(&args.common, err)?;
+    let engine = engine(&config)?;
+    let results = runtime()?.block_on(async {
+        let mut results = Vec::new();
+        for p in &config.pipelines {
+            results.push((
+                p.name.clone(),
+                engine.plan(p, &Intent::default(), false).await,
+            ));
+        }
+        results
+    });
+    let now = SystemTime::now();
+    let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+    if args.json {
+        let pipelines: Vec<Value> = results
+            .iter()
+            .map(|(name, r)| match r {
+                Ok(plan) => plan_json(plan),
+                Err(e) => json!({"pipeline": name, "error": chain(e), "stages": []}),
+            })
+            .collect();
+        let text = serde_json::to_string_pretty(&json!({ "pipelines": pipelines }))
+            .map_err(|e| Failure::Work(e.into()))?;
+        writeln!(out, "{text}").map_err(io_failure)?;
+    } else {
+        for (name, r) in &results {
+            match r {
+                Ok(plan) => out
+                    .write_all(plan_text(plan, now).as_bytes())
+                    .map_err(io_failure)?,
+                Err(e) => {
+                    writeln!(out, "pipeline {name}: error: {}\n", chain(e)).map_err(io_failure)?
+                }
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(Failure::Work(anyhow::anyhow!(
+            "{failed} pipeline(s) could not be planned"
+        )));
+    }
+    Ok(())
+}
+
+/// `retagd reconcile`: one pass that applies automatic promotions.
+pub fn reconcile(
+    args: &ReconcileArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), Failure> {
+    let config = load(&args.common, err)?;
+    let engine = engine(&config)?;
+    let results = runtime()?.block_on(async {
+        let mut results = Vec::new();
+        for p in &config.pipelines {
+            results.push((
+                p.name.clone(),
+                engine.reconcile(p, &Intent::default()).await,
+            ));
+        }
+        results
+    });
+    let now = SystemTime::now();
+    let mut problems = Vec::new();
+    for (name, r) in &results {
+        match r {
+            Ok((plan, applied)) => {
+                out.write_all(plan_text(plan, now).as_bytes())
+                    .map_err(io_failure)?;
+                for a in applied {
+                    match &a.result {
+                        Ok(_) => writeln!(
+                            out,
+                            "promoted {}/{}: {} -> {} ({})",
+                            name,
+                            a.stage,
+                            a.promotion.from_tag,
+                            a.promotion.to_tag,
+                            a.promotion.digest
+                        ),
+                        Err(e) => {
+                            problems.push(format!("{name}/{}: {e}", a.stage));
+                            writeln!(out, "failed {}/{}: {e}", name, a.stage)
+                        }
+                    }
+                    .map_err(io_failure)?;
+                }
+                for s in &plan.stages {
+                    if let Action::Conflict { promotion, .. } = &s.action {
+                        problems.push(format!(
+                            "{name}/{}: conflict: {} exists with another digest",
+                            s.stage, promotion.to_tag
+                        ));
+                    }
+                }
+            }
+            Err(e) => problems.push(format!("{name}: {}", chain(e))),
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Work(anyhow::anyhow!(
+            "{} problem(s):\n  {}",
+            problems.len(),
+            problems.join("\n  ")
+        )))
+    }
+}
+
+/// `retagd promote`: the manual approval of one stage's promotion.
+pub fn promote(
+    args: &PromoteArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), Failure> {
+    let config = load(&args.common, err)?;
+    let usage = |m: String| Failure::Usage(anyhow::anyhow!(m));
+    let pipeline = config
+        .pipelines
+        .iter()
+        .find(|p| p.name == args.pipeline)
+        .ok_or_else(|| {
+            usage(format!(
+                "no pipeline {:?} (pipelines: {})",
+                args.pipeline,
+                names(config.pipelines.iter().map(|p| p.name.as_str()))
+            ))
+        })?;
+    let index = pipeline
+        .stages
+        .iter()
+        .position(|s| s.name == args.stage)
+        .ok_or_else(|| {
+            usage(format!(
+                "pipeline {} has no stage {:?} (stages: {})",
+                pipeline.name,
+                args.stage,
+                names(pipeline.stages.iter().map(|s| s.name.as_str()))
+            ))
+        })?;
+    if pipeline.stages[index].promote.is_none() {
+        return Err(usage(format!(
+            "stage {} is not promoted into (it has no promote = {{...}})",
+            args.stage
+        )));
+    }
+    let engine = engine(&config)?;
+    let intent = Intent {
+        approve: Some(index),
+        source_tag: args.tag.clone(),
+    };
+    let (plan, applied) = runtime()?
+        .block_on(engine.reconcile(pipeline, &intent))
+        .map_err(|e| Failure::Work(e.into()))?;
+    let stage = &plan.stages[index];
+    if let Some(a) = applied.iter().find(|a| a.stage == args.stage) {
+        return match &a.result {
+            Ok(_) => writeln!(
+                out,
+                "promoted {}/{}: {} -> {} ({})",
+                pipeline.name,
+                args.stage,
+                a.promotion.from_tag,
+                a.promotion.to_tag,
+                a.promotion.digest
+            )
+            .map_err(io_failure),
+            Err(e) => Err(Failure::Work(anyhow::anyhow!(
+                "promotion into {} failed: {e}",
+                args.stage
+            ))),
+        };
+    }
+    match &stage.action {
+        Action::UpToDate { tag } => writeln!(
+            out,
+            "already up to date: {}/{} has it as {tag}",
+            pipeline.name, args.stage
+        )
+        .map_err(io_failure),
+        other => Err(Failure::Work(anyhow::anyhow!(
+            "nothing promoted into {}: {}",
+            args.stage,
+            action_text(other, SystemTime::now())
+        ))),
+    }
+}
+
+/// An error and its causes on one line, as `{:#}` prints an anyhow error.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn names<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    names.collect::<Vec<_>>().join(", ")
+}
+
+/// `retagd run`: the daemon, until SIGTERM or SIGINT.
+pub fn run(args: &RunArgs, err: &mut dyn Write) -> Result<(), Failure> {
+    let config = load(&args.common, err)?;
+    let options = daemon::Options {
+        config_path: args.common.config.clone(),
+        grace: args.grace_period,
+        parallel: args.parallel,
+    };
+    runtime()?.block_on(async {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        forward_signals(tx).map_err(|e| Failure::Work(e.into()))?;
+        daemon::run(config, options, rx)
+            .await
+            .map_err(Failure::Usage)
+    })
+}
+
+/// SIGTERM and SIGINT stop, SIGHUP reloads.
+fn forward_signals(tx: tokio::sync::mpsc::Sender<Signal>) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            let s = tokio::select! {
+                _ = term.recv() => Signal::Stop,
+                _ = int.recv() => Signal::Stop,
+                _ = hup.recv() => Signal::Reload,
+            };
+            if tx.send(s).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
+}
+
+fn short(digest: &crate::reference::Digest) -> String {
+    format!("sha256:{}", &digest.hex()[..12])
+}
+
+/// The action as a phrase.
+fn action_text(action: &Action, now: SystemTime) -> String {
+    match action {
+        Action::Source => "source stage".to_string(),
+        Action::UpToDate { tag } => format!("up to date ({tag})"),
+        Action::Promote(p) => format!(
+            "promote {} -> {}{}",
+            p.from_tag,
+            p.to_tag,
+            if p.overwrite { " (overwrite)" } else { "" }
+        ),
+        Action::Pending(p) => format!(
+            "pending approval: {} -> {} (retagd promote)",
+            p.from_tag, p.to_tag
+        ),
+        Action::Waiting { promotion, until } => format!(
+            "waiting for min_age until {} ({} left): {} -> {}",
+            humantime::format_rfc3339_seconds(*until),
+            humantime::format_duration(Duration::from_secs(plan::remaining(*until, now).as_secs())),
+            promotion.from_tag,
+            promotion.to_tag
+        ),
+        Action::Conflict {
+            promotion,
+            existing,
+        } => format!(
+            "conflict: {} exists with {} (not {}); not overwriting",
+            promotion.to_tag,
+            short(existing),
+            short(&promotion.digest)
+        ),
+        Action::NoCandidate { reason } => format!("nothing to promote: {reason}"),
+        Action::Invalid { reason } => format!("invalid: {reason}"),
+    }
+}
+
+/// The human table of a plan.
+pub fn plan_text(plan: &PipelinePlan, now: SystemTime) -> String {
+    use std::fmt::Write as _;
+    let mut s = format!("pipeline {}\n", plan.pipeline);
+    let width = plan
+        .stages
+        .iter()
+        .map(|st| st.stage.len())
+        .max()
+        .unwrap_or(0);
+    let tag_width = plan
+        .stages
+        .iter()
+        .map(|st| st.current.as_ref().map_or(6, |c| c.tag.len()))
+        .max()
+        .unwrap_or(0);
+    for st in &plan.stages {
+        let (tag, digest) = match &st.current {
+            Some(c) => (c.tag.clone(), short(&c.digest)),
+            None => ("(none)".to_string(), String::new()),
+        };
+        let _ = write!(
+            s,
+            "  {:<width$}  {:<tag_width$}  {:<19}  {}",
+            st.stage,
+            tag,
+            digest,
+            action_text(&st.action, now)
+        );
+        if let Some(why) = &st.no_current {
+            let _ = write!(s, " [no current tag: {why}]");
+        }
+        s.push('\n');
+    }
+    s.push('\n');
+    s
+}
+
+fn promotion_json(p: &engine::Promotion) -> Value {
+    json!({
+        "from_stage": p.from_stage,
+        "from_tag": p.from_tag,
+        "to_tag": p.to_tag,
+        "digest": p.digest.as_str(),
+        "overwrite": p.overwrite,
+    })
+}
+
+/// The `--json` form of a plan; documented in README.md.
+pub fn plan_json(plan: &PipelinePlan) -> Value {
+    let stages: Vec<Value> = plan
+        .stages
+        .iter()
+        .map(|st| {
+            let action = match &st.action {
+                Action::Source => json!({"kind": "source"}),
+                Action::UpToDate { tag } => json!({"kind": "up_to_date", "tag": tag}),
+                Action::Promote(p) => json!({"kind": "promote", "promotion": promotion_json(p)}),
+                Action::Pending(p) => json!({"kind": "pending", "promotion": promotion_json(p)}),
+                Action::Waiting { promotion, until } => json!({
+                    "kind": "waiting",
+                    "promotion": promotion_json(promotion),
+                    "until": humantime::format_rfc3339_seconds(*until).to_string(),
+                }),
+                Action::Conflict { promotion, existing } => json!({
+                    "kind": "conflict",
+                    "promotion": promotion_json(promotion),
+                    "existing_digest": existing.as_str(),
+                }),
+                Action::NoCandidate { reason } => json!({"kind": "no_candidate", "reason": reason}),
+                Action::Invalid { reason } => json!({"kind": "invalid", "reason": reason}),
+            };
+            json!({
+                "stage": st.stage,
+                "registry": st.registry,
+                "repository": st.repository,
+                "current": st.current.as_ref().map(|c| json!({"tag": c.tag, "digest": c.digest.as_str()})),
+                "no_current": st.no_current,
+                "action": action,
+            })
+        })
+        .collect();
+    json!({"pipeline": plan.pipeline, "error": null, "stages": stages})
+}

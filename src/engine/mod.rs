@@ -1,0 +1,381 @@
+//! The promotion engine: observe a pipeline's repositories, plan with [`plan::plan`], apply the
+//! plan with the registry client.
+//!
+//! # Expected flow
+//!
+//! One reconcile of a pipeline lists each of its repositories once, resolves the digests the
+//! planner asks for (HEADs; one per stage in a steady state), plans, records first-seen times,
+//! then copies the promotions in stage order, by digest. A promotion whose source stage failed
+//! to receive its own promotion in this pass is skipped.
+//!
+//! # Guarantees
+//!
+//! - Idempotent: a reconcile right after another lists tags and HEADs current tags, and writes
+//!   nothing; no manifest is fetched.
+//! - The digest copied is the digest selected: the copy names it (`repo@sha256:...`), the
+//!   source GET is verified against it and the PUT's answer must confirm it.
+//! - One pipeline's failure is its own: the caller reconciles pipelines independently.
+
+pub mod plan;
+pub mod state;
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::{stream, StreamExt as _};
+
+use crate::config::Pipeline;
+use crate::reference::{Digest, Reference};
+use crate::registry::{self, Registries};
+pub use plan::{Action, Intent, Observed, PipelinePlan, Planned, Promotion, StagePlan};
+pub use state::State;
+
+/// Planning rounds before giving up (one or two are normal; each round only adds digests).
+const MAX_ROUNDS: usize = 6;
+/// HEADs in flight per pipeline while resolving digests (the registry's own limit still holds).
+const RESOLVE_WIDTH: usize = 8;
+
+/// Why a pipeline could not be planned.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A registry named by a stage has no client (cannot happen with a validated config).
+    #[error("registry {0} is not configured")]
+    UnknownRegistry(String),
+    /// Listing a repository failed.
+    #[error("cannot list tags of {registry}/{repository}")]
+    List {
+        /// Registry name.
+        registry: String,
+        /// Repository.
+        repository: String,
+        /// The cause.
+        #[source]
+        source: Box<registry::Error>,
+    },
+    /// Resolving a tag's digest failed.
+    #[error("cannot resolve {registry}/{repository}:{tag}")]
+    Resolve {
+        /// Registry name.
+        registry: String,
+        /// Repository.
+        repository: String,
+        /// Tag.
+        tag: String,
+        /// The cause.
+        #[source]
+        source: Box<registry::Error>,
+    },
+    /// The planner kept asking for digests (the registry changes under us).
+    #[error(
+        "the plan did not settle after {MAX_ROUNDS} rounds; the registry is changing too fast"
+    )]
+    Unsettled,
+}
+
+/// One promotion applied (or refused) by [`Engine::apply`].
+#[derive(Debug)]
+pub struct Applied {
+    /// The stage promoted into.
+    pub stage: String,
+    /// What was promoted.
+    pub promotion: Promotion,
+    /// The copy's report, or why it failed.
+    pub result: Result<registry::Report, String>,
+    /// How long it took.
+    pub duration: Duration,
+}
+
+/// Observes, plans and applies; shared by `plan`, `reconcile`, `promote` and `run`.
+pub struct Engine {
+    registries: std::sync::RwLock<Arc<Registries>>,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// An engine over these clients and state.
+    pub fn new(registries: Arc<Registries>, state: State) -> Engine {
+        Engine {
+            registries: std::sync::RwLock::new(registries),
+            state: Mutex::new(state),
+        }
+    }
+
+    /// Swaps in new clients (after a configuration reload); reconciles in flight finish with
+    /// the old ones, and the state stays.
+    pub fn set_registries(&self, registries: Arc<Registries>) {
+        *self.registries.write().unwrap_or_else(|e| e.into_inner()) = registries;
+    }
+
+    fn registries(&self) -> Arc<Registries> {
+        self.registries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn client(&self, name: &str) -> Result<Arc<registry::Client>, Error> {
+        self.registries()
+            .get(name)
+            .ok_or_else(|| Error::UnknownRegistry(name.to_string()))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // Only plain data behind it; a panic elsewhere cannot leave it half-updated.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lists the pipeline's repositories and plans, resolving digests as the planner asks.
+    /// With `record`, the stages' current digests are remembered for `min_age`.
+    pub async fn plan(
+        &self,
+        pipeline: &Pipeline,
+        intent: &Intent,
+        record: bool,
+    ) -> Result<PipelinePlan, Error> {
+        let mut observed = self.list(pipeline).await?;
+        let now = SystemTime::now();
+        for _ in 0..MAX_ROUNDS {
+            let planned = {
+                let state = self.state();
+                let first_seen = |stage: usize, digest: &Digest| {
+                    state.first_seen(&pipeline.name, &pipeline.stages[stage].name, digest)
+                };
+                plan::plan(pipeline, &observed, &first_seen, now, intent)
+            };
+            match planned {
+                Planned::Complete(p) => {
+                    if record {
+                        let mut state = self.state();
+                        for s in &p.stages {
+                            if let Some(c) = &s.current {
+                                state.observe(&pipeline.name, &s.stage, &c.digest, now);
+                            }
+                        }
+                    }
+                    return Ok(p);
+                }
+                Planned::Needs(needs) => self.resolve(&mut observed, needs).await?,
+            }
+        }
+        Err(Error::Unsettled)
+    }
+
+    async fn list(&self, pipeline: &Pipeline) -> Result<Observed, Error> {
+        let repos: BTreeSet<plan::RepoKey> = pipeline.stages.iter().map(plan::repo_key).collect();
+        let listed: Vec<Result<(plan::RepoKey, Vec<String>), Error>> = stream::iter(repos)
+            .map(|key| self.list_one(key))
+            .buffer_unordered(RESOLVE_WIDTH)
+            .collect()
+            .await;
+        let mut observed = Observed::default();
+        for r in listed {
+            let (key, tags) = r?;
+            observed.tags.insert(key, tags);
+        }
+        Ok(observed)
+    }
+
+    async fn list_one(&self, key: plan::RepoKey) -> Result<(plan::RepoKey, Vec<String>), Error> {
+        let client = self.client(&key.0)?;
+        match client.list_tags(&key.1).await {
+            Ok(list) => Ok((key, list.tags)),
+            // A repository nobody pushed to yet has no tags.
+            Err(e) if e.is_not_found() => Ok((key, Vec::new())),
+            Err(source) => Err(Error::List {
+                registry: key.0,
+                repository: key.1,
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn resolve_one(
+        &self,
+        key: plan::RepoKey,
+        tag: String,
+    ) -> Result<((plan::RepoKey, String), Option<Digest>), Error> {
+        let client = self.client(&key.0)?;
+        match client.head_manifest(&key.1, &tag).await {
+            Ok(head) => Ok(((key, tag), head.map(|h| h.digest))),
+            Err(source) => Err(Error::Resolve {
+                registry: key.0,
+                repository: key.1,
+                tag,
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    async fn resolve(
+        &self,
+        observed: &mut Observed,
+        needs: BTreeSet<(plan::RepoKey, String)>,
+    ) -> Result<(), Error> {
+        let resolved: Vec<Result<_, Error>> = stream::iter(needs)
+            .map(|(key, tag)| self.resolve_one(key, tag))
+            .buffer_unordered(RESOLVE_WIDTH)
+            .collect()
+            .await;
+        for r in resolved {
+            let (k, d) = r?;
+            observed.digests.insert(k, d);
+        }
+        Ok(())
+    }
+
+    /// Copies the plan's promotions in stage order and logs each as one event. A promotion out
+    /// of a stage whose own promotion failed in this pass is skipped.
+    pub async fn apply(&self, pipeline: &Pipeline, plan: &PipelinePlan) -> Vec<Applied> {
+        let mut failed: HashSet<&str> = HashSet::new();
+        let mut applied = Vec::new();
+        for stage in &plan.stages {
+            let Action::Promote(p) = &stage.action else {
+                continue;
+            };
+            let started = Instant::now();
+            let result = if failed.contains(p.from_stage.as_str()) {
+                Err(format!(
+                    "skipped: the promotion into {} failed in this pass",
+                    p.from_stage
+                ))
+            } else {
+                self.copy(stage, p)
+                    .await
+                    .map_err(|e| format!("{:#}", anyhow::Error::new(e)))
+            };
+            let duration = started.elapsed();
+            match &result {
+                Ok(report) => {
+                    tracing::info!(
+                        pipeline = %pipeline.name,
+                        stage = %stage.stage,
+                        from_tag = %p.from_tag,
+                        to_tag = %p.to_tag,
+                        digest = %p.digest,
+                        registry = %stage.registry,
+                        repository = %stage.repository,
+                        duration_ms = duration.as_millis() as u64,
+                        result = if report.up_to_date { "up_to_date" } else { "success" },
+                        "promoted {} -> {}",
+                        p.from_tag,
+                        p.to_tag
+                    );
+                    let now = SystemTime::now();
+                    self.state()
+                        .observe(&pipeline.name, &stage.stage, &p.digest, now);
+                }
+                Err(error) => {
+                    failed.insert(stage.stage.as_str());
+                    tracing::error!(
+                        pipeline = %pipeline.name,
+                        stage = %stage.stage,
+                        from_tag = %p.from_tag,
+                        to_tag = %p.to_tag,
+                        digest = %p.digest,
+                        registry = %stage.registry,
+                        repository = %stage.repository,
+                        duration_ms = duration.as_millis() as u64,
+                        result = "failure",
+                        error = %error,
+                        "promotion {} -> {} failed",
+                        p.from_tag,
+                        p.to_tag
+                    );
+                }
+            }
+            applied.push(Applied {
+                stage: stage.stage.clone(),
+                promotion: p.clone(),
+                result,
+                duration,
+            });
+        }
+        applied
+    }
+
+    async fn copy(
+        &self,
+        stage: &StagePlan,
+        p: &Promotion,
+    ) -> Result<registry::Report, registry::Error> {
+        let unknown =
+            |name: &str| registry::Error::Refused(format!("registry {name} is not configured"));
+        let registries = self.registries();
+        let src = registries
+            .get(&p.from_registry)
+            .ok_or_else(|| unknown(&p.from_registry))?;
+        let dst = registries
+            .get(&stage.registry)
+            .ok_or_else(|| unknown(&stage.registry))?;
+        let src_ref = Reference {
+            registry: src.host().to_string(),
+            repository: p.from_repository.clone(),
+            tag: Some(p.from_tag.clone()),
+            digest: Some(p.digest.clone()),
+        };
+        let dst_ref = Reference {
+            registry: dst.host().to_string(),
+            repository: stage.repository.clone(),
+            tag: Some(p.to_tag.clone()),
+            digest: None,
+        };
+        registry::copy(&src, &src_ref, &dst, &dst_ref, p.overwrite).await
+    }
+
+    /// One reconcile: plan (recording first-seen times), apply, save the state, log a summary.
+    pub async fn reconcile(
+        &self,
+        pipeline: &Pipeline,
+        intent: &Intent,
+    ) -> Result<(PipelinePlan, Vec<Applied>), Error> {
+        let started = Instant::now();
+        let plan = self.plan(pipeline, intent, true).await?;
+        let applied = self.apply(pipeline, &plan).await;
+        self.save_state();
+        let count = |f: fn(&Action) -> bool| plan.stages.iter().filter(|s| f(&s.action)).count();
+        tracing::info!(
+            pipeline = %pipeline.name,
+            promoted = applied.iter().filter(|a| a.result.is_ok()).count(),
+            failed = applied.iter().filter(|a| a.result.is_err()).count(),
+            pending = count(|a| matches!(a, Action::Pending(_))),
+            waiting = count(|a| matches!(a, Action::Waiting { .. })),
+            conflicts = count(|a| matches!(a, Action::Conflict { .. })),
+            duration_ms = started.elapsed().as_millis() as u64,
+            "reconciled"
+        );
+        for s in &plan.stages {
+            if let Action::Conflict {
+                promotion,
+                existing,
+            } = &s.action
+            {
+                tracing::warn!(
+                    pipeline = %pipeline.name,
+                    stage = %s.stage,
+                    to_tag = %promotion.to_tag,
+                    digest = %promotion.digest,
+                    existing = %existing,
+                    "conflict: {} exists with another digest; not overwriting",
+                    promotion.to_tag
+                );
+            }
+        }
+        Ok((plan, applied))
+    }
+
+    /// Writes the state file if anything changed; a failure is logged, not fatal (it only
+    /// restarts `min_age` clocks after a restart).
+    pub fn save_state(&self) {
+        if let Err(e) = self.state().save() {
+            tracing::warn!(error = %e, "cannot save state");
+        }
+    }
+}

@@ -1,0 +1,502 @@
+//! The planner: what one reconcile of a pipeline should do, as a pure function of the registry
+//! state observed so far, the first-seen times, the clock and an optional human request.
+//!
+//! # Expected flow
+//!
+//! The driver lists every repository of the pipeline, then calls [`plan`]. When the planner needs
+//! a digest it has not been given, it answers [`Planned::Needs`] with the tags to HEAD; the driver
+//! resolves them and calls again. In a steady state one round is enough and costs one HEAD per
+//! stage (its current tag); a second round only happens when a promotion is likely.
+//!
+//! # Guarantees
+//!
+//! - Deterministic: tags are ranked by the stage policies, never by listing order.
+//! - A candidate whose digest already carries a tag this stage's template could have made for it
+//!   (same version, any `{n}`) is up to date: a restart after a copy, or a rollback in the source
+//!   stage, never makes a second rc tag for one digest.
+//! - An existing target tag with another digest is a conflict unless the stage allows
+//!   `overwrite`; release tags do not move.
+//! - Promotions decided in one pass chain: a dev -> rc promotion makes the new rc the candidate of
+//!   the next stage in the same plan.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
+
+use crate::config::{Approval, Pipeline, Stage};
+use crate::policy::Selected;
+use crate::reference::{self, Digest};
+use crate::template::{Template, Values};
+
+/// A repository: registry name and repository path.
+pub type RepoKey = (String, String);
+
+/// What the registry showed so far.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// All tags of each repository.
+    pub tags: BTreeMap<RepoKey, Vec<String>>,
+    /// Digests resolved by HEAD; `None` when the tag turned out to be absent.
+    pub digests: BTreeMap<(RepoKey, String), Option<Digest>>,
+}
+
+/// What a human asked for (`retagd promote`, later the API).
+#[derive(Debug, Clone, Default)]
+pub struct Intent {
+    /// Index of the stage whose promotion is approved now (manual approval, and `min_age`
+    /// waived).
+    pub approve: Option<usize>,
+    /// With `approve`: promote this tag of the source stage's repository instead of the
+    /// candidate.
+    pub source_tag: Option<String>,
+}
+
+/// The answer of one planning round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Planned {
+    /// Every decision is made.
+    Complete(PipelinePlan),
+    /// These tags' digests are needed first.
+    Needs(BTreeSet<(RepoKey, String)>),
+}
+
+/// The plan of one pipeline, stage by stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelinePlan {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// One entry per stage, in order.
+    pub stages: Vec<StagePlan>,
+}
+
+/// A stage's current tag, what was selected and its digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Current {
+    /// The selected tag.
+    pub tag: String,
+    /// Its digest.
+    pub digest: Digest,
+}
+
+/// One stage in a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagePlan {
+    /// Stage name.
+    pub stage: String,
+    /// Registry name.
+    pub registry: String,
+    /// Repository.
+    pub repository: String,
+    /// The tag the stage's policy selects now (before this plan's promotions), if any.
+    pub current: Option<Current>,
+    /// Why there is no current tag, when there is none.
+    pub no_current: Option<String>,
+    /// What to do.
+    pub action: Action,
+}
+
+/// A promotion: copy `digest` (selected as `from_tag` in `from_stage`) to `to_tag`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Promotion {
+    /// The source stage.
+    pub from_stage: String,
+    /// The source stage's registry name.
+    pub from_registry: String,
+    /// The source stage's repository.
+    pub from_repository: String,
+    /// The source tag (informative: the copy is by digest).
+    pub from_tag: String,
+    /// The digest selected, resolved once.
+    pub digest: Digest,
+    /// The tag to create.
+    pub to_tag: String,
+    /// Whether `to_tag` exists with another digest and the stage allows moving it.
+    pub overwrite: bool,
+}
+
+/// The decision for one stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// The stage is not promoted into (the first stage).
+    Source,
+    /// The candidate's digest already carries `tag` in this stage.
+    UpToDate {
+        /// The tag that carries it.
+        tag: String,
+    },
+    /// Copy now.
+    Promote(Promotion),
+    /// Waits for a human (`approval = "manual"`).
+    Pending(Promotion),
+    /// `min_age` not reached yet.
+    Waiting {
+        /// The promotion that will happen.
+        promotion: Promotion,
+        /// When the candidate will be old enough.
+        until: SystemTime,
+    },
+    /// The target tag exists with another digest and `overwrite` is off.
+    Conflict {
+        /// The promotion refused.
+        promotion: Promotion,
+        /// The digest the target tag has.
+        existing: Digest,
+    },
+    /// Nothing to promote: the source stage has no current tag.
+    NoCandidate {
+        /// Why.
+        reason: String,
+    },
+    /// The promotion cannot be expressed (the template renders an invalid tag, the requested
+    /// source tag does not exist).
+    Invalid {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A stage's current selection with what templates need.
+#[derive(Debug, Clone)]
+struct Chosen {
+    tag: String,
+    value: String,
+    version: Option<semver::Version>,
+    digest: Digest,
+}
+
+impl Chosen {
+    fn from_selected(s: Selected<'_>, digest: Digest) -> Chosen {
+        Chosen::from_parts(parts(s), digest)
+    }
+
+    fn from_parts((tag, value, version): Parts, digest: Digest) -> Chosen {
+        Chosen {
+            tag,
+            value,
+            version,
+            digest,
+        }
+    }
+
+    fn values(&self) -> Values<'_> {
+        Values {
+            tag: &self.tag,
+            extract: &self.value,
+            version: self.version.as_ref(),
+        }
+    }
+}
+
+/// A selection's owned parts (tag, ranked value, version), so it outlives the tag list.
+type Parts = (String, String, Option<semver::Version>);
+
+fn parts(s: Selected<'_>) -> Parts {
+    (s.tag.to_string(), s.value, s.version)
+}
+
+/// State threaded through one planning pass.
+struct Pass<'a> {
+    observed: &'a Observed,
+    /// Tags this plan creates, by repository, with their digests.
+    created: BTreeMap<RepoKey, Vec<(String, Digest)>>,
+    needs: BTreeSet<(RepoKey, String)>,
+}
+
+impl Pass<'_> {
+    fn tags(&self, key: &RepoKey) -> Vec<&str> {
+        let mut tags: Vec<&str> = self
+            .observed
+            .tags
+            .get(key)
+            .map(|t| t.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        if let Some(created) = self.created.get(key) {
+            tags.extend(created.iter().map(|(t, _)| t.as_str()));
+        }
+        tags
+    }
+
+    /// The digest of `tag`: `Ok(None)` absent, `Err(())` not known yet (and now asked for).
+    fn digest(&mut self, key: &RepoKey, tag: &str) -> Result<Option<Digest>, ()> {
+        if let Some((_, d)) = self
+            .created
+            .get(key)
+            .and_then(|c| c.iter().find(|(t, _)| t == tag))
+        {
+            return Ok(Some(d.clone()));
+        }
+        match self.observed.digests.get(&(key.clone(), tag.to_string())) {
+            Some(d) => Ok(d.clone()),
+            None => {
+                self.needs.insert((key.clone(), tag.to_string()));
+                Err(())
+            }
+        }
+    }
+
+    /// The stage's current selection; `Ok(Err(reason))` when nothing qualifies.
+    fn current(&mut self, stage: &Stage) -> Result<Result<Chosen, String>, ()> {
+        let key = repo_key(stage);
+        let tags = self.tags(&key);
+        let selected = match stage.selector.select(tags.iter().copied()) {
+            Ok(s) => parts(s),
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let tag = selected.0.clone();
+        match self.digest(&key, &tag)? {
+            Some(digest) => Ok(Ok(Chosen::from_parts(selected, digest))),
+            None => Ok(Err(format!(
+                "selected tag {tag} disappeared from the registry"
+            ))),
+        }
+    }
+}
+
+/// The repository a stage lives in.
+pub fn repo_key(stage: &Stage) -> RepoKey {
+    (stage.registry.clone(), stage.repository.clone())
+}
+
+/// Plans one pipeline; see the module docs. `first_seen` gives when a digest was first
+/// observed as a stage's current (by stage index); unknown means now.
+pub fn plan(
+    pipeline: &Pipeline,
+    observed: &Observed,
+    first_seen: &dyn Fn(usize, &Digest) -> Option<SystemTime>,
+    now: SystemTime,
+    intent: &Intent,
+) -> Planned {
+    let mut pass = Pass {
+        observed,
+        created: BTreeMap::new(),
+        needs: BTreeSet::new(),
+    };
+    let mut currents: Vec<Option<Chosen>> = Vec::with_capacity(pipeline.stages.len());
+    let mut stages = Vec::with_capacity(pipeline.stages.len());
+    let mut complete = true;
+    for (index, stage) in pipeline.stages.iter().enumerate() {
+        let (current, no_current) = match pass.current(stage) {
+            Ok(Ok(c)) => (Some(c), None),
+            Ok(Err(reason)) => (None, Some(reason)),
+            Err(()) => {
+                complete = false;
+                (None, None)
+            }
+        };
+        let shown = current.as_ref().map(|c| Current {
+            tag: c.tag.clone(),
+            digest: c.digest.clone(),
+        });
+        let action = match &stage.promote {
+            None => Action::Source,
+            Some(_) if !complete => Action::Source,
+            Some(promote) => {
+                let approved = intent.approve == Some(index);
+                let candidate = match (&intent.source_tag, approved) {
+                    (Some(tag), true) => chosen_tag(&mut pass, &pipeline.stages[promote.from], tag),
+                    _ => match &currents[promote.from] {
+                        Some(c) => Ok(Ok(c.clone())),
+                        None => Ok(Err(Action::NoCandidate {
+                            reason: format!(
+                                "stage {} has no current tag",
+                                pipeline.stages[promote.from].name
+                            ),
+                        })),
+                    },
+                };
+                match candidate {
+                    Err(()) => {
+                        complete = false;
+                        Action::Source
+                    }
+                    Ok(Err(action)) => action,
+                    Ok(Ok(candidate)) => match decide(
+                        &mut pass,
+                        pipeline,
+                        index,
+                        current.as_ref(),
+                        &candidate,
+                        first_seen,
+                        now,
+                        approved,
+                    ) {
+                        Ok(action) => action,
+                        Err(()) => {
+                            complete = false;
+                            Action::Source
+                        }
+                    },
+                }
+            }
+        };
+        // A promotion decided now makes its tag this stage's current for the stages after it.
+        let mut next_current = current;
+        if let Action::Promote(p) = &action {
+            let key = repo_key(stage);
+            pass.created
+                .entry(key.clone())
+                .or_default()
+                .push((p.to_tag.clone(), p.digest.clone()));
+            let tags = pass.tags(&key);
+            if let Ok(sel) = stage.selector.select(tags.iter().copied()) {
+                if sel.tag == p.to_tag {
+                    next_current = Some(Chosen::from_selected(sel, p.digest.clone()));
+                }
+            }
+        }
+        currents.push(next_current);
+        stages.push(StagePlan {
+            stage: stage.name.clone(),
+            registry: stage.registry.clone(),
+            repository: stage.repository.clone(),
+            current: shown,
+            no_current,
+            action,
+        });
+    }
+    if complete && pass.needs.is_empty() {
+        Planned::Complete(PipelinePlan {
+            pipeline: pipeline.name.clone(),
+            stages,
+        })
+    } else {
+        Planned::Needs(pass.needs)
+    }
+}
+
+/// The source stage's tag a human named, with what templates need.
+fn chosen_tag(
+    pass: &mut Pass<'_>,
+    source: &Stage,
+    tag: &str,
+) -> Result<Result<Chosen, Action>, ()> {
+    let invalid = |reason: String| Ok(Err(Action::Invalid { reason }));
+    let key = repo_key(source);
+    if !pass.tags(&key).contains(&tag) {
+        return invalid(format!(
+            "tag {tag} does not exist in {}/{}",
+            source.registry, source.repository
+        ));
+    }
+    let selected = match source.selector.select([tag]) {
+        Ok(s) => s,
+        Err(e) => {
+            return invalid(format!(
+                "tag {tag} is not one stage {} would select: {e}",
+                source.name
+            ))
+        }
+    };
+    match pass.digest(&key, tag)? {
+        Some(digest) => Ok(Ok(Chosen::from_selected(selected, digest))),
+        None => invalid(format!("tag {tag} disappeared from the registry")),
+    }
+}
+
+/// The action for a promoted stage with a known candidate.
+#[allow(clippy::too_many_arguments)]
+fn decide(
+    pass: &mut Pass<'_>,
+    pipeline: &Pipeline,
+    index: usize,
+    current: Option<&Chosen>,
+    candidate: &Chosen,
+    first_seen: &dyn Fn(usize, &Digest) -> Option<SystemTime>,
+    now: SystemTime,
+    approved: bool,
+) -> Result<Action, ()> {
+    let stage = &pipeline.stages[index];
+    let Some(promote) = &stage.promote else {
+        return Ok(Action::Source);
+    };
+    if let Some(c) = current.filter(|c| c.digest == candidate.digest) {
+        return Ok(Action::UpToDate { tag: c.tag.clone() });
+    }
+    let key = repo_key(stage);
+    let values = candidate.values();
+    let tags: Vec<String> = pass.tags(&key).into_iter().map(str::to_string).collect();
+    // Tags this template could have made for this candidate: already promoted?
+    let mut unknown = false;
+    for tag in family(&promote.tag, &values, &tags) {
+        if stage.selector.filter().apply(tag).is_none() {
+            continue;
+        }
+        match pass.digest(&key, tag) {
+            Ok(Some(d)) if d == candidate.digest => {
+                return Ok(Action::UpToDate { tag: tag.clone() })
+            }
+            Ok(_) => {}
+            Err(()) => unknown = true,
+        }
+    }
+    if unknown {
+        return Err(());
+    }
+    let n = promote
+        .tag
+        .next_counter(&values, tags.iter().map(String::as_str));
+    let to_tag = promote.tag.render(&values, n);
+    if !reference::is_valid_tag(&to_tag) {
+        return Ok(Action::Invalid {
+            reason: format!(
+                "template {} renders {to_tag:?} for {}, which is not a valid tag",
+                promote.tag, candidate.tag
+            ),
+        });
+    }
+    let source = &pipeline.stages[promote.from];
+    let mut promotion = Promotion {
+        from_stage: source.name.clone(),
+        from_registry: source.registry.clone(),
+        from_repository: source.repository.clone(),
+        from_tag: candidate.tag.clone(),
+        digest: candidate.digest.clone(),
+        to_tag: to_tag.clone(),
+        overwrite: false,
+    };
+    if tags.contains(&to_tag) {
+        match pass.digest(&key, &to_tag)? {
+            Some(existing) if existing == candidate.digest => {
+                return Ok(Action::UpToDate { tag: to_tag });
+            }
+            Some(existing) if !promote.overwrite => {
+                return Ok(Action::Conflict {
+                    promotion,
+                    existing,
+                });
+            }
+            Some(_) => promotion.overwrite = true,
+            None => {}
+        }
+    }
+    if approved {
+        return Ok(Action::Promote(promotion));
+    }
+    if promote.approval == Approval::Manual {
+        return Ok(Action::Pending(promotion));
+    }
+    if let Some(min_age) = promote.min_age {
+        let seen = first_seen(promote.from, &candidate.digest).unwrap_or(now);
+        let until = seen + min_age;
+        if now < until {
+            return Ok(Action::Waiting { promotion, until });
+        }
+    }
+    Ok(Action::Promote(promotion))
+}
+
+/// The existing tags `template` could have rendered for `values` with any counter (or the one
+/// tag it renders, without `{n}`).
+fn family<'t>(template: &Template, values: &Values<'_>, tags: &'t [String]) -> Vec<&'t String> {
+    if !template.has_counter() {
+        let only = template.render(values, 1);
+        return tags.iter().filter(|t| **t == only).collect();
+    }
+    tags.iter()
+        .filter(|t| template.next_counter(values, [t.as_str()]) > 1)
+        .collect()
+}
+
+/// How long until `until`, for messages.
+pub fn remaining(until: SystemTime, now: SystemTime) -> Duration {
+    until.duration_since(now).unwrap_or(Duration::ZERO)
+}
