@@ -500,3 +500,288 @@ fn family<'t>(template: &Template, values: &Values<'_>, tags: &'t [String]) -> V
 pub fn remaining(until: SystemTime, now: SystemTime) -> Duration {
     until.duration_since(now).unwrap_or(Duration::ZERO)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{self, Format};
+
+    const REPO: &str = "myorg/app";
+
+    /// dev -> staging (rc, `staging`) -> production (release, `production`), in one repository.
+    fn pipeline(staging: &str, production: &str) -> Pipeline {
+        let text = format!(
+            r#"
+[registries.local]
+url = "http://127.0.0.1:5000"
+
+[[pipelines]]
+name = "app"
+registry = "local"
+repository = "{REPO}"
+
+[[pipelines.stages]]
+name = "dev"
+filter_tags = {{ pattern = '^v\d+\.\d+\.\d+-dev\.\d+$' }}
+policy = {{ semver = {{ range = ">=1.0.0-0" }} }}
+
+[[pipelines.stages]]
+name = "staging"
+filter_tags = {{ pattern = '^v\d+\.\d+\.\d+-rc\.\d+$' }}
+policy = {{ semver = {{ range = ">=1.0.0-rc.0" }} }}
+promote = {{ from = "dev", tag = "v{{major}}.{{minor}}.{{patch}}-rc.{{n}}", {staging} }}
+
+[[pipelines.stages]]
+name = "production"
+filter_tags = {{ pattern = '^v\d+\.\d+\.\d+$' }}
+policy = {{ semver = {{ range = ">=1.0.0" }} }}
+promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {production} }}
+"#
+        );
+        let loaded = config::parse(&text, Format::Toml, "test").unwrap();
+        loaded.config.pipelines[0].clone()
+    }
+
+    fn digest(n: u8) -> Digest {
+        Digest::of(&[n])
+    }
+
+    /// All tags of `REPO` with their digests, all known.
+    fn observed(tags: &[(&str, u8)]) -> Observed {
+        let key: RepoKey = ("local".into(), REPO.into());
+        let mut o = Observed::default();
+        o.tags
+            .insert(key.clone(), tags.iter().map(|(t, _)| t.to_string()).collect());
+        for (t, d) in tags {
+            o.digests.insert((key.clone(), t.to_string()), Some(digest(*d)));
+        }
+        o
+    }
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    fn run(p: &Pipeline, o: &Observed, intent: &Intent) -> Vec<Action> {
+        run_at(p, o, intent, &|_, _| None)
+    }
+
+    fn run_at(
+        p: &Pipeline,
+        o: &Observed,
+        intent: &Intent,
+        first_seen: &dyn Fn(usize, &Digest) -> Option<SystemTime>,
+    ) -> Vec<Action> {
+        match plan(p, o, first_seen, now(), intent) {
+            Planned::Complete(plan) => plan.stages.into_iter().map(|s| s.action).collect(),
+            Planned::Needs(n) => panic!("needs {n:?}"),
+        }
+    }
+
+    fn promote_to(action: &Action) -> Option<(&str, &str, &Digest)> {
+        match action {
+            Action::Promote(p) => Some((p.from_tag.as_str(), p.to_tag.as_str(), &p.digest)),
+            _ => None,
+        }
+    }
+
+    const AUTO: &str = r#"approval = "auto""#;
+    const MANUAL: &str = r#"approval = "manual""#;
+
+    #[test]
+    fn a_new_dev_build_becomes_the_next_rc_and_a_manual_release_waits() {
+        let p = pipeline(AUTO, MANUAL);
+        let o = observed(&[("v1.2.0-dev.1", 1), ("v1.2.0-rc.1", 1), ("v1.2.0-dev.2", 2)]);
+        let actions = run(&p, &o, &Intent::default());
+        assert_eq!(actions[0], Action::Source);
+        assert_eq!(
+            promote_to(&actions[1]),
+            Some(("v1.2.0-dev.2", "v1.2.0-rc.2", &digest(2)))
+        );
+        // The release candidate made in this same plan is what production waits for.
+        match &actions[2] {
+            Action::Pending(p) => assert_eq!((p.from_tag.as_str(), p.to_tag.as_str()), ("v1.2.0-rc.2", "v1.2.0")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_counter_continues_after_gaps_and_other_versions_do_not_count() {
+        let p = pipeline(AUTO, MANUAL);
+        let o = observed(&[
+            ("v1.2.0-rc.1", 1),
+            ("v1.2.0-rc.3", 3),
+            ("v1.1.0-rc.9", 9),
+            ("v1.2.0-dev.4", 4),
+        ]);
+        let actions = run(&p, &o, &Intent::default());
+        assert_eq!(promote_to(&actions[1]).map(|p| p.1), Some("v1.2.0-rc.4"));
+        let o = observed(&[("v1.1.0-rc.9", 9), ("v1.2.0-dev.4", 4)]);
+        let actions = run(&p, &o, &Intent::default());
+        assert_eq!(promote_to(&actions[1]).map(|p| p.1), Some("v1.2.0-rc.1"));
+    }
+
+    #[test]
+    fn a_digest_that_already_has_an_rc_tag_is_not_promoted_again() {
+        // The dev stage rolled back to a build that became rc.1 earlier; rc.2 is current.
+        let p = pipeline(AUTO, MANUAL);
+        let o = observed(&[("v1.2.0-dev.1", 1), ("v1.2.0-rc.1", 1), ("v1.2.0-rc.2", 2)]);
+        let actions = run(&p, &o, &Intent::default());
+        assert_eq!(actions[1], Action::UpToDate { tag: "v1.2.0-rc.1".into() });
+    }
+
+    #[test]
+    fn current_stages_are_up_to_date_and_cost_one_digest_each() {
+        let p = pipeline(AUTO, MANUAL);
+        let mut o = observed(&[("v1.2.0-dev.1", 1), ("v1.2.0-rc.1", 1), ("v1.2.0", 1), ("v1.1.0-dev.1", 5)]);
+        let actions = run(&p, &o, &Intent::default());
+        assert_eq!(actions[1], Action::UpToDate { tag: "v1.2.0-rc.1".into() });
+        assert_eq!(actions[2], Action::UpToDate { tag: "v1.2.0".into() });
+        // Knowing no digest, the first round asks for exactly the three current tags.
+        o.digests.clear();
+        match plan(&p, &o, &|_, _| None, now(), &Intent::default()) {
+            Planned::Needs(n) => {
+                let tags: Vec<&str> = n.iter().map(|(_, t)| t.as_str()).collect();
+                assert_eq!(tags, ["v1.2.0", "v1.2.0-dev.1", "v1.2.0-rc.1"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_existing_release_with_another_digest_is_a_conflict_unless_overwrite() {
+        let o = observed(&[("v1.2.0-rc.2", 2), ("v1.2.0", 1)]);
+        let p = pipeline(AUTO, AUTO);
+        let actions = run(&p, &o, &Intent::default());
+        match &actions[2] {
+            Action::Conflict { promotion, existing } => {
+                assert_eq!((promotion.to_tag.as_str(), existing), ("v1.2.0", &digest(1)));
+            }
+            other => panic!("{other:?}"),
+        }
+        let p = pipeline(AUTO, r#"approval = "auto", overwrite = true"#);
+        let actions = run(&p, &o, &Intent::default());
+        match &actions[2] {
+            Action::Promote(p) => assert!(p.overwrite && p.to_tag == "v1.2.0"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn min_age_counts_from_the_first_sighting_in_the_source_stage() {
+        let p = pipeline(r#"approval = "auto", min_age = "2h""#, MANUAL);
+        let o = observed(&[("v1.2.0-dev.1", 1)]);
+        let hour_ago = |_: usize, _: &Digest| Some(now() - Duration::from_secs(3600));
+        match &run_at(&p, &o, &Intent::default(), &hour_ago)[1] {
+            Action::Waiting { until, promotion } => {
+                assert_eq!(*until, now() + Duration::from_secs(3600));
+                assert_eq!(promotion.to_tag, "v1.2.0-rc.1");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Never seen before: the clock starts now.
+        match &run(&p, &o, &Intent::default())[1] {
+            Action::Waiting { until, .. } => assert_eq!(*until, now() + Duration::from_secs(7200)),
+            other => panic!("{other:?}"),
+        }
+        let long_ago = |_: usize, _: &Digest| Some(now() - Duration::from_secs(3 * 3600));
+        assert!(promote_to(&run_at(&p, &o, &Intent::default(), &long_ago)[1]).is_some());
+    }
+
+    #[test]
+    fn an_approval_promotes_a_pending_stage_or_a_named_tag() {
+        let p = pipeline(AUTO, MANUAL);
+        let o = observed(&[("v1.2.0-rc.1", 1), ("v1.3.0-rc.1", 3)]);
+        let approve = Intent {
+            approve: Some(2),
+            source_tag: None,
+        };
+        assert_eq!(
+            promote_to(&run(&p, &o, &approve)[2]),
+            Some(("v1.3.0-rc.1", "v1.3.0", &digest(3)))
+        );
+        let older = Intent {
+            approve: Some(2),
+            source_tag: Some("v1.2.0-rc.1".into()),
+        };
+        assert_eq!(
+            promote_to(&run(&p, &o, &older)[2]),
+            Some(("v1.2.0-rc.1", "v1.2.0", &digest(1)))
+        );
+        let missing = Intent {
+            approve: Some(2),
+            source_tag: Some("v9.9.9-rc.1".into()),
+        };
+        assert!(matches!(&run(&p, &o, &missing)[2], Action::Invalid { reason } if reason.contains("does not exist")));
+        // Approval waives min_age but not the conflict rule.
+        let p = pipeline(AUTO, r#"approval = "manual", min_age = "24h""#);
+        assert!(promote_to(&run(&p, &o, &approve)[2]).is_some());
+    }
+
+    #[test]
+    fn auto_stages_chain_in_one_pass_and_an_empty_source_has_no_candidate() {
+        let p = pipeline(AUTO, AUTO);
+        let o = observed(&[("v2.0.0-dev.3", 3)]);
+        let actions = run(&p, &o, &Intent::default());
+        assert_eq!(promote_to(&actions[1]), Some(("v2.0.0-dev.3", "v2.0.0-rc.1", &digest(3))));
+        assert_eq!(promote_to(&actions[2]), Some(("v2.0.0-rc.1", "v2.0.0", &digest(3))));
+        let o = observed(&[("latest", 1)]);
+        let actions = run(&p, &o, &Intent::default());
+        assert!(matches!(&actions[1], Action::NoCandidate { reason } if reason.contains("stage dev has no current tag")));
+    }
+
+    /// A pipeline of two stages whose templates are given.
+    fn two_stages(dev_filter: &str, policy: &str, rc_pattern: &str, template: &str) -> Pipeline {
+        let text = format!(
+            r#"
+[registries.local]
+url = "http://127.0.0.1:5000"
+
+[[pipelines]]
+name = "app"
+registry = "local"
+repository = "{REPO}"
+
+[[pipelines.stages]]
+name = "dev"
+filter_tags = {dev_filter}
+policy = {policy}
+
+[[pipelines.stages]]
+name = "rc"
+filter_tags = {{ pattern = '{rc_pattern}' }}
+policy = {{ alphabetical = {{ order = "asc" }} }}
+promote = {{ from = "dev", tag = "{template}", approval = "auto" }}
+"#
+        );
+        config::parse(&text, Format::Toml, "test").unwrap().config.pipelines[0].clone()
+    }
+
+    #[test]
+    fn templates_without_v_and_with_extract_render_and_count() {
+        let p = two_stages(
+            r#"{ pattern = '^\d+\.\d+\.\d+-dev\.\d+$' }"#,
+            r#"{ semver = { range = ">=0.0.0-0" } }"#,
+            r"^\d+\.\d+\.\d+-rc\.\d+$",
+            "{major}.{minor}.{patch}-rc.{n}",
+        );
+        let o = observed(&[("1.4.2-dev.7", 7), ("1.4.2-rc.2", 2)]);
+        assert_eq!(promote_to(&run(&p, &o, &Intent::default())[1]).map(|p| p.1), Some("1.4.2-rc.3"));
+
+        let p = two_stages(
+            r#"{ pattern = '^main-(?P<sha>[a-f0-9]+)-(?P<ts>\d+)$', extract = '$ts' }"#,
+            r#"{ numerical = { order = "asc" } }"#,
+            r"^rc-\d+-\d+$",
+            "rc-{extract}-{n}",
+        );
+        let o = observed(&[
+            ("main-abc123-1700000000", 1),
+            ("main-def456-1700000500", 2),
+            ("rc-1700000000-1", 1),
+        ]);
+        assert_eq!(
+            promote_to(&run(&p, &o, &Intent::default())[1]),
+            Some(("main-def456-1700000500", "rc-1700000500-1", &digest(2)))
+        );
+    }
+}
