@@ -52,6 +52,15 @@ pub enum FaultAction {
         /// Replacement.
         to: String,
     },
+    /// Wait `millis` before forwarding (`after_upstream` false) or after the upstream answered
+    /// and before answering the client (`after_upstream` true: the registry has done the work,
+    /// the client does not know yet).
+    Delay {
+        /// How long.
+        millis: u64,
+        /// Where the wait happens.
+        after_upstream: bool,
+    },
     /// Answer `status` (a 3xx) with this `Location` without forwarding.
     Redirect {
         /// The status, 307 by default.
@@ -140,6 +149,22 @@ impl Fault {
         Fault::new(FaultAction::Rewrite {
             from: from.to_string(),
             to: to.to_string(),
+        })
+    }
+
+    /// Delays the request before forwarding it.
+    pub fn delay(millis: u64) -> Fault {
+        Fault::new(FaultAction::Delay {
+            millis,
+            after_upstream: false,
+        })
+    }
+
+    /// Forwards at once but delays the answer to the client.
+    pub fn delay_answer(millis: u64) -> Fault {
+        Fault::new(FaultAction::Delay {
+            millis,
+            after_upstream: true,
         })
     }
 
@@ -262,6 +287,7 @@ struct ProxyState {
     client: reqwest::Client,
     faults: Mutex<VecDeque<Fault>>,
     records: Mutex<Vec<ProxyRequest>>,
+    arrivals: Mutex<Vec<String>>,
     paging: Mutex<Option<TagPaging>>,
 }
 
@@ -300,6 +326,7 @@ impl FaultProxy {
             client,
             faults: Mutex::new(VecDeque::new()),
             records: Mutex::new(Vec::new()),
+            arrivals: Mutex::new(Vec::new()),
             paging: Mutex::new(None),
         });
         let router_state = state.clone();
@@ -360,6 +387,12 @@ impl FaultProxy {
             .lock()
             .expect("proxy records lock")
             .clone()
+    }
+
+    /// `METHOD path?query` of every request as it arrived (before any delay or answer), so a
+    /// test can act while a request is in flight.
+    pub fn arrivals(&self) -> Vec<String> {
+        self.state.arrivals.lock().expect("arrivals lock").clone()
     }
 
     /// Forgets the recorded requests (queued faults stay).
@@ -482,7 +515,19 @@ async fn handle(State(state): State<Arc<ProxyState>>, request: Request) -> Respo
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".to_string());
     let authorization = parts.headers.contains_key(header::AUTHORIZATION);
+    state
+        .arrivals
+        .lock()
+        .expect("arrivals lock")
+        .push(format!("{method} {path}"));
     let fault = state.take_fault(&method, &path);
+    if let Some(FaultAction::Delay {
+        millis,
+        after_upstream: false,
+    }) = &fault
+    {
+        tokio::time::sleep(Duration::from_millis(*millis)).await;
+    }
     let record = |status: u16| ProxyRequest {
         at: Instant::now(),
         method: method.clone(),
@@ -579,6 +624,13 @@ async fn handle(State(state): State<Arc<ProxyState>>, request: Request) -> Respo
         }
     };
 
+    if let Some(FaultAction::Delay {
+        millis,
+        after_upstream: true,
+    }) = &fault
+    {
+        tokio::time::sleep(Duration::from_millis(*millis)).await;
+    }
     let status = upstream_response.status();
     let mut headers = HeaderMap::new();
     for (name, value) in upstream_response.headers() {

@@ -1,0 +1,625 @@
+//! The promotion engine end to end: the `retagd` binary (`plan`, `reconcile`, `promote`, `run`)
+//! against real CNCF registries, with request counts and faults from our proxy.
+
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use support::images::{Pusher, TestImage, MANIFEST_ACCEPT};
+use support::proxy::{Fault, FaultProxy};
+use support::registry::{Registry, RegistryOptions};
+
+const REPO: &str = "myorg/api-gateway";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A registry behind a counting proxy, and a directory for config and state.
+struct Env {
+    registry: Registry,
+    proxy: FaultProxy,
+    dir: tempfile::TempDir,
+}
+
+const AUTO: &str = r#"approval = "auto""#;
+const MANUAL: &str = r#"approval = "manual""#;
+
+impl Env {
+    fn start() -> Env {
+        let registry = Registry::start(RegistryOptions::anonymous());
+        let proxy = FaultProxy::start(registry.addr);
+        Env {
+            registry,
+            proxy,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("retagd.toml")
+    }
+
+    /// The example pipeline with these `promote` options for staging and production, plus
+    /// `extra` TOML appended.
+    fn configure(&self, staging: &str, production: &str, extra: &str) -> PathBuf {
+        let text = format!(
+            r#"
+[defaults]
+interval = "1s"
+
+[server]
+state_dir = "{state}"
+
+[registries.local]
+url = "{url}"
+
+[[pipelines]]
+name = "api-gateway"
+registry = "local"
+repository = "{REPO}"
+
+[[pipelines.stages]]
+name = "dev"
+filter_tags = {{ pattern = '^v\d+\.\d+\.\d+-dev\.\d+$' }}
+policy = {{ semver = {{ range = ">=1.0.0-0" }} }}
+
+[[pipelines.stages]]
+name = "staging"
+filter_tags = {{ pattern = '^v\d+\.\d+\.\d+-rc\.\d+$' }}
+policy = {{ semver = {{ range = ">=1.0.0-rc.0" }} }}
+promote = {{ from = "dev", tag = "v{{major}}.{{minor}}.{{patch}}-rc.{{n}}", {staging} }}
+
+[[pipelines.stages]]
+name = "production"
+filter_tags = {{ pattern = '^v\d+\.\d+\.\d+$' }}
+policy = {{ semver = {{ range = ">=1.0.0" }} }}
+promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {production} }}
+{extra}
+"#,
+            state = self.dir.path().join("state").display(),
+            url = self.proxy.url(),
+        );
+        std::fs::write(self.config_path(), text).unwrap();
+        self.config_path()
+    }
+
+    async fn push(&self, repo: &str, tag: &str, seed: u64) -> String {
+        let image = TestImage::generate(seed, &[512]);
+        Pusher::new(&self.registry.url())
+            .push_image(repo, &image, Some(tag))
+            .await;
+        image.digest
+    }
+
+    async fn digest(&self, repo: &str, tag: &str) -> Option<String> {
+        digest_at(&self.registry, repo, tag).await
+    }
+
+    async fn tags(&self, repo: &str) -> Vec<String> {
+        let url = format!("{}/v2/{repo}/tags/list", self.registry.url());
+        let body = support::http_client()
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let mut tags: Vec<String> = list["tags"]
+            .as_array()
+            .map(|a| a.iter().map(|t| t.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default();
+        tags.sort();
+        tags
+    }
+}
+
+/// The digest a registry holds under `repo:tag`, read without retagd.
+async fn digest_at(registry: &Registry, repo: &str, tag: &str) -> Option<String> {
+    let response = support::http_client()
+        .head(format!("{}/v2/{repo}/manifests/{tag}", registry.url()))
+        .header("Accept", MANIFEST_ACCEPT)
+        .send()
+        .await
+        .unwrap();
+    if response.status() == 404 {
+        return None;
+    }
+    assert!(response.status().is_success(), "{}", response.status());
+    Some(
+        response.headers()["docker-content-digest"]
+            .to_str()
+            .unwrap()
+            .to_string(),
+    )
+}
+
+fn retagd(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_retagd"));
+    command
+        .args(args)
+        .env_remove("RETAGD_CONFIG")
+        .env("RETAGD_LOG", "info")
+        .env("DOCKER_CONFIG", "/nonexistent");
+    command
+}
+
+/// Runs `retagd ARGS --config CONFIG` to its end (on a blocking thread: the harness servers
+/// share nothing with it).
+async fn run(config: &Path, args: &[&str]) -> Output {
+    let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    all.push("--config".into());
+    all.push(config.display().to_string());
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        retagd(&refs).output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test]
+async fn the_story_from_dev_to_release_with_idempotent_reconciles() {
+    let env = Env::start();
+    let config = env.configure(AUTO, MANUAL, "");
+    let dev1 = env.push(REPO, "v1.2.0-dev.1", 1).await;
+
+    let out = run(&config, &["reconcile"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        env.digest(REPO, "v1.2.0-rc.1").await.as_deref(),
+        Some(dev1.as_str())
+    );
+    let first: Vec<String> = env
+        .proxy
+        .requests()
+        .iter()
+        .map(|r| format!("{} {} {}", r.method, r.path, r.status))
+        .collect();
+
+    // A second reconcile right away: tag list and HEADs only, nothing written, no manifest GET.
+    env.proxy.clear();
+    let out = run(&config, &["reconcile"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let second: Vec<String> = env
+        .proxy
+        .requests()
+        .iter()
+        .map(|r| format!("{} {} {}", r.method, r.path, r.status))
+        .collect();
+    assert_eq!(
+        env.proxy.manifest_gets() + env.proxy.manifest_puts(),
+        0,
+        "{second:#?}"
+    );
+    assert_eq!(env.proxy.count("GET"), 1, "one tag list: {second:#?}");
+    assert_eq!(
+        env.proxy.manifest_heads(),
+        2,
+        "dev and staging current tags: {second:#?}"
+    );
+    println!("first reconcile: {first:#?}\nsecond reconcile: {second:#?}");
+
+    // A new build becomes rc.2.
+    let dev2 = env.push(REPO, "v1.2.0-dev.2", 2).await;
+    let out = run(&config, &["reconcile"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        env.digest(REPO, "v1.2.0-rc.2").await.as_deref(),
+        Some(dev2.as_str())
+    );
+
+    // Production is manual: the plan shows it pending, `promote` performs it.
+    let out = run(&config, &["plan", "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let production = &plan["pipelines"][0]["stages"][2];
+    assert_eq!(production["action"]["kind"], "pending", "{plan:#}");
+    assert_eq!(production["action"]["promotion"]["from_tag"], "v1.2.0-rc.2");
+    assert_eq!(production["action"]["promotion"]["to_tag"], "v1.2.0");
+    let out = run(&config, &["plan"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("pending approval: v1.2.0-rc.2 -> v1.2.0"),
+        "{stdout}"
+    );
+    assert_eq!(
+        env.digest(REPO, "v1.2.0").await,
+        None,
+        "plan writes nothing"
+    );
+
+    let out = run(
+        &config,
+        &[
+            "promote",
+            "--pipeline",
+            "api-gateway",
+            "--stage",
+            "production",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("promoted api-gateway/production: v1.2.0-rc.2 -> v1.2.0 ({dev2})\n")
+    );
+    assert_eq!(
+        env.digest(REPO, "v1.2.0").await.as_deref(),
+        Some(dev2.as_str())
+    );
+    // The promotion is one structured event.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("stage=production")
+            && stderr.contains("to_tag=v1.2.0")
+            && stderr.contains("result=\"success\""),
+        "{stderr}"
+    );
+
+    // A later patch flows to its own first rc.
+    let patch = env.push(REPO, "v1.2.1-dev.1", 3).await;
+    let out = run(&config, &["reconcile"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        env.digest(REPO, "v1.2.1-rc.1").await.as_deref(),
+        Some(patch.as_str())
+    );
+    assert_eq!(
+        env.tags(REPO).await,
+        [
+            "v1.2.0",
+            "v1.2.0-dev.1",
+            "v1.2.0-dev.2",
+            "v1.2.0-rc.1",
+            "v1.2.0-rc.2",
+            "v1.2.1-dev.1",
+            "v1.2.1-rc.1"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_release_tag_with_another_digest_is_a_conflict_unless_overwrite() {
+    let env = Env::start();
+    let rc = env.push(REPO, "v1.2.0-rc.1", 1).await;
+    let old = env.push(REPO, "v1.2.0", 2).await;
+    let config = env.configure(AUTO, AUTO, "");
+    let out = run(&config, &["reconcile"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("conflict: v1.2.0 exists with another digest"),
+        "{stderr}"
+    );
+    assert_eq!(
+        env.digest(REPO, "v1.2.0").await.as_deref(),
+        Some(old.as_str())
+    );
+    assert_eq!(env.proxy.manifest_puts(), 0);
+
+    let config = env.configure(AUTO, r#"approval = "auto", overwrite = true"#, "");
+    let out = run(&config, &["reconcile"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        env.digest(REPO, "v1.2.0").await.as_deref(),
+        Some(rc.as_str())
+    );
+}
+
+#[tokio::test]
+async fn min_age_waits_and_the_first_sighting_survives_restarts_in_state_dir() {
+    let env = Env::start();
+    let dev = env.push(REPO, "v1.2.0-dev.1", 1).await;
+    let config = env.configure(r#"approval = "auto", min_age = "1h""#, MANUAL, "");
+    let out = run(&config, &["reconcile"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("waiting for min_age until"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(env.digest(REPO, "v1.2.0-rc.1").await, None);
+
+    // The state file remembers the first sighting; moving it two hours back ends the wait.
+    let state_file = env.dir.path().join("state/state.json");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+    let seen = state["first_seen"]["api-gateway/dev"][&dev]
+        .as_u64()
+        .unwrap();
+    let moved = serde_json::json!({"first_seen": {"api-gateway/dev": {dev.clone(): seen - 7200}}});
+    std::fs::write(&state_file, moved.to_string()).unwrap();
+    let out = run(&config, &["reconcile"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        env.digest(REPO, "v1.2.0-rc.1").await.as_deref(),
+        Some(dev.as_str())
+    );
+}
+
+#[tokio::test]
+async fn stages_in_another_repository_and_another_registry() {
+    let env = Env::start();
+    let prod = Registry::start(RegistryOptions::anonymous());
+    let dev = env.push(REPO, "v1.2.0-dev.1", 1).await;
+    let extra = format!("\n[registries.prod]\nurl = \"{}\"\n", prod.url());
+    let config = env.configure(AUTO, MANUAL, &extra);
+    // staging in its own repository, production in the other registry.
+    let text_config = std::fs::read_to_string(&config).unwrap();
+    let text_config = text_config
+        .replace(
+            "promote = { from = \"dev\"",
+            "repository = \"staging/api-gateway\"\npromote = { from = \"dev\"",
+        )
+        .replace(
+            "promote = { from = \"staging\"",
+            "registry = \"prod\"\nrepository = \"release/api-gateway\"\npromote = { from = \"staging\"",
+        );
+    std::fs::write(&config, text_config).unwrap();
+
+    let out = run(&config, &["reconcile"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        env.digest("staging/api-gateway", "v1.2.0-rc.1")
+            .await
+            .as_deref(),
+        Some(dev.as_str())
+    );
+    assert_eq!(env.proxy.blob_gets(), 0, "the rc copy mounts");
+    let out = run(
+        &config,
+        &[
+            "promote",
+            "--pipeline",
+            "api-gateway",
+            "--stage",
+            "production",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        digest_at(&prod, "release/api-gateway", "v1.2.0")
+            .await
+            .as_deref(),
+        Some(dev.as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_pipeline_whose_registry_is_down_does_not_stop_the_others() {
+    let env = Env::start();
+    let dev = env.push(REPO, "v1.2.0-dev.1", 1).await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let extra = format!(
+        r#"
+[registries.down]
+url = "http://{dead}"
+
+[[pipelines]]
+name = "broken"
+registry = "down"
+repository = "x/y"
+
+[[pipelines.stages]]
+name = "dev"
+policy = {{ semver = {{ range = "*" }} }}
+"#
+    );
+    let config = env.configure(AUTO, MANUAL, &extra);
+    let out = run(&config, &["reconcile"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("broken: cannot list tags of down/x/y"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        env.digest(REPO, "v1.2.0-rc.1").await.as_deref(),
+        Some(dev.as_str())
+    );
+}
+
+/// A running `retagd run`, killed when dropped.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(config: &Path, log: PathBuf) -> Daemon {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = retagd(&[
+            "run",
+            "--config",
+            &config.display().to_string(),
+            "--grace-period",
+            "20s",
+        ])
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+        Daemon { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait_log(&self, needle: &str) {
+        support::poll_until(&format!("daemon log line {needle:?}"), DEADLINE, || async {
+            self.log().contains(needle).then_some(())
+        })
+        .await;
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        support::poll_until("the daemon to exit", DEADLINE, || {
+            let status = self.child.try_wait().unwrap();
+            async move { status }
+        })
+        .await
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_tag(env: &Env, repo: &str, tag: &str) -> String {
+    support::poll_until(&format!("{repo}:{tag} to exist"), DEADLINE, || {
+        env.digest(repo, tag)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_daemon_promotes_reloads_on_sighup_and_stops_on_sigterm() {
+    let env = Env::start();
+    let config = env.configure(AUTO, MANUAL, "");
+    let dev1 = env.push(REPO, "v1.2.0-dev.1", 1).await;
+    let mut daemon = Daemon::start(&config, env.dir.path().join("daemon.log"));
+    assert_eq!(wait_tag(&env, REPO, "v1.2.0-rc.1").await, dev1);
+
+    // An invalid new config is refused; the old one keeps working.
+    std::fs::write(&config, "[[pipelines]]\nname = 3\n").unwrap();
+    daemon.signal("HUP");
+    daemon
+        .wait_log("configuration reload failed; keeping the running configuration")
+        .await;
+    let dev2 = env.push(REPO, "v1.2.0-dev.2", 2).await;
+    assert_eq!(wait_tag(&env, REPO, "v1.2.0-rc.2").await, dev2);
+
+    // A valid one (production now automatic) takes over.
+    env.configure(AUTO, AUTO, "");
+    daemon.signal("HUP");
+    daemon.wait_log("configuration reloaded").await;
+    assert_eq!(wait_tag(&env, REPO, "v1.2.0").await, dev2);
+
+    daemon.signal("TERM");
+    let status = daemon.wait_exit().await;
+    assert!(status.success(), "{status:?}\n{}", daemon.log());
+    assert!(daemon.log().contains("stopped"), "{}", daemon.log());
+}
+
+#[tokio::test]
+async fn sigterm_during_a_copy_lets_it_finish() {
+    let env = Env::start();
+    let config = env.configure(AUTO, MANUAL, "");
+    let dev = env.push(REPO, "v1.2.0-dev.1", 1).await;
+    env.proxy
+        .inject(Fault::delay(1500).on("PUT").path_contains("/manifests/"));
+    let mut daemon = Daemon::start(&config, env.dir.path().join("daemon.log"));
+    support::poll_until("the rc PUT to be in flight", DEADLINE, || async {
+        env.proxy
+            .arrivals()
+            .iter()
+            .any(|a| a.starts_with("PUT "))
+            .then_some(())
+    })
+    .await;
+    daemon.signal("TERM");
+    let status = daemon.wait_exit().await;
+    assert!(status.success(), "{status:?}\n{}", daemon.log());
+    assert_eq!(
+        env.digest(REPO, "v1.2.0-rc.1").await.as_deref(),
+        Some(dev.as_str()),
+        "{}",
+        daemon.log()
+    );
+}
+
+#[tokio::test]
+async fn sigkill_at_the_worst_moments_never_makes_a_second_rc_tag() {
+    let env = Env::start();
+    let config = env.configure(AUTO, MANUAL, "");
+    let dev = env.push(REPO, "v1.2.0-dev.1", 1).await;
+    let start = || {
+        retagd(&["reconcile", "--config", &config.display().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // Killed before the registry got the PUT: nothing written; the rerun creates rc.1.
+    env.proxy
+        .inject(Fault::delay(5000).on("PUT").path_contains("/manifests/"));
+    let mut child = start();
+    support::poll_until("the rc PUT to arrive", DEADLINE, || async {
+        env.proxy
+            .arrivals()
+            .iter()
+            .any(|a| a.starts_with("PUT "))
+            .then_some(())
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    env.proxy.clear_faults();
+    assert_eq!(env.digest(REPO, "v1.2.0-rc.1").await, None);
+    let out = run(&config, &["reconcile"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Killed after the registry stored the rc tag but before retagd heard back: the rerun must
+    // see that the digest already has rc.2 and not make rc.3.
+    let dev2 = env.push(REPO, "v1.2.0-dev.2", 2).await;
+    env.proxy.inject(
+        Fault::delay_answer(5000)
+            .on("PUT")
+            .path_contains("/manifests/"),
+    );
+    let mut child = start();
+    support::poll_until("the rc.2 PUT to land", DEADLINE, || {
+        env.digest(REPO, "v1.2.0-rc.2")
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    env.proxy.clear_faults();
+    for _ in 0..2 {
+        let out = run(&config, &["reconcile"]).await;
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    assert_eq!(
+        env.digest(REPO, "v1.2.0-rc.1").await.as_deref(),
+        Some(dev.as_str())
+    );
+    assert_eq!(
+        env.digest(REPO, "v1.2.0-rc.2").await.as_deref(),
+        Some(dev2.as_str())
+    );
+    assert_eq!(
+        env.tags(REPO).await,
+        ["v1.2.0-dev.1", "v1.2.0-dev.2", "v1.2.0-rc.1", "v1.2.0-rc.2"]
+    );
+}
