@@ -77,7 +77,7 @@ async fn copy(registries: &Registries, src: &str, dst: &str) -> Result<registry:
     let (src, dst) = (reference(src), reference(dst));
     let from = registries.for_host(&src.registry)?;
     let to = registries.for_host(&dst.registry)?;
-    registry::copy(&from, &src, &to, &dst).await
+    registry::copy(&from, &src, &to, &dst, true).await
 }
 
 /// An anonymous registry behind a proxy, and clients that go through the proxy.

@@ -550,10 +550,13 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
     fn observed(tags: &[(&str, u8)]) -> Observed {
         let key: RepoKey = ("local".into(), REPO.into());
         let mut o = Observed::default();
-        o.tags
-            .insert(key.clone(), tags.iter().map(|(t, _)| t.to_string()).collect());
+        o.tags.insert(
+            key.clone(),
+            tags.iter().map(|(t, _)| t.to_string()).collect(),
+        );
         for (t, d) in tags {
-            o.digests.insert((key.clone(), t.to_string()), Some(digest(*d)));
+            o.digests
+                .insert((key.clone(), t.to_string()), Some(digest(*d)));
         }
         o
     }
@@ -600,7 +603,10 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
         );
         // The release candidate made in this same plan is what production waits for.
         match &actions[2] {
-            Action::Pending(p) => assert_eq!((p.from_tag.as_str(), p.to_tag.as_str()), ("v1.2.0-rc.2", "v1.2.0")),
+            Action::Pending(p) => assert_eq!(
+                (p.from_tag.as_str(), p.to_tag.as_str()),
+                ("v1.2.0-rc.2", "v1.2.0")
+            ),
             other => panic!("{other:?}"),
         }
     }
@@ -627,16 +633,36 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
         let p = pipeline(AUTO, MANUAL);
         let o = observed(&[("v1.2.0-dev.1", 1), ("v1.2.0-rc.1", 1), ("v1.2.0-rc.2", 2)]);
         let actions = run(&p, &o, &Intent::default());
-        assert_eq!(actions[1], Action::UpToDate { tag: "v1.2.0-rc.1".into() });
+        assert_eq!(
+            actions[1],
+            Action::UpToDate {
+                tag: "v1.2.0-rc.1".into()
+            }
+        );
     }
 
     #[test]
     fn current_stages_are_up_to_date_and_cost_one_digest_each() {
         let p = pipeline(AUTO, MANUAL);
-        let mut o = observed(&[("v1.2.0-dev.1", 1), ("v1.2.0-rc.1", 1), ("v1.2.0", 1), ("v1.1.0-dev.1", 5)]);
+        let mut o = observed(&[
+            ("v1.2.0-dev.1", 1),
+            ("v1.2.0-rc.1", 1),
+            ("v1.2.0", 1),
+            ("v1.1.0-dev.1", 5),
+        ]);
         let actions = run(&p, &o, &Intent::default());
-        assert_eq!(actions[1], Action::UpToDate { tag: "v1.2.0-rc.1".into() });
-        assert_eq!(actions[2], Action::UpToDate { tag: "v1.2.0".into() });
+        assert_eq!(
+            actions[1],
+            Action::UpToDate {
+                tag: "v1.2.0-rc.1".into()
+            }
+        );
+        assert_eq!(
+            actions[2],
+            Action::UpToDate {
+                tag: "v1.2.0".into()
+            }
+        );
         // Knowing no digest, the first round asks for exactly the three current tags.
         o.digests.clear();
         match plan(&p, &o, &|_, _| None, now(), &Intent::default()) {
@@ -654,8 +680,14 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
         let p = pipeline(AUTO, AUTO);
         let actions = run(&p, &o, &Intent::default());
         match &actions[2] {
-            Action::Conflict { promotion, existing } => {
-                assert_eq!((promotion.to_tag.as_str(), existing), ("v1.2.0", &digest(1)));
+            Action::Conflict {
+                promotion,
+                existing,
+            } => {
+                assert_eq!(
+                    (promotion.to_tag.as_str(), existing),
+                    ("v1.2.0", &digest(1))
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -712,7 +744,9 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
             approve: Some(2),
             source_tag: Some("v9.9.9-rc.1".into()),
         };
-        assert!(matches!(&run(&p, &o, &missing)[2], Action::Invalid { reason } if reason.contains("does not exist")));
+        assert!(
+            matches!(&run(&p, &o, &missing)[2], Action::Invalid { reason } if reason.contains("does not exist"))
+        );
         // Approval waives min_age but not the conflict rule.
         let p = pipeline(AUTO, r#"approval = "manual", min_age = "24h""#);
         assert!(promote_to(&run(&p, &o, &approve)[2]).is_some());
@@ -723,11 +757,19 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
         let p = pipeline(AUTO, AUTO);
         let o = observed(&[("v2.0.0-dev.3", 3)]);
         let actions = run(&p, &o, &Intent::default());
-        assert_eq!(promote_to(&actions[1]), Some(("v2.0.0-dev.3", "v2.0.0-rc.1", &digest(3))));
-        assert_eq!(promote_to(&actions[2]), Some(("v2.0.0-rc.1", "v2.0.0", &digest(3))));
+        assert_eq!(
+            promote_to(&actions[1]),
+            Some(("v2.0.0-dev.3", "v2.0.0-rc.1", &digest(3)))
+        );
+        assert_eq!(
+            promote_to(&actions[2]),
+            Some(("v2.0.0-rc.1", "v2.0.0", &digest(3)))
+        );
         let o = observed(&[("latest", 1)]);
         let actions = run(&p, &o, &Intent::default());
-        assert!(matches!(&actions[1], Action::NoCandidate { reason } if reason.contains("stage dev has no current tag")));
+        assert!(
+            matches!(&actions[1], Action::NoCandidate { reason } if reason.contains("stage dev has no current tag"))
+        );
     }
 
     /// A pipeline of two stages whose templates are given.
@@ -754,7 +796,11 @@ policy = {{ alphabetical = {{ order = "asc" }} }}
 promote = {{ from = "dev", tag = "{template}", approval = "auto" }}
 "#
         );
-        config::parse(&text, Format::Toml, "test").unwrap().config.pipelines[0].clone()
+        config::parse(&text, Format::Toml, "test")
+            .unwrap()
+            .config
+            .pipelines[0]
+            .clone()
     }
 
     #[test]
@@ -766,7 +812,10 @@ promote = {{ from = "dev", tag = "{template}", approval = "auto" }}
             "{major}.{minor}.{patch}-rc.{n}",
         );
         let o = observed(&[("1.4.2-dev.7", 7), ("1.4.2-rc.2", 2)]);
-        assert_eq!(promote_to(&run(&p, &o, &Intent::default())[1]).map(|p| p.1), Some("1.4.2-rc.3"));
+        assert_eq!(
+            promote_to(&run(&p, &o, &Intent::default())[1]).map(|p| p.1),
+            Some("1.4.2-rc.3")
+        );
 
         let p = two_stages(
             r#"{ pattern = '^main-(?P<sha>[a-f0-9]+)-(?P<ts>\d+)$', extract = '$ts' }"#,
