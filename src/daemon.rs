@@ -40,9 +40,11 @@ pub struct Options {
     pub parallel: usize,
 }
 
-/// Pipelines reconciling at once by default: enough to overlap registry latency, few enough to
-/// stay gentle with shared registries (per-registry limits apply underneath).
-pub const DEFAULT_PARALLEL: usize = 4;
+/// Pipelines reconciling at once by default. Registries are protected by their own
+/// `max_concurrency` underneath; this bound is about memory and fairness, and is wide so that
+/// pipelines stuck on an unresponsive registry (up to five 60 s read timeouts) do not hold up
+/// the rest.
+pub const DEFAULT_PARALLEL: usize = 16;
 /// Longest wait after failures, however long the interval.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 

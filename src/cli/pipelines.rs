@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, ValueEnum};
+use futures_util::future::join_all;
 use serde_json::{json, Value};
 
 use super::{io_failure, Failure};
@@ -120,16 +121,14 @@ fn engine(config: &Config) -> Result<Engine, Failure> {
 pub fn plan(args: &PlanArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Failure> {
     let config = load(&args.common, err)?;
     let engine = engine(&config)?;
-    let results = runtime()?.block_on(async {
-        let mut results = Vec::new();
-        for p in &config.pipelines {
-            results.push((
-                p.name.clone(),
-                engine.plan(p, &Intent::default(), false).await,
-            ));
-        }
-        results
-    });
+    // Pipelines concurrently: a slow registry delays only its own pipelines (the per-registry
+    // limits apply underneath).
+    let results = runtime()?.block_on(join_all(config.pipelines.iter().map(|p| async {
+        (
+            p.name.clone(),
+            engine.plan(p, &Intent::default(), false).await,
+        )
+    })));
     let now = SystemTime::now();
     let failed = results.iter().filter(|(_, r)| r.is_err()).count();
     if args.json {
@@ -171,16 +170,12 @@ pub fn reconcile(
 ) -> Result<(), Failure> {
     let config = load(&args.common, err)?;
     let engine = engine(&config)?;
-    let results = runtime()?.block_on(async {
-        let mut results = Vec::new();
-        for p in &config.pipelines {
-            results.push((
-                p.name.clone(),
-                engine.reconcile(p, &Intent::default()).await,
-            ));
-        }
-        results
-    });
+    let results = runtime()?.block_on(join_all(config.pipelines.iter().map(|p| async {
+        (
+            p.name.clone(),
+            engine.reconcile(p, &Intent::default()).await,
+        )
+    })));
     let now = SystemTime::now();
     let mut problems = Vec::new();
     for (name, r) in &results {
