@@ -9,6 +9,7 @@
 //! loaded again; an invalid file is logged and the running configuration stays. A valid one
 //! replaces the pipelines once their in-flight reconciles end; the first-seen state carries over.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,16 +70,23 @@ pub async fn run(
     mut signals: mpsc::Receiver<Signal>,
 ) -> anyhow::Result<()> {
     let (registries, state) = build(&config)?;
-    let engine = Arc::new(Engine::new(registries, state));
     let limit = Arc::new(Semaphore::new(options.parallel.max(1)));
-    let mut generation = Generation::start(&config, &engine, &limit);
+    let engine = Arc::new(Engine::new(registries, state).limiting_applies_to(limit));
+    let mut generation = Generation::start(&config, &engine);
     tracing::info!(
         pipelines = config.pipelines.len(),
         config = %options.config_path.display(),
         "retagd is running"
     );
     loop {
-        match signals.recv().await {
+        let signal = tokio::select! {
+            signal = signals.recv() => signal,
+            Some(ended) = generation.tasks.join_next_with_id() => {
+                generation.restart(ended, &engine);
+                continue;
+            }
+        };
+        match signal {
             Some(Signal::Reload) => match config::load(&options.config_path) {
                 Err(e) => tracing::error!(
                     error = %format!("{:#}", anyhow::Error::new(e)),
@@ -96,9 +104,17 @@ pub async fn run(
                             continue;
                         }
                     };
-                    generation.stop_and_wait(None).await;
+                    // In-flight reconciles finish first; a stop meanwhile still gets its grace.
+                    let stopped = tokio::select! {
+                        _ = generation.stop_and_wait(None) => false,
+                        _ = second_stop(&mut signals) => true,
+                    };
+                    if stopped {
+                        return shut_down(&mut generation, &engine, options.grace, &mut signals)
+                            .await;
+                    }
                     engine.set_registries(registries);
-                    generation = Generation::start(&loaded.config, &engine, &limit);
+                    generation = Generation::start(&loaded.config, &engine);
                     tracing::info!(
                         pipelines = loaded.config.pipelines.len(),
                         "configuration reloaded"
@@ -106,25 +122,35 @@ pub async fn run(
                 }
             },
             Some(Signal::Stop) | None => {
-                tracing::info!(
-                    grace_s = options.grace.as_secs(),
-                    "stopping: letting reconciles in flight finish"
-                );
-                let finished = tokio::select! {
-                    done = generation.stop_and_wait(Some(options.grace)) => done,
-                    _ = second_stop(&mut signals) => false,
-                };
-                if finished {
-                    tracing::info!("stopped");
-                } else {
-                    generation.abort();
-                    tracing::warn!("stopped before reconciles in flight finished");
-                }
-                engine.save_state();
-                return Ok(());
+                return shut_down(&mut generation, &engine, options.grace, &mut signals).await
             }
         }
     }
+}
+
+/// Stops the pipelines, waits at most `grace` (or until a second stop), saves the state.
+async fn shut_down(
+    generation: &mut Generation,
+    engine: &Engine,
+    grace: Duration,
+    signals: &mut mpsc::Receiver<Signal>,
+) -> anyhow::Result<()> {
+    tracing::info!(
+        grace_s = grace.as_secs(),
+        "stopping: letting reconciles in flight finish"
+    );
+    let finished = tokio::select! {
+        done = generation.stop_and_wait(Some(grace)) => done,
+        _ = second_stop(signals) => false,
+    };
+    if finished {
+        tracing::info!("stopped");
+    } else {
+        generation.abort();
+        tracing::warn!("stopped before reconciles in flight finished");
+    }
+    engine.save_state();
+    Ok(())
 }
 
 async fn second_stop(signals: &mut mpsc::Receiver<Signal>) {
@@ -140,21 +166,52 @@ async fn second_stop(signals: &mut mpsc::Receiver<Signal>) {
 struct Generation {
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    pipelines: HashMap<tokio::task::Id, Pipeline>,
 }
 
 impl Generation {
-    fn start(config: &Config, engine: &Arc<Engine>, limit: &Arc<Semaphore>) -> Generation {
+    fn start(config: &Config, engine: &Arc<Engine>) -> Generation {
         let (stop, _) = watch::channel(false);
-        let mut tasks = JoinSet::new();
+        let mut generation = Generation {
+            stop,
+            tasks: JoinSet::new(),
+            pipelines: HashMap::new(),
+        };
         for pipeline in &config.pipelines {
-            tasks.spawn(pipeline_loop(
-                engine.clone(),
-                pipeline.clone(),
-                limit.clone(),
-                stop.subscribe(),
-            ));
+            generation.spawn(pipeline.clone(), engine);
         }
-        Generation { stop, tasks }
+        generation
+    }
+
+    fn spawn(&mut self, pipeline: Pipeline, engine: &Arc<Engine>) {
+        let task = pipeline_loop(engine.clone(), pipeline.clone(), self.stop.subscribe());
+        let id = self.tasks.spawn(task).id();
+        self.pipelines.insert(id, pipeline);
+    }
+
+    /// A pipeline task ended while running, which only a panic does: say so and start it again,
+    /// so one bug cannot silently stop a pipeline for good.
+    fn restart(
+        &mut self,
+        ended: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+        engine: &Arc<Engine>,
+    ) {
+        let id = match &ended {
+            Ok((id, ())) => *id,
+            Err(e) => e.id(),
+        };
+        let Some(pipeline) = self.pipelines.remove(&id) else {
+            return;
+        };
+        if *self.stop.borrow() {
+            return;
+        }
+        tracing::error!(
+            pipeline = %pipeline.name,
+            error = %ended.err().map(|e| e.to_string()).unwrap_or_default(),
+            "pipeline task ended unexpectedly; restarting it"
+        );
+        self.spawn(pipeline, engine);
     }
 
     /// Tells the tasks to stop and waits for them, at most `grace`; true when all ended.
@@ -189,12 +246,7 @@ fn backoff(failures: u32, interval: Duration) -> Duration {
     Duration::from_secs(secs).min(interval).min(MAX_BACKOFF)
 }
 
-async fn pipeline_loop(
-    engine: Arc<Engine>,
-    pipeline: Pipeline,
-    limit: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn pipeline_loop(engine: Arc<Engine>, pipeline: Pipeline, mut stop: watch::Receiver<bool>) {
     // Spread the first reconciles over a second.
     let mut delay = Duration::from_millis(fastrand::u64(0..1000));
     let mut failures = 0u32;
@@ -206,13 +258,12 @@ async fn pipeline_loop(
         if *stop.borrow() {
             return;
         }
-        let permit = tokio::select! {
-            p = limit.acquire() => p,
-            _ = stop.changed() => return,
-        };
-        // Once started, a reconcile runs to its end: a copy is never cut in half by a stop.
-        let result = engine.reconcile(&pipeline, &Intent::default()).await;
-        drop(permit);
+        // Once started, a reconcile runs to its end (a copy is never cut in half by a stop), but
+        // it starts no further copy once a stop is asked for.
+        let stopping = stop.clone();
+        let result = engine
+            .reconcile(&pipeline, &Intent::default(), &move || *stopping.borrow())
+            .await;
         delay = match result {
             Ok((_, applied)) if applied.iter().all(|a| a.result.is_ok()) => {
                 failures = 0;

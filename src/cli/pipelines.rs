@@ -173,7 +173,7 @@ pub fn reconcile(
     let results = runtime()?.block_on(join_all(config.pipelines.iter().map(|p| async {
         (
             p.name.clone(),
-            engine.reconcile(p, &Intent::default()).await,
+            engine.reconcile(p, &Intent::default(), &|| false).await,
         )
     })));
     let now = SystemTime::now();
@@ -267,7 +267,7 @@ pub fn promote(
         source_tag: args.tag.clone(),
     };
     let (plan, applied) = runtime()?
-        .block_on(engine.reconcile(pipeline, &intent))
+        .block_on(engine.reconcile(pipeline, &intent, &|| false))
         .map_err(|e| Failure::Work(e.into()))?;
     let stage = &plan.stages[index];
     if let Some(a) = applied.iter().find(|a| a.stage == args.stage) {

@@ -19,7 +19,7 @@
 pub mod plan;
 pub mod state;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -31,8 +31,9 @@ use crate::registry::{self, Registries};
 pub use plan::{Action, Intent, Observed, PipelinePlan, Planned, Promotion, StagePlan};
 pub use state::State;
 
-/// Planning rounds before giving up (one or two are normal; each round only adds digests).
-const MAX_ROUNDS: usize = 6;
+/// Planning rounds beyond the number of stages before giving up: a stage can need a round of
+/// its own after the one before it settles, and each round only adds digests.
+const EXTRA_ROUNDS: usize = 3;
 /// HEADs in flight per pipeline while resolving digests (the registry's own limit still holds).
 const RESOLVE_WIDTH: usize = 8;
 
@@ -67,10 +68,8 @@ pub enum Error {
         source: Box<registry::Error>,
     },
     /// The planner kept asking for digests (the registry changes under us).
-    #[error(
-        "the plan did not settle after {MAX_ROUNDS} rounds; the registry is changing too fast"
-    )]
-    Unsettled,
+    #[error("the plan did not settle after {0} rounds of digest lookups")]
+    Unsettled(usize),
 }
 
 /// One promotion applied (or refused) by [`Engine::apply`].
@@ -90,6 +89,17 @@ pub struct Applied {
 pub struct Engine {
     registries: std::sync::RwLock<Arc<Registries>>,
     state: Mutex<State>,
+    /// Digests of tags that are not a stage's current tag, from earlier reconciles. Deciding a
+    /// promotion needs the digest of every tag of the target stage; re-reading them on every
+    /// pass while a promotion waits for approval would cost one HEAD per tag per interval.
+    /// Current tags are always read fresh; an entry goes when its tag leaves the listing.
+    known: Mutex<HashMap<(plan::RepoKey, String), Digest>>,
+    /// One reconcile at a time per target repository, so two pipelines promoting into one
+    /// repository cannot both compute and PUT the same next `{n}`.
+    locks: Mutex<HashMap<plan::RepoKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Bounds the pipelines copying at once (the daemon's `--parallel`); listing and planning
+    /// are not bounded by it, so pipelines stuck on a dead registry hold no slot.
+    apply_limit: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -104,7 +114,17 @@ impl Engine {
         Engine {
             registries: std::sync::RwLock::new(registries),
             state: Mutex::new(state),
+            known: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
+            apply_limit: None,
         }
+    }
+
+    /// Bounds how many pipelines apply promotions at once.
+    #[must_use]
+    pub fn limiting_applies_to(mut self, limit: Arc<tokio::sync::Semaphore>) -> Engine {
+        self.apply_limit = Some(limit);
+        self
     }
 
     /// Swaps in new clients (after a configuration reload); reconciles in flight finish with
@@ -141,7 +161,8 @@ impl Engine {
     ) -> Result<PipelinePlan, Error> {
         let mut observed = self.list(pipeline).await?;
         let now = SystemTime::now();
-        for _ in 0..MAX_ROUNDS {
+        let rounds = pipeline.stages.len() + EXTRA_ROUNDS;
+        for round in 0..rounds {
             let planned = {
                 let state = self.state();
                 let first_seen = |stage: usize, digest: &Digest| {
@@ -161,10 +182,11 @@ impl Engine {
                     }
                     return Ok(p);
                 }
-                Planned::Needs(needs) => self.resolve(&mut observed, needs).await?,
+                // The first round asks for the current tags: always fresh.
+                Planned::Needs(needs) => self.resolve(&mut observed, needs, round > 0).await?,
             }
         }
-        Err(Error::Unsettled)
+        Err(Error::Unsettled(rounds))
     }
 
     async fn list(&self, pipeline: &Pipeline) -> Result<Observed, Error> {
@@ -179,6 +201,14 @@ impl Engine {
             let (key, tags) = r?;
             observed.tags.insert(key, tags);
         }
+        // Forget digests of tags that are gone (deleted, or moved away and back).
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.retain(|(key, tag), _| {
+            observed
+                .tags
+                .get(key)
+                .is_none_or(|tags| tags.iter().any(|t| t == tag))
+        });
         Ok(observed)
     }
 
@@ -217,15 +247,30 @@ impl Engine {
     async fn resolve(
         &self,
         observed: &mut Observed,
-        needs: BTreeSet<(plan::RepoKey, String)>,
+        mut needs: BTreeSet<(plan::RepoKey, String)>,
+        cached: bool,
     ) -> Result<(), Error> {
+        if cached {
+            let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+            needs.retain(|need| match known.get(need) {
+                Some(d) => {
+                    observed.digests.insert(need.clone(), Some(d.clone()));
+                    false
+                }
+                None => true,
+            });
+        }
         let resolved: Vec<Result<_, Error>> = stream::iter(needs)
             .map(|(key, tag)| self.resolve_one(key, tag))
             .buffer_unordered(RESOLVE_WIDTH)
             .collect()
             .await;
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         for r in resolved {
             let (k, d) = r?;
+            if let (true, Some(d)) = (cached, &d) {
+                known.insert(k.clone(), d.clone());
+            }
             observed.digests.insert(k, d);
         }
         Ok(())
@@ -233,13 +278,39 @@ impl Engine {
 
     /// Copies the plan's promotions in stage order and logs each as one event. A promotion out
     /// of a stage whose own promotion failed in this pass is skipped.
-    pub async fn apply(&self, pipeline: &Pipeline, plan: &PipelinePlan) -> Vec<Applied> {
+    /// Once `stopping` says so, no further copy starts (the one in flight finishes).
+    pub async fn apply(
+        &self,
+        pipeline: &Pipeline,
+        plan: &PipelinePlan,
+        stopping: &(dyn Fn() -> bool + Sync),
+    ) -> Vec<Applied> {
         let mut failed: HashSet<&str> = HashSet::new();
         let mut applied = Vec::new();
+        let promotes = plan
+            .stages
+            .iter()
+            .any(|s| matches!(s.action, Action::Promote(_)));
+        let _slot = match (&self.apply_limit, promotes) {
+            (Some(limit), true) => limit.clone().acquire_owned().await.ok(),
+            _ => None,
+        };
         for stage in &plan.stages {
             let Action::Promote(p) = &stage.action else {
                 continue;
             };
+            if stopping() {
+                tracing::info!(pipeline = %pipeline.name, stage = %stage.stage, "stopping: promotion left for the next start");
+                break;
+            }
+            // The tag is about to change: whatever digest we knew for it is stale.
+            self.known
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&(
+                    plan::repo_key_of(&stage.registry, &stage.repository),
+                    p.to_tag.clone(),
+                ));
             let started = Instant::now();
             let result = if failed.contains(p.from_stage.as_str()) {
                 Err(format!(
@@ -335,10 +406,29 @@ impl Engine {
         &self,
         pipeline: &Pipeline,
         intent: &Intent,
+        stopping: &(dyn Fn() -> bool + Sync),
     ) -> Result<(PipelinePlan, Vec<Applied>), Error> {
         let started = Instant::now();
+        let targets: BTreeSet<plan::RepoKey> = pipeline
+            .stages
+            .iter()
+            .filter(|s| s.promote.is_some())
+            .map(plan::repo_key)
+            .collect();
+        let locks: Vec<_> = {
+            let mut all = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+            targets
+                .into_iter()
+                .map(|k| all.entry(k).or_default().clone())
+                .collect()
+        };
+        // In key order, so two pipelines sharing repositories cannot deadlock.
+        let mut _held = Vec::with_capacity(locks.len());
+        for lock in locks {
+            _held.push(lock.lock_owned().await);
+        }
         let plan = self.plan(pipeline, intent, true).await?;
-        let applied = self.apply(pipeline, &plan).await;
+        let applied = self.apply(pipeline, &plan, stopping).await;
         self.save_state();
         let count = |f: fn(&Action) -> bool| plan.stages.iter().filter(|s| f(&s.action)).count();
         tracing::info!(

@@ -253,7 +253,12 @@ impl Pass<'_> {
 
 /// The repository a stage lives in.
 pub fn repo_key(stage: &Stage) -> RepoKey {
-    (stage.registry.clone(), stage.repository.clone())
+    repo_key_of(&stage.registry, &stage.repository)
+}
+
+/// The key of `registry`'s `repository`.
+pub fn repo_key_of(registry: &str, repository: &str) -> RepoKey {
+    (registry.to_string(), repository.to_string())
 }
 
 /// Plans one pipeline; see the module docs. `first_seen` gives when a digest was first
@@ -271,6 +276,7 @@ pub fn plan(
         needs: BTreeSet::new(),
     };
     let mut currents: Vec<Option<Chosen>> = Vec::with_capacity(pipeline.stages.len());
+    let mut observed_currents: Vec<Option<Chosen>> = Vec::with_capacity(pipeline.stages.len());
     let mut stages = Vec::with_capacity(pipeline.stages.len());
     let mut complete = true;
     for (index, stage) in pipeline.stages.iter().enumerate() {
@@ -291,9 +297,16 @@ pub fn plan(
             Some(_) if !complete => Action::Source,
             Some(promote) => {
                 let approved = intent.approve == Some(index);
+                // A human approves what they saw: the source stage's observed current, never a
+                // tag this same pass is about to create.
+                let source_current = if approved {
+                    &observed_currents[promote.from]
+                } else {
+                    &currents[promote.from]
+                };
                 let candidate = match (&intent.source_tag, approved) {
                     (Some(tag), true) => chosen_tag(&mut pass, &pipeline.stages[promote.from], tag),
-                    _ => match &currents[promote.from] {
+                    _ => match source_current {
                         Some(c) => Ok(Ok(c.clone())),
                         None => Ok(Err(Action::NoCandidate {
                             reason: format!(
@@ -328,6 +341,7 @@ pub fn plan(
                 }
             }
         };
+        observed_currents.push(current.clone());
         // A promotion decided now makes its tag this stage's current for the stages after it.
         let mut next_current = current;
         if let Action::Promote(p) = &action {
@@ -414,12 +428,15 @@ fn decide(
     let key = repo_key(stage);
     let values = candidate.values();
     let tags: Vec<String> = pass.tags(&key).into_iter().map(str::to_string).collect();
-    // Tags this template could have made for this candidate: already promoted?
+    // Already promoted? Any tag of this stage (one its filter passes) carrying the digest, or
+    // one the template could have made for this candidate even if the filter does not pass it
+    // (a template/filter mismatch must not mint a new tag every pass).
+    let family = family(&promote.tag, &values, &tags);
     let mut unknown = false;
-    for tag in family(&promote.tag, &values, &tags) {
-        if stage.selector.filter().apply(tag).is_none() {
-            continue;
-        }
+    for tag in tags
+        .iter()
+        .filter(|t| stage.selector.filter().apply(t).is_some() || family.contains(t))
+    {
         match pass.digest(&key, tag) {
             Ok(Some(d)) if d == candidate.digest => {
                 return Ok(Action::UpToDate { tag: tag.clone() })
@@ -637,6 +654,56 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
             actions[1],
             Action::UpToDate {
                 tag: "v1.2.0-rc.1".into()
+            }
+        );
+    }
+
+    #[test]
+    fn an_approval_promotes_what_the_source_stage_held_not_what_this_pass_creates() {
+        // dev.2 arrived just before the approval: staging promotes it in this pass, but the
+        // release is made from rc.1, the candidate the approver saw.
+        let p = pipeline(AUTO, MANUAL);
+        let o = observed(&[("v1.2.0-dev.1", 1), ("v1.2.0-rc.1", 1), ("v1.2.0-dev.2", 2)]);
+        let approve = Intent {
+            approve: Some(2),
+            source_tag: None,
+        };
+        let actions = run(&p, &o, &approve);
+        assert_eq!(promote_to(&actions[1]).map(|p| p.1), Some("v1.2.0-rc.2"));
+        assert_eq!(
+            promote_to(&actions[2]),
+            Some(("v1.2.0-rc.1", "v1.2.0", &digest(1)))
+        );
+    }
+
+    #[test]
+    fn a_digest_with_any_tag_of_the_stage_is_not_promoted_again() {
+        // The same build re-tagged as a newer version in dev already has rc.1 of 1.2.0.
+        let p = pipeline(AUTO, MANUAL);
+        let o = observed(&[("v1.2.0-rc.1", 1), ("v1.2.0-rc.2", 2), ("v1.2.1-dev.1", 1)]);
+        assert_eq!(
+            run(&p, &o, &Intent::default())[1],
+            Action::UpToDate {
+                tag: "v1.2.0-rc.1".into()
+            }
+        );
+    }
+
+    #[test]
+    fn tags_the_template_made_count_even_when_the_filter_does_not_pass_them() {
+        // The template writes rcN, the filter wants rc.N: without this, every pass would mint
+        // another tag for the same digest.
+        let p = two_stages(
+            r#"{ pattern = '^v\d+\.\d+\.\d+-dev\.\d+$' }"#,
+            r#"{ semver = { range = ">=0.0.0-0" } }"#,
+            r"^v\d+\.\d+\.\d+-rc\.\d+$",
+            "v{major}.{minor}.{patch}-rc{n}",
+        );
+        let o = observed(&[("v1.2.0-dev.1", 1), ("v1.2.0-rc1", 1)]);
+        assert_eq!(
+            run(&p, &o, &Intent::default())[1],
+            Action::UpToDate {
+                tag: "v1.2.0-rc1".into()
             }
         );
     }

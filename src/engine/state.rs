@@ -1,8 +1,12 @@
 //! What retagd remembers between reconciles: when each digest was first seen as a stage's
 //! current tag, for `min_age`. Kept in memory, and in `state_dir/state.json` when configured.
 //!
-//! Losing the file only restarts the clocks, which delays promotions and never hastens one. The
-//! file is replaced atomically (write, fsync, rename), so a crash leaves the old or the new one.
+//! Losing the file only restarts the clocks, which delays promotions and never hastens one. So a
+//! damaged file is moved aside with a warning rather than stopping the daemon. Saving takes an
+//! exclusive lock on `state.lock`, merges with what is on disk (the earliest sighting wins, so a
+//! `retagd promote` next to the daemon loses nothing), writes a temporary file of its own,
+//! fsyncs it, renames it over `state.json` and fsyncs the directory: a crash leaves the old file
+//! or the new one.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -64,30 +68,31 @@ impl State {
         State::default()
     }
 
-    /// Loads `dir/state.json` (creating `dir`); a missing file is an empty state.
+    /// Loads `dir/state.json` (creating `dir`); a missing file is an empty state, a damaged one
+    /// is moved to `state.json.damaged` and replaced by an empty state.
     pub fn load(dir: &Path) -> Result<State, Error> {
         let path = dir.join("state.json");
-        let io = |source| Error::Io {
-            path: path.clone(),
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
             source,
-        };
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let file = match std::fs::metadata(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::default(),
-            Err(e) => return Err(io(e)),
-            Ok(m) if m.len() > MAX_STATE_BYTES => {
-                return Err(Error::Corrupt {
-                    path,
-                    message: format!("{} bytes", m.len()),
-                })
-            }
-            Ok(_) => {
-                let text = std::fs::read(&path).map_err(io)?;
-                serde_json::from_slice(&text).map_err(|e| Error::Corrupt {
+        })?;
+        let file = match read(&path) {
+            Ok(file) => file,
+            Err(Error::Corrupt { path, message }) => {
+                let aside = path.with_extension("json.damaged");
+                tracing::warn!(
+                    file = %path.display(),
+                    moved_to = %aside.display(),
+                    problem = %message,
+                    "state file is damaged; starting with fresh min_age clocks"
+                );
+                std::fs::rename(&path, &aside).map_err(|source| Error::Io {
                     path: path.clone(),
-                    message: e.to_string(),
-                })?
+                    source,
+                })?;
+                File::default()
             }
+            Err(e) => return Err(e),
         };
         Ok(State {
             path: Some(path),
@@ -117,20 +122,11 @@ impl State {
         }
         let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         seen.insert(digest.to_string(), secs);
-        while seen.len() > KEEP_PER_STAGE {
-            let oldest = seen
-                .iter()
-                .min_by_key(|(d, s)| (**s, (*d).clone()))
-                .map(|(d, _)| d.clone());
-            match oldest {
-                Some(d) => seen.remove(&d),
-                None => break,
-            };
-        }
+        prune(seen);
         self.dirty = true;
     }
 
-    /// Writes the file if anything changed and a `state_dir` is configured.
+    /// Writes the file if anything changed and a `state_dir` is configured; see the module docs.
     pub fn save(&mut self) -> Result<(), Error> {
         let Some(path) = self.path.clone().filter(|_| self.dirty) else {
             return Ok(());
@@ -139,20 +135,79 @@ impl State {
             path: path.clone(),
             source,
         };
-        let tmp = path.with_extension("json.tmp");
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("state.lock"))
+            .map_err(io)?;
+        lock.lock().map_err(io)?;
+        // What another process saved since we loaded: keep the earliest sighting of each.
+        if let Ok(on_disk) = read(&path) {
+            for (stage, seen) in on_disk.first_seen {
+                let ours = self.file.first_seen.entry(stage).or_default();
+                for (digest, at) in seen {
+                    let entry = ours.entry(digest).or_insert(at);
+                    *entry = (*entry).min(at);
+                }
+                prune(ours);
+            }
+        }
         let text = serde_json::to_vec_pretty(&self.file).map_err(|e| Error::Corrupt {
             path: path.clone(),
             message: e.to_string(),
         })?;
+        let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
         {
             use std::io::Write as _;
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            let mut f = tmp.as_file();
             f.write_all(&text).map_err(io)?;
             f.sync_all().map_err(io)?;
         }
-        std::fs::rename(&tmp, &path).map_err(io)?;
+        tmp.persist(&path).map_err(|e| io(e.error))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
         self.dirty = false;
         Ok(())
+    }
+}
+
+/// Reads and parses the state file; a missing one is empty.
+fn read(path: &Path) -> Result<File, Error> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(File::default()),
+        Err(e) => Err(io(e)),
+        Ok(m) if m.len() > MAX_STATE_BYTES => Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            message: format!("{} bytes", m.len()),
+        }),
+        Ok(_) => {
+            let text = std::fs::read(path).map_err(io)?;
+            serde_json::from_slice(&text).map_err(|e| Error::Corrupt {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })
+        }
+    }
+}
+
+/// Keeps the newest [`KEEP_PER_STAGE`] sightings of a stage.
+fn prune(seen: &mut BTreeMap<String, u64>) {
+    while seen.len() > KEEP_PER_STAGE {
+        let oldest = seen
+            .iter()
+            .min_by_key(|(d, s)| (**s, (*d).clone()))
+            .map(|(d, _)| d.clone());
+        match oldest {
+            Some(d) => seen.remove(&d),
+            None => break,
+        };
     }
 }
 
@@ -192,7 +247,24 @@ mod tests {
         assert_eq!(state.first_seen("p", "dev", &digest(0)), None);
         assert!(state.first_seen("p", "dev", &digest(39)).is_some());
         std::fs::write(dir.path().join("state.json"), "{\"first_seen\": [").unwrap();
-        let e = State::load(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("state.json is unreadable"), "{e}");
+        let state = State::load(dir.path()).unwrap();
+        assert_eq!(state.first_seen("p", "dev", &digest(39)), None);
+        assert!(dir.path().join("state.json.damaged").exists());
+    }
+
+    #[test]
+    fn two_writers_merge_keeping_the_earliest_sighting() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+        let mut daemon = State::load(dir.path()).unwrap();
+        let mut cli = State::load(dir.path()).unwrap();
+        daemon.observe("p", "dev", &digest(1), t(100));
+        cli.observe("p", "dev", &digest(1), t(50));
+        cli.observe("p", "rc", &digest(2), t(60));
+        daemon.save().unwrap();
+        cli.save().unwrap();
+        let merged = State::load(dir.path()).unwrap();
+        assert_eq!(merged.first_seen("p", "dev", &digest(1)), Some(t(50)));
+        assert_eq!(merged.first_seen("p", "rc", &digest(2)), Some(t(60)));
     }
 }

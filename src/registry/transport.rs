@@ -349,7 +349,7 @@ impl Transport {
                 // retried transfer) is not retried again: attempts would multiply.
                 e.retry_reason().is_some()
                     && e.attempts() <= 1
-                    && e.retry_after().map_or(true, |d| d <= MAX_RETRY_AFTER)
+                    && e.retry_after().is_none_or(|d| d <= MAX_RETRY_AFTER)
             })
             .adjust(|e: &Error, delay| delay.map(|d| e.retry_after().unwrap_or(d)))
             .notify(|e: &Error, delay| {

@@ -214,11 +214,11 @@ impl Fault {
 
     fn matches(&self, method: &str, path: &str) -> bool {
         self.times > 0
-            && self.method.as_deref().map_or(true, |m| m == method)
+            && self.method.as_deref().is_none_or(|m| m == method)
             && self
                 .path_contains
                 .as_deref()
-                .map_or(true, |fragment| path.contains(fragment))
+                .is_none_or(|fragment| path.contains(fragment))
     }
 }
 
