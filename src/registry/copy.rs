@@ -174,14 +174,6 @@ pub async fn copy(
             return Err(digest_conflict(dst_ref, d, &root.digest));
         }
     }
-    if let (Some(e), false) = (&existing, overwrite) {
-        if *e != root.digest {
-            return Err(Error::Refused(format!(
-                "{dst_ref} exists with digest {e}; not moving it to {} (overwrite is off)",
-                root.digest
-            )));
-        }
-    }
     let mut report = Report::new(root.digest.clone(), path);
     if path != Path::SameRepository {
         let children = children(src, src_repo, &root, &src_scopes).await?;
@@ -457,13 +449,13 @@ async fn stream_into(
         src.url(&format!("/v2/{src_repo}/blobs/{}", blob.digest))?,
         src_scopes,
     );
-    let answer = src.transport.open(&get, true).await?;
-    if !answer.response.status().is_success() {
-        return Err(src.transport.status_error(&get, answer.response).await);
+    let answer = src.transport.open(&get).await?;
+    if !answer.status().is_success() {
+        return Err(src.transport.status_error(&get, answer).await);
     }
     let failure = Arc::new(Mutex::new(None));
     let body = verified(
-        answer.into_stream(),
+        answer.bytes_stream(),
         blob.clone(),
         src.name().to_string(),
         failure.clone(),

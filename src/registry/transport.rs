@@ -21,7 +21,6 @@ use std::time::{Duration, SystemTime};
 
 use backon::{ExponentialBuilder, Retryable as _};
 use bytes::{Bytes, BytesMut};
-use futures_util::{Stream, StreamExt as _};
 use reqwest::header::{
     HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE,
 };
@@ -97,24 +96,6 @@ pub struct Fetched {
     pub headers: HeaderMap,
     /// Body (empty for HEAD).
     pub body: Bytes,
-}
-
-/// An answer whose body has not been read; it holds its concurrency slot until dropped.
-pub struct Answer {
-    /// The response.
-    pub response: reqwest::Response,
-    permit: Option<OwnedSemaphorePermit>,
-}
-
-impl Answer {
-    /// The body as a stream that keeps the slot until it ends.
-    pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, reqwest::Error>> + Send {
-        let permit = self.permit;
-        self.response.bytes_stream().map(move |chunk| {
-            let _slot = &permit;
-            chunk
-        })
-    }
 }
 
 /// Paces request starts at most one per `period` (a leaky bucket of depth one). Hand-written
@@ -296,19 +277,14 @@ impl Transport {
     }
 
     /// Sends `req` and returns as soon as the headers are in (retrying until then); the body is
-    /// the caller's to stream. With `held`, the caller already holds this registry's slot.
-    pub async fn open(&self, req: &Request<'_>, held: bool) -> Result<Answer, Error> {
+    /// the caller's to stream. The caller holds this registry's slot for as long as it streams.
+    pub async fn open(&self, req: &Request<'_>) -> Result<reqwest::Response, Error> {
         self.retrying(|| async {
-            let permit = if held {
-                None
-            } else {
-                Some(self.permit().await?)
-            };
             let response = self.exchange(req).await?;
             if retry_reason_of(response.status()).is_some() {
                 return Err(self.status_error(req, response).await);
             }
-            Ok(Answer { response, permit })
+            Ok(response)
         })
         .await
     }
