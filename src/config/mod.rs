@@ -55,6 +55,94 @@ pub struct Config {
     pub registries: BTreeMap<String, Registry>,
     /// Pipelines in file order.
     pub pipelines: Vec<Pipeline>,
+    /// `[webhooks]`, resolved.
+    pub webhooks: Webhooks,
+    /// `[[notifications]]` in file order.
+    pub notifications: Vec<Notification>,
+}
+
+/// `[webhooks]`.
+#[derive(Debug, Clone, Default)]
+pub struct Webhooks {
+    /// The shared secret's file; `None` turns the webhook endpoints off.
+    pub secret_file: Option<PathBuf>,
+}
+
+/// The kinds of promotion event a notification endpoint can subscribe to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EventKind {
+    /// A promotion was copied.
+    Success,
+    /// A promotion failed.
+    Failure,
+    /// The target tag exists with another digest.
+    Conflict,
+    /// A manual stage has a new candidate waiting for approval.
+    Pending,
+}
+
+impl EventKind {
+    /// Every kind, in the order the docs list them.
+    pub const ALL: [EventKind; 4] = [
+        EventKind::Success,
+        EventKind::Failure,
+        EventKind::Conflict,
+        EventKind::Pending,
+    ];
+
+    /// The name used in the config, payloads and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Success => "success",
+            EventKind::Failure => "failure",
+            EventKind::Conflict => "conflict",
+            EventKind::Pending => "pending",
+        }
+    }
+}
+
+/// How a notification body is shaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyFormat {
+    /// retagd's own JSON event.
+    Json,
+    /// A Slack incoming-webhook message (`{"text": ...}`).
+    Slack,
+}
+
+/// Where a notification goes. A Slack URL is a credential, so its `Debug` shows the host only
+/// and it may come from a file.
+#[derive(Clone)]
+pub enum NotifyTarget {
+    /// The URL, from the config.
+    Url(Url),
+    /// A file holding the URL, read at each delivery (so a rotated Secret takes effect).
+    File(PathBuf),
+}
+
+impl fmt::Debug for NotifyTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotifyTarget::Url(u) => write!(
+                f,
+                "Url({}://{}/...)",
+                u.scheme(),
+                u.host_str().unwrap_or("")
+            ),
+            NotifyTarget::File(p) => write!(f, "File({})", p.display()),
+        }
+    }
+}
+
+/// `[[notifications]]`.
+#[derive(Debug, Clone)]
+pub struct Notification {
+    /// Where to POST.
+    pub target: NotifyTarget,
+    /// Body shape.
+    pub format: NotifyFormat,
+    /// The events sent.
+    pub events: std::collections::BTreeSet<EventKind>,
 }
 
 /// `[defaults]`.

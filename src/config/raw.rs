@@ -22,6 +22,34 @@ pub struct File {
     pub registries: BTreeMap<String, Registry>,
     /// The promotion pipelines.
     pub pipelines: Vec<Pipeline>,
+    /// Registry push webhooks in.
+    #[serde(default)]
+    pub webhooks: Webhooks,
+    /// Where promotion events are posted.
+    #[serde(default)]
+    pub notifications: Vec<Notification>,
+}
+
+/// `[webhooks]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhooks {
+    /// File holding the shared secret every webhook must prove it knows.
+    pub secret_file: Option<String>,
+}
+
+/// `[[notifications]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notification {
+    /// Where to POST (may itself be a secret, as Slack's are).
+    pub url: Option<String>,
+    /// A file holding the URL instead.
+    pub url_file: Option<String>,
+    /// `json` (default) or `slack`.
+    pub format: Option<String>,
+    /// Which events to send; all when unset.
+    pub events: Option<Vec<String>>,
 }
 
 /// `[defaults]`.

@@ -12,8 +12,9 @@ use regex::Regex;
 use url::Url;
 
 use super::{
-    raw, Approval, Auth, Config, Defaults, Pipeline, Problem, Promotion, Registry, Server, Stage,
-    DEFAULT_INTERVAL, DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENCY, DEFAULT_PAGE_SIZE,
+    raw, Approval, Auth, Config, Defaults, EventKind, Notification, NotifyFormat, NotifyTarget,
+    Pipeline, Problem, Promotion, Registry, Server, Stage, Webhooks, DEFAULT_INTERVAL,
+    DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENCY, DEFAULT_PAGE_SIZE,
 };
 use crate::policy::{self, Filter, Order, Policy, Selector};
 use crate::reference;
@@ -71,6 +72,15 @@ pub(super) fn validate(file: raw::File) -> Checked {
         None => Some(DEFAULT_INTERVAL),
     };
     let server = server(&mut p, &file.server);
+    let webhooks = Webhooks {
+        secret_file: nonempty_path(&mut p, "webhooks.secret_file", &file.webhooks.secret_file),
+    };
+    let notifications: Vec<Notification> = file
+        .notifications
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| notification(&mut p, &format!("notifications[{i}]"), n))
+        .collect();
 
     let mut registries = BTreeMap::new();
     for (name, reg) in &file.registries {
@@ -124,6 +134,8 @@ pub(super) fn validate(file: raw::File) -> Checked {
             server,
             registries,
             pipelines,
+            webhooks,
+            notifications,
         }),
         _ => None,
     };
@@ -196,6 +208,74 @@ fn server(p: &mut Problems, raw: &raw::Server) -> Option<Server> {
         listen: listen?,
         api_token_file,
         state_dir,
+    })
+}
+
+fn notification(p: &mut Problems, path: &str, raw: &raw::Notification) -> Option<Notification> {
+    let target = match (&raw.url, &raw.url_file) {
+        (Some(url), None) => match Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+                Some(NotifyTarget::Url(u))
+            }
+            // The URL may hold a token (Slack's do): never echo it.
+            _ => {
+                p.error(
+                    format!("{path}.url"),
+                    "is not an http:// or https:// URL (its value is not shown: it may hold a token)",
+                );
+                None
+            }
+        },
+        (None, Some(_)) => {
+            nonempty_path(p, &format!("{path}.url_file"), &raw.url_file).map(NotifyTarget::File)
+        }
+        (Some(_), Some(_)) => {
+            p.error(path, "set url or url_file, not both");
+            None
+        }
+        (None, None) => {
+            p.error(path, "needs url (or url_file, a file holding the URL)");
+            None
+        }
+    };
+    let format = match raw.format.as_deref() {
+        None | Some("json") => Some(NotifyFormat::Json),
+        Some("slack") => Some(NotifyFormat::Slack),
+        Some(other) => {
+            p.error(
+                format!("{path}.format"),
+                format!("unknown format {other:?} (json or slack)"),
+            );
+            None
+        }
+    };
+    let mut events = std::collections::BTreeSet::new();
+    match &raw.events {
+        None => events.extend(EventKind::ALL),
+        Some(list) => {
+            if list.is_empty() {
+                p.error(
+                    format!("{path}.events"),
+                    "is empty; list events or remove the key to send all",
+                );
+            }
+            for (j, e) in list.iter().enumerate() {
+                match EventKind::ALL.iter().find(|k| k.as_str() == e) {
+                    Some(k) => {
+                        events.insert(*k);
+                    }
+                    None => p.error(
+                        format!("{path}.events[{j}]"),
+                        format!("unknown event {e:?} (success, failure, conflict, pending)"),
+                    ),
+                }
+            }
+        }
+    }
+    Some(Notification {
+        target: target?,
+        format: format?,
+        events,
     })
 }
 
