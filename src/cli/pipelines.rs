@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 use super::{io_failure, Failure};
 use crate::config::{self, Config};
 use crate::daemon::{self, Signal};
-use crate::engine::{self, plan, Action, Engine, Intent, PipelinePlan};
+use crate::engine::describe::{action_text, plan_json, short};
+use crate::engine::{self, Action, Approved, Engine, Intent, PipelinePlan};
 
 /// `--config` and the logging flags, shared by the pipeline commands.
 #[derive(Debug, Args)]
@@ -231,36 +232,8 @@ pub fn promote(
     err: &mut dyn Write,
 ) -> Result<(), Failure> {
     let config = load(&args.common, err)?;
-    let usage = |m: String| Failure::Usage(anyhow::anyhow!(m));
-    let pipeline = config
-        .pipelines
-        .iter()
-        .find(|p| p.name == args.pipeline)
-        .ok_or_else(|| {
-            usage(format!(
-                "no pipeline {:?} (pipelines: {})",
-                args.pipeline,
-                names(config.pipelines.iter().map(|p| p.name.as_str()))
-            ))
-        })?;
-    let index = pipeline
-        .stages
-        .iter()
-        .position(|s| s.name == args.stage)
-        .ok_or_else(|| {
-            usage(format!(
-                "pipeline {} has no stage {:?} (stages: {})",
-                pipeline.name,
-                args.stage,
-                names(pipeline.stages.iter().map(|s| s.name.as_str()))
-            ))
-        })?;
-    if pipeline.stages[index].promote.is_none() {
-        return Err(usage(format!(
-            "stage {} is not promoted into (it has no promote = {{...}})",
-            args.stage
-        )));
-    }
+    let (pipeline, index) = engine::approval_target(&config.pipelines, &args.pipeline, &args.stage)
+        .map_err(|e| Failure::Usage(e.into()))?;
     let engine = engine(&config)?;
     let intent = Intent {
         approve: Some(index),
@@ -269,36 +242,37 @@ pub fn promote(
     let (plan, applied) = runtime()?
         .block_on(engine.reconcile(pipeline, &intent, &|| false))
         .map_err(|e| Failure::Work(e.into()))?;
-    let stage = &plan.stages[index];
-    if let Some(a) = applied.iter().find(|a| a.stage == args.stage) {
-        return match &a.result {
-            Ok(_) => writeln!(
-                out,
-                "promoted {}/{}: {} -> {} ({})",
-                pipeline.name,
-                args.stage,
-                a.promotion.from_tag,
-                a.promotion.to_tag,
-                a.promotion.digest
-            )
-            .map_err(io_failure),
-            Err(e) => Err(Failure::Work(anyhow::anyhow!(
-                "promotion into {} failed: {e}",
-                args.stage
-            ))),
-        };
-    }
-    match &stage.action {
-        Action::UpToDate { tag } => writeln!(
+    let name = &pipeline.name;
+    let stage = &args.stage;
+    match Approved::of(&plan, &applied, index) {
+        Approved::Promoted { promotion: p, .. } => writeln!(
             out,
-            "already up to date: {}/{} has it as {tag}",
-            pipeline.name, args.stage
+            "promoted {name}/{stage}: {} -> {} ({})",
+            p.from_tag, p.to_tag, p.digest
         )
         .map_err(io_failure),
-        other => Err(Failure::Work(anyhow::anyhow!(
-            "nothing promoted into {}: {}",
-            args.stage,
-            action_text(other, SystemTime::now())
+        Approved::Failed { error, .. } => Err(Failure::Work(anyhow::anyhow!(
+            "promotion into {stage} failed: {error}"
+        ))),
+        Approved::UpToDate { tag } => {
+            writeln!(out, "already up to date: {name}/{stage} has it as {tag}").map_err(io_failure)
+        }
+        Approved::Conflict {
+            promotion,
+            existing,
+        } => Err(Failure::Work(anyhow::anyhow!(
+            "nothing promoted into {stage}: {}",
+            action_text(
+                &Action::Conflict {
+                    promotion,
+                    existing
+                },
+                SystemTime::now()
+            )
+        ))),
+        Approved::NotPromoted(action) => Err(Failure::Work(anyhow::anyhow!(
+            "nothing promoted into {stage}: {}",
+            action_text(&action, SystemTime::now())
         ))),
     }
 }
@@ -313,10 +287,6 @@ fn chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
-}
-
-fn names<'a>(names: impl Iterator<Item = &'a str>) -> String {
-    names.collect::<Vec<_>>().join(", ")
 }
 
 /// `retagd run`: the daemon, until SIGTERM or SIGINT.
@@ -357,46 +327,6 @@ fn forward_signals(tx: tokio::sync::mpsc::Sender<Signal>) -> std::io::Result<()>
     Ok(())
 }
 
-fn short(digest: &crate::reference::Digest) -> String {
-    format!("sha256:{}", &digest.hex()[..12])
-}
-
-/// The action as a phrase.
-fn action_text(action: &Action, now: SystemTime) -> String {
-    match action {
-        Action::Source => "source stage".to_string(),
-        Action::UpToDate { tag } => format!("up to date ({tag})"),
-        Action::Promote(p) => format!(
-            "promote {} -> {}{}",
-            p.from_tag,
-            p.to_tag,
-            if p.overwrite { " (overwrite)" } else { "" }
-        ),
-        Action::Pending(p) => format!(
-            "pending approval: {} -> {} (retagd promote)",
-            p.from_tag, p.to_tag
-        ),
-        Action::Waiting { promotion, until } => format!(
-            "waiting for min_age until {} ({} left): {} -> {}",
-            humantime::format_rfc3339_seconds(*until),
-            humantime::format_duration(Duration::from_secs(plan::remaining(*until, now).as_secs())),
-            promotion.from_tag,
-            promotion.to_tag
-        ),
-        Action::Conflict {
-            promotion,
-            existing,
-        } => format!(
-            "conflict: {} exists with {} (not {}); not overwriting",
-            promotion.to_tag,
-            short(existing),
-            short(&promotion.digest)
-        ),
-        Action::NoCandidate { reason } => format!("nothing to promote: {reason}"),
-        Action::Invalid { reason } => format!("invalid: {reason}"),
-    }
-}
-
 /// The human table of a plan.
 pub fn plan_text(plan: &PipelinePlan, now: SystemTime) -> String {
     use std::fmt::Write as _;
@@ -433,51 +363,4 @@ pub fn plan_text(plan: &PipelinePlan, now: SystemTime) -> String {
     }
     s.push('\n');
     s
-}
-
-fn promotion_json(p: &engine::Promotion) -> Value {
-    json!({
-        "from_stage": p.from_stage,
-        "from_tag": p.from_tag,
-        "to_tag": p.to_tag,
-        "digest": p.digest.as_str(),
-        "overwrite": p.overwrite,
-    })
-}
-
-/// The `--json` form of a plan; documented in README.md.
-pub fn plan_json(plan: &PipelinePlan) -> Value {
-    let stages: Vec<Value> = plan
-        .stages
-        .iter()
-        .map(|st| {
-            let action = match &st.action {
-                Action::Source => json!({"kind": "source"}),
-                Action::UpToDate { tag } => json!({"kind": "up_to_date", "tag": tag}),
-                Action::Promote(p) => json!({"kind": "promote", "promotion": promotion_json(p)}),
-                Action::Pending(p) => json!({"kind": "pending", "promotion": promotion_json(p)}),
-                Action::Waiting { promotion, until } => json!({
-                    "kind": "waiting",
-                    "promotion": promotion_json(promotion),
-                    "until": humantime::format_rfc3339_seconds(*until).to_string(),
-                }),
-                Action::Conflict { promotion, existing } => json!({
-                    "kind": "conflict",
-                    "promotion": promotion_json(promotion),
-                    "existing_digest": existing.as_str(),
-                }),
-                Action::NoCandidate { reason } => json!({"kind": "no_candidate", "reason": reason}),
-                Action::Invalid { reason } => json!({"kind": "invalid", "reason": reason}),
-            };
-            json!({
-                "stage": st.stage,
-                "registry": st.registry,
-                "repository": st.repository,
-                "current": st.current.as_ref().map(|c| json!({"tag": c.tag, "digest": c.digest.as_str()})),
-                "no_current": st.no_current,
-                "action": action,
-            })
-        })
-        .collect();
-    json!({"pipeline": plan.pipeline, "error": null, "stages": stages})
 }

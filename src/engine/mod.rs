@@ -16,6 +16,7 @@
 //!   source GET is verified against it and the PUT's answer must confirm it.
 //! - One pipeline's failure is its own: the caller reconciles pipelines independently.
 
+pub mod describe;
 pub mod plan;
 pub mod state;
 
@@ -83,6 +84,128 @@ pub struct Applied {
     pub result: Result<registry::Report, String>,
     /// How long it took.
     pub duration: Duration,
+}
+
+/// Why an approval names nothing that can be approved.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// No such pipeline.
+    #[error("no pipeline {name:?} (pipelines: {known})")]
+    NoPipeline {
+        /// The name asked for.
+        name: String,
+        /// The configured ones, comma-separated.
+        known: String,
+    },
+    /// No such stage in the pipeline.
+    #[error("pipeline {pipeline} has no stage {name:?} (stages: {known})")]
+    NoStage {
+        /// The pipeline.
+        pipeline: String,
+        /// The name asked for.
+        name: String,
+        /// Its stages, comma-separated.
+        known: String,
+    },
+    /// The stage is the pipeline's source: nothing promotes into it.
+    #[error("stage {0} is not promoted into (it has no promote = {{...}})")]
+    NotPromoted(String),
+}
+
+/// Finds the pipeline and the index of the stage an approval names.
+pub fn approval_target<'a>(
+    pipelines: &'a [Pipeline],
+    pipeline: &str,
+    stage: &str,
+) -> Result<(&'a Pipeline, usize), TargetError> {
+    let join = |names: Vec<&str>| names.join(", ");
+    let p = pipelines
+        .iter()
+        .find(|p| p.name == pipeline)
+        .ok_or_else(|| TargetError::NoPipeline {
+            name: pipeline.to_string(),
+            known: join(pipelines.iter().map(|p| p.name.as_str()).collect()),
+        })?;
+    let index = p
+        .stages
+        .iter()
+        .position(|s| s.name == stage)
+        .ok_or_else(|| TargetError::NoStage {
+            pipeline: p.name.clone(),
+            name: stage.to_string(),
+            known: join(p.stages.iter().map(|s| s.name.as_str()).collect()),
+        })?;
+    if p.stages[index].promote.is_none() {
+        return Err(TargetError::NotPromoted(stage.to_string()));
+    }
+    Ok((p, index))
+}
+
+/// What an approval did to the stage it named; shared by `retagd promote` and the HTTP API.
+#[derive(Debug)]
+pub enum Approved {
+    /// Copied, or found copied already (`up_to_date`: an earlier run wrote it).
+    Promoted {
+        /// What was promoted.
+        promotion: Promotion,
+        /// Whether the target already had it.
+        up_to_date: bool,
+    },
+    /// The copy failed.
+    Failed {
+        /// What was tried.
+        promotion: Promotion,
+        /// Why it failed.
+        error: String,
+    },
+    /// The stage already holds the candidate, as `tag`.
+    UpToDate {
+        /// The stage's tag for it.
+        tag: String,
+    },
+    /// The target tag exists with another digest and the stage does not allow moving it.
+    Conflict {
+        /// What would have been promoted.
+        promotion: Promotion,
+        /// The digest the target tag holds.
+        existing: Digest,
+    },
+    /// Nothing was promoted; the stage's action says why.
+    NotPromoted(Action),
+}
+
+impl Approved {
+    /// The outcome for stage `index` of a reconcile made with [`Intent::approve`].
+    pub fn of(plan: &PipelinePlan, applied: &[Applied], index: usize) -> Approved {
+        let Some(stage) = plan.stages.get(index) else {
+            return Approved::NotPromoted(Action::Invalid {
+                reason: format!("the plan has no stage {index}"),
+            });
+        };
+        if let Some(a) = applied.iter().find(|a| a.stage == stage.stage) {
+            return match &a.result {
+                Ok(report) => Approved::Promoted {
+                    promotion: a.promotion.clone(),
+                    up_to_date: report.up_to_date,
+                },
+                Err(e) => Approved::Failed {
+                    promotion: a.promotion.clone(),
+                    error: e.clone(),
+                },
+            };
+        }
+        match &stage.action {
+            Action::UpToDate { tag } => Approved::UpToDate { tag: tag.clone() },
+            Action::Conflict {
+                promotion,
+                existing,
+            } => Approved::Conflict {
+                promotion: promotion.clone(),
+                existing: existing.clone(),
+            },
+            other => Approved::NotPromoted(other.clone()),
+        }
+    }
 }
 
 /// Observes, plans and applies; shared by `plan`, `reconcile`, `promote` and `run`.

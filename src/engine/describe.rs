@@ -1,0 +1,101 @@
+//! How plans read: one phrase per action for people, and the stable JSON shape that
+//! `retagd plan --json` prints and the HTTP API serves (documented in README.md).
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::{json, Value};
+
+use super::{plan, Action, PipelinePlan, Promotion, StagePlan};
+use crate::reference::Digest;
+
+/// `sha256:` and the first 12 hex digits, as people quote digests.
+pub fn short(digest: &Digest) -> String {
+    format!("sha256:{}", &digest.hex()[..12])
+}
+
+/// The action as a phrase.
+pub fn action_text(action: &Action, now: SystemTime) -> String {
+    match action {
+        Action::Source => "source stage".to_string(),
+        Action::UpToDate { tag } => format!("up to date ({tag})"),
+        Action::Promote(p) => format!(
+            "promote {} -> {}{}",
+            p.from_tag,
+            p.to_tag,
+            if p.overwrite { " (overwrite)" } else { "" }
+        ),
+        Action::Pending(p) => format!(
+            "pending approval: {} -> {} (retagd promote)",
+            p.from_tag, p.to_tag
+        ),
+        Action::Waiting { promotion, until } => format!(
+            "waiting for min_age until {} ({} left): {} -> {}",
+            humantime::format_rfc3339_seconds(*until),
+            humantime::format_duration(Duration::from_secs(plan::remaining(*until, now).as_secs())),
+            promotion.from_tag,
+            promotion.to_tag
+        ),
+        Action::Conflict {
+            promotion,
+            existing,
+        } => format!(
+            "conflict: {} exists with {} (not {}); not overwriting",
+            promotion.to_tag,
+            short(existing),
+            short(&promotion.digest)
+        ),
+        Action::NoCandidate { reason } => format!("nothing to promote: {reason}"),
+        Action::Invalid { reason } => format!("invalid: {reason}"),
+    }
+}
+
+/// A promotion as JSON.
+pub fn promotion_json(p: &Promotion) -> Value {
+    json!({
+        "from_stage": p.from_stage,
+        "from_tag": p.from_tag,
+        "to_tag": p.to_tag,
+        "digest": p.digest.as_str(),
+        "overwrite": p.overwrite,
+    })
+}
+
+/// The `--json` form of a plan; documented in README.md.
+pub fn plan_json(plan: &PipelinePlan) -> Value {
+    let stages: Vec<Value> = plan.stages.iter().map(stage_json).collect();
+    json!({"pipeline": plan.pipeline, "error": null, "stages": stages})
+}
+
+/// One stage of [`plan_json`].
+pub fn stage_json(st: &StagePlan) -> Value {
+    json!({
+        "stage": st.stage,
+        "registry": st.registry,
+        "repository": st.repository,
+        "current": st.current.as_ref().map(|c| json!({"tag": c.tag, "digest": c.digest.as_str()})),
+        "no_current": st.no_current,
+        "action": action_json(&st.action),
+    })
+}
+
+/// The `action` object of [`stage_json`].
+pub fn action_json(action: &Action) -> Value {
+    match action {
+        Action::Source => json!({"kind": "source"}),
+        Action::UpToDate { tag } => json!({"kind": "up_to_date", "tag": tag}),
+        Action::Promote(p) => json!({"kind": "promote", "promotion": promotion_json(p)}),
+        Action::Pending(p) => json!({"kind": "pending", "promotion": promotion_json(p)}),
+        Action::Waiting { promotion, until } => json!({
+            "kind": "waiting",
+            "promotion": promotion_json(promotion),
+            "until": humantime::format_rfc3339_seconds(*until).to_string(),
+        }),
+        Action::Conflict { promotion, existing } => json!({
+            "kind": "conflict",
+            "promotion": promotion_json(promotion),
+            "existing_digest": existing.as_str(),
+        }),
+        Action::NoCandidate { reason } => json!({"kind": "no_candidate", "reason": reason}),
+        Action::Invalid { reason } => json!({"kind": "invalid", "reason": reason}),
+    }
+}

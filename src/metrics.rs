@@ -1,0 +1,322 @@
+//! The Prometheus metrics `retagd run` serves on `/metrics`.
+//!
+//! One [`Metrics`] per process, on its own `prometheus::Registry` (not the crate's global one,
+//! so tests and one-shot commands never share series). The daemon feeds it what each reconcile
+//! found ([`Metrics::stage_version`], [`Metrics::pending`], ...); the registry client feeds it
+//! every request through [`Observer`].
+//!
+//! Info-style series (`retagd_stage_version_info`, `retagd_pending_promotion_info`) carry their
+//! value in labels, so there is exactly one series per pipeline and stage: when the value
+//! changes, the old series is removed before the new one is set, and a pipeline removed by a
+//! reload loses its series.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use prometheus::{
+    Encoder as _, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::registry::{Observer, RetryReason};
+
+/// Seconds; registry requests on loopback take a millisecond, a blob upload over a WAN minutes.
+const REQUEST_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Seconds; a steady-state reconcile is a few requests, a first one may copy gigabytes.
+const RECONCILE_BUCKETS: [f64; 12] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
+];
+
+/// Every metric family, registered on a private registry.
+pub struct Metrics {
+    registry: Registry,
+    stage_version: IntGaugeVec,
+    pending: IntGaugeVec,
+    promotions: IntCounterVec,
+    reconcile_duration: HistogramVec,
+    last_success: GaugeVec,
+    reconcile_errors: IntCounterVec,
+    registry_requests: IntCounterVec,
+    registry_duration: HistogramVec,
+    rate_limit: IntGaugeVec,
+    retries: IntCounterVec,
+    /// Deliveries of notifications, by endpoint host and result.
+    pub notifications: IntCounterVec,
+    webhooks: IntCounterVec,
+    /// The label values of the info series set now, per (pipeline, stage), so a change removes
+    /// the old series.
+    info: Mutex<HashMap<(&'static str, String, String), Vec<String>>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+const STAGE_VERSION: &str = "stage_version";
+const PENDING: &str = "pending";
+
+impl Metrics {
+    /// Registers every family, the build info and the process collector.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
+            let m = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(m.clone()))?;
+            Ok(m)
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+            let m = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(m.clone()))?;
+            Ok(m)
+        };
+        let histogram_vec = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| -> Result<HistogramVec, prometheus::Error> {
+            let m = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)?;
+            registry.register(Box::new(m.clone()))?;
+            Ok(m)
+        };
+        let last_success = GaugeVec::new(
+            Opts::new(
+                "retagd_last_successful_reconcile_timestamp_seconds",
+                "Unix time of the pipeline's last reconcile that planned and applied without error.",
+            ),
+            &["pipeline"],
+        )?;
+        registry.register(Box::new(last_success.clone()))?;
+        let metrics = Metrics {
+            stage_version: gauge_vec(
+                "retagd_stage_version_info",
+                "The tag each stage's policy selects now, and its digest; always 1.",
+                &["pipeline", "stage", "registry", "repository", "tag", "digest"],
+            )?,
+            pending: gauge_vec(
+                "retagd_pending_promotion_info",
+                "A promotion into a manual stage waiting for approval; always 1.",
+                &["pipeline", "stage", "from_tag", "to_tag", "digest"],
+            )?,
+            promotions: counter_vec(
+                "retagd_promotions_total",
+                "Promotions by result: success (copied or found done), failure, conflict (target tag holds another digest; counted once per conflict).",
+                &["pipeline", "stage", "result"],
+            )?,
+            reconcile_duration: histogram_vec(
+                "retagd_reconcile_duration_seconds",
+                "Time of one reconcile: listing, digest lookups, planning and copies.",
+                &["pipeline"],
+                &RECONCILE_BUCKETS,
+            )?,
+            last_success,
+            reconcile_errors: counter_vec(
+                "retagd_reconcile_errors_total",
+                "Reconciles that could not plan (a registry failed) or whose promotions failed.",
+                &["pipeline"],
+            )?,
+            registry_requests: counter_vec(
+                "retagd_registry_requests_total",
+                "HTTP requests to registries and their token servers, by answer status (\"error\" when none came).",
+                &["registry", "method", "status"],
+            )?,
+            registry_duration: histogram_vec(
+                "retagd_registry_request_duration_seconds",
+                "Time to the answer's headers of registry requests.",
+                &["registry", "method"],
+                &REQUEST_BUCKETS,
+            )?,
+            rate_limit: gauge_vec(
+                "retagd_registry_rate_limit_remaining",
+                "Requests left in the registry's rate-limit window, when it reports one (ratelimit-remaining).",
+                &["registry"],
+            )?,
+            retries: counter_vec(
+                "retagd_registry_retries_total",
+                "Registry requests retried, by reason: connection, server_error, rate_limited, timeout.",
+                &["registry", "reason"],
+            )?,
+            notifications: counter_vec(
+                "retagd_notifications_total",
+                "Notification deliveries by endpoint host and result: delivered, failed (after retries), dropped (queue full).",
+                &["host", "result"],
+            )?,
+            webhooks: counter_vec(
+                "retagd_webhooks_total",
+                "Registry webhooks received, by source and result: accepted, unauthorized, invalid.",
+                &["source", "result"],
+            )?,
+            info: Mutex::new(HashMap::new()),
+            registry,
+        };
+        let build = gauge_vec(
+            "retagd_build_info",
+            "The running retagd's version; always 1.",
+            &["version"],
+        )?;
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        metrics
+            .registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        Ok(metrics)
+    }
+
+    /// The text exposition of every family.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into memory fails only on a metric with invalid labels, which the fixed
+        // families above cannot produce.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    fn set_info(&self, family: &'static str, pipeline: &str, stage: &str, labels: Option<Vec<String>>) {
+        let vec = match family {
+            STAGE_VERSION => &self.stage_version,
+            _ => &self.pending,
+        };
+        let mut info = self.info.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (family, pipeline.to_string(), stage.to_string());
+        if info.get(&key) == labels.as_ref() {
+            return;
+        }
+        if let Some(old) = info.remove(&key) {
+            let old: Vec<&str> = old.iter().map(String::as_str).collect();
+            let _ = vec.remove_label_values(&old);
+        }
+        if let Some(new) = labels {
+            let values: Vec<&str> = new.iter().map(String::as_str).collect();
+            vec.with_label_values(&values).set(1);
+            info.insert(key, new);
+        }
+    }
+
+    /// Sets the stage's current version; `None` removes its series (no tag selected).
+    pub fn stage_version(
+        &self,
+        pipeline: &str,
+        stage: &str,
+        registry: &str,
+        repository: &str,
+        current: Option<(&str, &str)>,
+    ) {
+        let labels = current.map(|(tag, digest)| {
+            [pipeline, stage, registry, repository, tag, digest]
+                .map(String::from)
+                .to_vec()
+        });
+        self.set_info(STAGE_VERSION, pipeline, stage, labels);
+    }
+
+    /// Sets the stage's pending promotion (`from_tag`, `to_tag`, `digest`); `None` removes it.
+    pub fn pending(&self, pipeline: &str, stage: &str, pending: Option<(&str, &str, &str)>) {
+        let labels = pending.map(|(from, to, digest)| {
+            [pipeline, stage, from, to, digest].map(String::from).to_vec()
+        });
+        self.set_info(PENDING, pipeline, stage, labels);
+    }
+
+    /// Removes every info series of pipelines not in `keep` (after a reload).
+    pub fn retain_pipelines(&self, keep: &dyn Fn(&str) -> bool) {
+        let mut info = self.info.lock().unwrap_or_else(|e| e.into_inner());
+        info.retain(|(family, pipeline, _), labels| {
+            if keep(pipeline) {
+                return true;
+            }
+            let vec = if *family == STAGE_VERSION {
+                &self.stage_version
+            } else {
+                &self.pending
+            };
+            let values: Vec<&str> = labels.iter().map(String::as_str).collect();
+            let _ = vec.remove_label_values(&values);
+            false
+        });
+    }
+
+    /// Counts one promotion result: `success`, `failure` or `conflict`.
+    pub fn promotion(&self, pipeline: &str, stage: &str, result: &str) {
+        self.promotions
+            .with_label_values(&[pipeline, stage, result])
+            .inc();
+    }
+
+    /// Records one finished reconcile.
+    pub fn reconciled(&self, pipeline: &str, duration: Duration, ok: bool, at: SystemTime) {
+        self.reconcile_duration
+            .with_label_values(&[pipeline])
+            .observe(duration.as_secs_f64());
+        if ok {
+            let secs = at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            self.last_success.with_label_values(&[pipeline]).set(secs);
+        } else {
+            self.reconcile_errors.with_label_values(&[pipeline]).inc();
+        }
+    }
+
+    /// Counts one webhook by source and result.
+    pub fn webhook(&self, source: &str, result: &str) {
+        self.webhooks.with_label_values(&[source, result]).inc();
+    }
+}
+
+impl Observer for Metrics {
+    fn request(&self, registry: &str, method: &str, status: Option<u16>, elapsed: Duration) {
+        let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
+        self.registry_requests
+            .with_label_values(&[registry, method, &status])
+            .inc();
+        self.registry_duration
+            .with_label_values(&[registry, method])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    fn retry(&self, registry: &str, reason: RetryReason, _delay: Duration) {
+        self.retries
+            .with_label_values(&[registry, reason.as_str()])
+            .inc();
+    }
+
+    fn rate_limit_remaining(&self, registry: &str, remaining: u64) {
+        self.rate_limit
+            .with_label_values(&[registry])
+            .set(i64::try_from(remaining).unwrap_or(i64::MAX));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_new_version_replaces_the_stage_series() {
+        let m = Metrics::new().unwrap();
+        m.stage_version("p", "rc", "local", "app", Some(("v1-rc.1", "sha256:a")));
+        m.stage_version("p", "rc", "local", "app", Some(("v1-rc.2", "sha256:b")));
+        let text = m.encode();
+        assert!(!text.contains("v1-rc.1"), "{text}");
+        assert!(text.contains(r#"tag="v1-rc.2""#), "{text}");
+        m.stage_version("p", "rc", "local", "app", None);
+        assert!(!m.encode().contains("retagd_stage_version_info{"));
+    }
+
+    #[test]
+    fn a_reload_removes_the_series_of_dropped_pipelines() {
+        let m = Metrics::new().unwrap();
+        m.stage_version("gone", "dev", "r", "a", Some(("1", "sha256:a")));
+        m.pending("gone", "prod", Some(("1-rc.1", "1", "sha256:a")));
+        m.stage_version("kept", "dev", "r", "b", Some(("2", "sha256:b")));
+        m.retain_pipelines(&|p| p == "kept");
+        let text = m.encode();
+        assert!(!text.contains(r#"pipeline="gone""#), "{text}");
+        assert!(text.contains(r#"pipeline="kept""#), "{text}");
+    }
+}
