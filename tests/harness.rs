@@ -3,10 +3,12 @@
 
 mod support;
 
-use std::time::{Duration, SystemTime};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
-use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, LOCATION, WWW_AUTHENTICATE};
+use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 
 use support::images::{
@@ -14,10 +16,12 @@ use support::images::{
     TestIndex, OCI_MANIFEST,
 };
 use support::pki::Pki;
+use support::prometheus::{promtool_check_metrics, Prometheus};
 use support::proxy::{Fault, FaultAction, FaultProxy};
 use support::registry::{Registry, RegistryOptions};
+use support::server::BackgroundServer;
 use support::token::{AnonymousAccess, KeyReference, TokenServer, TokenServerOptions};
-use support::{http_client, https_client, sha256_digest};
+use support::{http_client, https_client, poll_until, sha256_digest, STARTUP_DEADLINE};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
@@ -781,4 +785,247 @@ async fn put_tags_creates_300_tags() {
     let mut expected = tags.clone();
     expected.sort();
     assert_eq!(listed, expected, "{retries} retries");
+}
+
+/// One POST the webhook receiver got.
+#[derive(Clone, Debug)]
+struct ReceivedPost {
+    path: String,
+    headers: axum::http::HeaderMap,
+    body: bytes::Bytes,
+}
+
+type Received = Arc<Mutex<Vec<ReceivedPost>>>;
+
+/// A webhook receiver on its own thread: records every POST (any path) and answers 200.
+fn webhook_receiver() -> (BackgroundServer, Received) {
+    use axum::extract::State;
+    use axum::http::{HeaderMap, Method, Uri};
+    let received = Received::default();
+    let state = received.clone();
+    let server = BackgroundServer::spawn("webhook-receiver", move |_| {
+        axum::Router::new()
+            .fallback(
+                |State(state): State<Received>,
+                 method: Method,
+                 uri: Uri,
+                 headers: HeaderMap,
+                 body: bytes::Bytes| async move {
+                    if method != Method::POST {
+                        return StatusCode::METHOD_NOT_ALLOWED;
+                    }
+                    state.lock().expect("receiver lock").push(ReceivedPost {
+                        path: uri.path().to_string(),
+                        headers,
+                        body,
+                    });
+                    StatusCode::OK
+                },
+            )
+            .with_state(state)
+    });
+    (server, received)
+}
+
+/// The structure of a JSON value: one `path: type` entry per leaf, array elements merged as
+/// `[]`. Two payloads with the same fields of the same types have the same shape.
+fn json_shape(value: &serde_json::Value) -> BTreeSet<String> {
+    fn walk(value: &serde_json::Value, path: String, out: &mut BTreeSet<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                out.insert(format!("{path}: object"));
+                for (key, child) in map {
+                    walk(child, format!("{path}.{key}"), out);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                out.insert(format!("{path}: array"));
+                for item in items {
+                    walk(item, format!("{path}[]"), out);
+                }
+            }
+            serde_json::Value::String(_) => drop(out.insert(format!("{path}: string"))),
+            serde_json::Value::Number(_) => drop(out.insert(format!("{path}: number"))),
+            serde_json::Value::Bool(_) => drop(out.insert(format!("{path}: bool"))),
+            serde_json::Value::Null => drop(out.insert(format!("{path}: null"))),
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(value, String::new(), &mut out);
+    out
+}
+
+/// A body recorded from the real registry by this test, a fixture for webhook tests.
+const DISTRIBUTION_WEBHOOK_FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/webhooks/distribution-registry-2.8.json"
+);
+
+/// Also checks that the recorded fixture still has the shape of a live event. To record it
+/// again: `RETAGD_RECORD_WEBHOOK_FIXTURE=1 cargo test --test harness notifications`.
+#[tokio::test]
+async fn a_registry_with_notifications_posts_a_push_event_with_the_bearer_token() {
+    let (receiver, received) = webhook_receiver();
+    let bearer = "n0tify-s3cret";
+    let registry = Registry::start(
+        RegistryOptions::anonymous()
+            .with_notifications(&format!("http://{}/events", receiver.addr), bearer),
+    );
+    assert!(
+        registry.log().contains("configuring endpoint retagd"),
+        "{}",
+        registry.log()
+    );
+
+    let image = TestImage::generate(20, &[100, 200]);
+    Pusher::new(&registry.url())
+        .push_image("smoke/notify", &image, Some("v1"))
+        .await;
+    let is_push_of_v1 = |post: &ReceivedPost| {
+        let body: serde_json::Value = serde_json::from_slice(&post.body).unwrap_or_default();
+        body["events"].as_array().is_some_and(|events| {
+            events
+                .iter()
+                .any(|e| e["action"] == "push" && e["target"]["tag"] == "v1")
+        })
+    };
+    let post = poll_until(
+        "the push event of smoke/notify:v1",
+        STARTUP_DEADLINE,
+        || {
+            let found = received
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|post| is_push_of_v1(post))
+                .cloned();
+            async move { found }
+        },
+    )
+    .await;
+
+    assert_eq!(post.path, "/events");
+    assert_eq!(
+        post.headers[AUTHORIZATION],
+        format!("Bearer {bearer}").as_str()
+    );
+    assert_eq!(
+        post.headers[CONTENT_TYPE],
+        "application/vnd.docker.distribution.events.v1+json"
+    );
+    let body: serde_json::Value = serde_json::from_slice(&post.body).unwrap();
+    // One event per POST: distribution queues and sends each event on its own.
+    let events = body["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{body:#}");
+    let event = &events[0];
+    assert_eq!(event["action"], "push");
+    let target = &event["target"];
+    assert_eq!(target["repository"], "smoke/notify");
+    assert_eq!(target["tag"], "v1");
+    assert_eq!(target["digest"], image.digest.as_str());
+    assert_eq!(target["mediaType"], OCI_MANIFEST);
+    assert_eq!(target["size"], image.manifest.len());
+    // `includereferences`: the config and the layers.
+    let references: Vec<&str> = target["references"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["digest"].as_str().unwrap())
+        .collect();
+    let blobs: Vec<&str> = image.blobs().iter().map(|b| b.digest.as_str()).collect();
+    assert_eq!(references, blobs);
+    assert_eq!(event["request"]["method"], "PUT");
+    // The blob pushes came first and events go out one after another in queue order, so any
+    // blob event would have arrived by now: `ignoredmediatypes` dropped them.
+    assert_eq!(
+        received.lock().unwrap().len(),
+        1,
+        "{:#?}",
+        received.lock().unwrap()
+    );
+
+    if std::env::var_os("RETAGD_RECORD_WEBHOOK_FIXTURE").is_some() {
+        std::fs::write(DISTRIBUTION_WEBHOOK_FIXTURE, &post.body).unwrap();
+    }
+    let fixture = std::fs::read(DISTRIBUTION_WEBHOOK_FIXTURE).unwrap();
+    let fixture: serde_json::Value = serde_json::from_slice(&fixture).unwrap();
+    assert_eq!(json_shape(&fixture), json_shape(&body));
+}
+
+/// The text a fake exporter serves in the Prometheus smoke test.
+const EXPOSITION: &str = "# HELP x_test A test.\n# TYPE x_test gauge\nx_test{a=\"b\"} 42\n";
+
+/// Serves [`EXPOSITION`] at `/metrics` on its own thread.
+fn fake_exporter() -> BackgroundServer {
+    BackgroundServer::spawn("fake-exporter", |_| {
+        axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(|| async {
+                (
+                    [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                    EXPOSITION,
+                )
+            }),
+        )
+    })
+}
+
+#[tokio::test]
+async fn prometheus_scrapes_a_target_and_answers_a_query_for_its_series() {
+    let exporter = fake_exporter();
+    let started = Instant::now();
+    let prometheus = Prometheus::start(&[exporter.addr]);
+    let ready = started.elapsed();
+    assert_ne!(prometheus.addr.port(), 0);
+    assert_eq!(prometheus.url(), format!("http://{}", prometheus.addr));
+    prometheus.wait_for_target_up().await;
+    let up = started.elapsed();
+
+    let series = poll_until("x_test in Prometheus", STARTUP_DEADLINE, || async {
+        let result = prometheus.query("x_test").await;
+        (result.as_array().map_or(0, Vec::len) > 0).then_some(result)
+    })
+    .await;
+    let series = series.as_array().unwrap();
+    assert_eq!(series.len(), 1, "{series:?}");
+    let metric = &series[0]["metric"];
+    assert_eq!(metric["__name__"], "x_test");
+    assert_eq!(metric["a"], "b");
+    assert_eq!(metric["job"], "retagd");
+    assert_eq!(metric["instance"], exporter.addr.to_string().as_str());
+    assert_eq!(series[0]["value"][1], "42");
+    eprintln!(
+        "Prometheus ready after {ready:?}, target up after {up:?}, queried after {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn prometheus_moves_to_another_port_when_the_picked_one_is_taken() {
+    // The exporter holds a port; Prometheus is told to try it first, exits with "address
+    // already in use" (and the exporter answers /-/ready with 404 meanwhile), and comes up on a
+    // new port.
+    let exporter = fake_exporter();
+    let prometheus = Prometheus::start_trying_port_first(&[exporter.addr], exporter.addr.port());
+    assert_ne!(prometheus.addr, exporter.addr);
+    let ready = http_client()
+        .get(format!("{}/-/ready", prometheus.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+}
+
+#[test]
+fn promtool_reports_a_counter_without_total_and_nothing_for_a_clean_exposition() {
+    let report = promtool_check_metrics("# HELP jobs Jobs done.\n# TYPE jobs counter\njobs 3\n");
+    assert!(
+        report.contains(r#"jobs counter metrics should have "_total" suffix"#),
+        "{report}"
+    );
+    let clean = "# HELP jobs_total Jobs done.\n# TYPE jobs_total counter\njobs_total 3\n";
+    assert_eq!(promtool_check_metrics(clean), "");
+    assert_eq!(promtool_check_metrics(EXPOSITION), "");
+    let broken = promtool_check_metrics("jobs{ 3\n");
+    assert!(broken.contains("error while linting"), "{broken}");
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::STARTUP_DEADLINE;
+use super::{spawn_watchdog, STARTUP_DEADLINE};
 
 /// The registry binary, as installed by Debian's `docker-registry` package.
 pub const REGISTRY_BIN: &str = "docker-registry";
@@ -62,6 +62,23 @@ pub struct RegistryOptions {
     pub auth: RegistryAuth,
     /// Serve HTTPS with these files instead of plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// POST manifest events (push; pull, also by HEAD; delete) to this webhook endpoint.
+    pub notifications: Option<NotificationEndpoint>,
+}
+
+/// A webhook endpoint the registry POSTs events to (`notifications.endpoints` of the config).
+///
+/// The generated endpoint is named `retagd`, sends `Authorization: Bearer <bearer>`, times out
+/// after 1 s, and after 3 consecutive failures backs off 100 ms before retrying (the registry
+/// retries an event until it is accepted with a 2xx). Manifest events carry `references`
+/// (`notifications.events.includereferences`). Blob events are not sent: their target media type
+/// is `application/octet-stream`, which the endpoint ignores.
+#[derive(Clone, Debug)]
+pub struct NotificationEndpoint {
+    /// Where the events are POSTed.
+    pub url: String,
+    /// The bearer token in the `Authorization` header of every POST.
+    pub bearer: String,
 }
 
 impl RegistryOptions {
@@ -77,13 +94,16 @@ impl RegistryOptions {
                 user: user.to_string(),
                 password: password.to_string(),
             },
-            tls: None,
+            ..RegistryOptions::default()
         }
     }
 
     /// Token authentication, plain HTTP.
     pub fn token(auth: RegistryAuth) -> RegistryOptions {
-        RegistryOptions { auth, tls: None }
+        RegistryOptions {
+            auth,
+            ..RegistryOptions::default()
+        }
     }
 
     /// The same options, served over HTTPS.
@@ -91,6 +111,16 @@ impl RegistryOptions {
         self.tls = Some(TlsFiles {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
+        });
+        self
+    }
+
+    /// The same options, and the registry POSTs manifest events to `url` with
+    /// `Authorization: Bearer <bearer>` (see [`NotificationEndpoint`]).
+    pub fn with_notifications(mut self, url: &str, bearer: &str) -> RegistryOptions {
+        self.notifications = Some(NotificationEndpoint {
+            url: url.to_string(),
+            bearer: bearer.to_string(),
         });
         self
     }
@@ -254,22 +284,6 @@ impl Drop for Registry {
     }
 }
 
-/// Drop does not run when the test process is killed (a CI time-out, `kill -9`). A watchdog
-/// `sh` waits for EOF on a pipe whose only writer is this process, and then kills the registry:
-/// so the registry dies with the test process however that ends. (Rust opens pipes
-/// close-on-exec, so no other child holds the write end.) Best effort: without `sh`, no
-/// watchdog.
-fn spawn_watchdog(pid: u32) -> Option<Child> {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("read _unused; kill {pid} 2>/dev/null"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()
-}
-
 fn parse_listen_addr(log: &str) -> Option<SocketAddr> {
     let start = log.find("listening on ")? + "listening on ".len();
     let rest = &log[start..];
@@ -352,6 +366,17 @@ fn config_yaml(dir: &Path, options: &RegistryOptions) -> String {
                 qp(root_cert_bundle)
             ));
         }
+    }
+    if let Some(endpoint) = &options.notifications {
+        // `headers` is an http.Header: each value is a list.
+        yaml.push_str(&format!(
+            "notifications:\n  events:\n    includereferences: true\n  endpoints:\n    \
+             - name: retagd\n      url: {}\n      headers:\n        Authorization: [{}]\n      \
+             timeout: 1s\n      threshold: 3\n      backoff: 100ms\n      \
+             ignoredmediatypes: [application/octet-stream]\n",
+            q(&endpoint.url),
+            q(&format!("Bearer {}", endpoint.bearer))
+        ));
     }
     yaml
 }

@@ -1,0 +1,290 @@
+//! A `retagd` test environment: a real registry behind the counting proxy, the example
+//! pipeline's config, and the `retagd` binary run once or as a daemon.
+
+// Moved from tests/engine.rs: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use super::images::{Pusher, TestImage, MANIFEST_ACCEPT};
+use super::proxy::FaultProxy;
+use super::registry::{Registry, RegistryOptions};
+
+/// The example pipeline's repository.
+pub const REPO: &str = "myorg/api-gateway";
+/// How long a test waits for the daemon to do something.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A registry behind a counting proxy, and a directory for config and state.
+pub struct Env {
+    /// The real registry.
+    pub registry: Registry,
+    /// The proxy retagd talks through.
+    pub proxy: FaultProxy,
+    /// Config, state and logs.
+    pub dir: tempfile::TempDir,
+}
+
+/// `approval = "auto"`.
+pub const AUTO: &str = r#"approval = "auto""#;
+/// `approval = "manual"`.
+pub const MANUAL: &str = r#"approval = "manual""#;
+
+impl Env {
+    /// A fresh registry, proxy and directory.
+    pub fn start() -> Env {
+        let registry = Registry::start(RegistryOptions::anonymous());
+        let proxy = FaultProxy::start(registry.addr);
+        Env::with(registry, proxy)
+    }
+
+    /// An environment around this registry and proxy.
+    pub fn with(registry: Registry, proxy: FaultProxy) -> Env {
+        Env {
+            registry,
+            proxy,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Where [`Env::configure`] writes.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("retagd.toml")
+    }
+
+    /// The example pipeline with these `promote` options for staging and production, plus
+    /// `extra` TOML appended.
+    pub fn configure(&self, staging: &str, production: &str, extra: &str) -> PathBuf {
+        self.configure_with("1s", staging, production, "", extra)
+    }
+
+    /// [`Env::configure`] with the interval and extra `[server]` lines.
+    pub fn configure_with(
+        &self,
+        interval: &str,
+        staging: &str,
+        production: &str,
+        server: &str,
+        extra: &str,
+    ) -> PathBuf {
+        let text = format!(
+            r#"
+[defaults]
+interval = "{interval}"
+
+[server]
+listen = "127.0.0.1:0"
+state_dir = "{state}"
+{server}
+
+[registries.local]
+url = "{url}"
+
+[[pipelines]]
+name = "api-gateway"
+registry = "local"
+repository = "{REPO}"
+
+[[pipelines.stages]]
+name = "dev"
+filter_tags = {{ pattern = '^v\d+\.\d+\.\d+-dev\.\d+$' }}
+policy = {{ semver = {{ range = ">=1.0.0-0" }} }}
+
+[[pipelines.stages]]
+name = "staging"
+filter_tags = {{ pattern = '^v\d+\.\d+\.\d+-rc\.\d+$' }}
+policy = {{ semver = {{ range = ">=1.0.0-rc.0" }} }}
+promote = {{ from = "dev", tag = "v{{major}}.{{minor}}.{{patch}}-rc.{{n}}", {staging} }}
+
+[[pipelines.stages]]
+name = "production"
+filter_tags = {{ pattern = '^v\d+\.\d+\.\d+$' }}
+policy = {{ semver = {{ range = ">=1.0.0" }} }}
+promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {production} }}
+{extra}
+"#,
+            state = self.dir.path().join("state").display(),
+            url = self.proxy.url(),
+        );
+        std::fs::write(self.config_path(), text).unwrap();
+        self.config_path()
+    }
+
+    /// Pushes a small generated image as `repo:tag`; returns its digest.
+    pub async fn push(&self, repo: &str, tag: &str, seed: u64) -> String {
+        let image = TestImage::generate(seed, &[512]);
+        Pusher::new(&self.registry.url())
+            .push_image(repo, &image, Some(tag))
+            .await;
+        image.digest
+    }
+
+    /// The digest of `repo:tag`, read without retagd.
+    pub async fn digest(&self, repo: &str, tag: &str) -> Option<String> {
+        digest_at(&self.registry, repo, tag).await
+    }
+
+    /// `repo`'s tags, sorted, read without retagd.
+    pub async fn tags(&self, repo: &str) -> Vec<String> {
+        let url = format!("{}/v2/{repo}/tags/list", self.registry.url());
+        let body = super::http_client()
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let mut tags: Vec<String> = list["tags"]
+            .as_array()
+            .map(|a| a.iter().map(|t| t.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default();
+        tags.sort();
+        tags
+    }
+}
+
+/// The digest a registry holds under `repo:tag`, read without retagd.
+pub async fn digest_at(registry: &Registry, repo: &str, tag: &str) -> Option<String> {
+    let response = super::http_client()
+        .head(format!("{}/v2/{repo}/manifests/{tag}", registry.url()))
+        .header("Accept", MANIFEST_ACCEPT)
+        .send()
+        .await
+        .unwrap();
+    if response.status() == 404 {
+        return None;
+    }
+    assert!(response.status().is_success(), "{}", response.status());
+    Some(
+        response.headers()["docker-content-digest"]
+            .to_str()
+            .unwrap()
+            .to_string(),
+    )
+}
+
+/// The `retagd` binary with a clean environment.
+pub fn retagd(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_retagd"));
+    command
+        .args(args)
+        .env_remove("RETAGD_CONFIG")
+        .env("RETAGD_LOG", "info")
+        .env("DOCKER_CONFIG", "/nonexistent");
+    command
+}
+
+/// Runs `retagd ARGS --config CONFIG` to its end (on a blocking thread: the harness servers
+/// share nothing with it).
+pub async fn run(config: &Path, args: &[&str]) -> Output {
+    let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    all.push("--config".into());
+    all.push(config.display().to_string());
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        retagd(&refs).output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// An output for an assertion message.
+pub fn text(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A running `retagd run`, killed when dropped.
+pub struct Daemon {
+    /// The process.
+    pub child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `retagd run --config CONFIG`, logging to `log`.
+    pub fn start(config: &Path, log: PathBuf) -> Daemon {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = retagd(&[
+            "run",
+            "--config",
+            &config.display().to_string(),
+            "--grace-period",
+            "20s",
+        ])
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+        Daemon { child, log }
+    }
+
+    /// The HTTP address it serves on, from its start-up log line.
+    pub async fn address(&self) -> std::net::SocketAddr {
+        self.wait_log("retagd is running").await;
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("retagd is running"))
+            .unwrap();
+        let value = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("address="))
+            .unwrap_or_else(|| panic!("no address= in {line:?}"));
+        value.parse().unwrap()
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for a log line containing `needle`.
+    pub async fn wait_log(&self, needle: &str) {
+        super::poll_until(&format!("daemon log line {needle:?}"), DEADLINE, || async {
+            self.log().contains(needle).then_some(())
+        })
+        .await;
+    }
+
+    /// Sends `kill -SIGNAL`.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to end.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        super::poll_until("the daemon to exit", DEADLINE, || {
+            let status = self.child.try_wait().unwrap();
+            async move { status }
+        })
+        .await
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `repo:tag` exists; returns its digest.
+pub async fn wait_tag(env: &Env, repo: &str, tag: &str) -> String {
+    super::poll_until(&format!("{repo}:{tag} to exist"), DEADLINE, || {
+        env.digest(repo, tag)
+    })
+    .await
+}
