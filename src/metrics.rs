@@ -48,8 +48,11 @@ pub struct Metrics {
     webhooks: IntCounterVec,
     /// The label values of the info series set now, per (pipeline, stage), so a change removes
     /// the old series.
-    info: Mutex<HashMap<(&'static str, String, String), Vec<String>>>,
+    info: Mutex<HashMap<InfoKey, Vec<String>>>,
 }
+
+/// An info series' family, pipeline and stage.
+type InfoKey = (&'static str, String, String);
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -64,18 +67,27 @@ impl Metrics {
     /// Registers every family, the build info and the process collector.
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
-        let gauge_vec = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
-            let m = IntGaugeVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(m.clone()))?;
-            Ok(m)
-        };
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
-            let m = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(m.clone()))?;
-            Ok(m)
-        };
-        let histogram_vec = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| -> Result<HistogramVec, prometheus::Error> {
-            let m = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)?;
+        let gauge_vec =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
+                let m = IntGaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(m.clone()))?;
+                Ok(m)
+            };
+        let counter_vec =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let m = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(m.clone()))?;
+                Ok(m)
+            };
+        let histogram_vec = |name: &str,
+                             help: &str,
+                             labels: &[&str],
+                             buckets: &[f64]|
+         -> Result<HistogramVec, prometheus::Error> {
+            let m = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                labels,
+            )?;
             registry.register(Box::new(m.clone()))?;
             Ok(m)
         };
@@ -147,19 +159,17 @@ impl Metrics {
                 &["source", "result"],
             )?,
             info: Mutex::new(HashMap::new()),
-            registry,
+            registry: registry.clone(),
         };
         let build = gauge_vec(
             "retagd_build_info",
             "The running retagd's version; always 1.",
             &["version"],
         )?;
-        build
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
-        metrics
-            .registry
-            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(metrics)
     }
 
@@ -174,7 +184,13 @@ impl Metrics {
         String::from_utf8_lossy(&buf).into_owned()
     }
 
-    fn set_info(&self, family: &'static str, pipeline: &str, stage: &str, labels: Option<Vec<String>>) {
+    fn set_info(
+        &self,
+        family: &'static str,
+        pipeline: &str,
+        stage: &str,
+        labels: Option<Vec<String>>,
+    ) {
         let vec = match family {
             STAGE_VERSION => &self.stage_version,
             _ => &self.pending,
@@ -215,7 +231,9 @@ impl Metrics {
     /// Sets the stage's pending promotion (`from_tag`, `to_tag`, `digest`); `None` removes it.
     pub fn pending(&self, pipeline: &str, stage: &str, pending: Option<(&str, &str, &str)>) {
         let labels = pending.map(|(from, to, digest)| {
-            [pipeline, stage, from, to, digest].map(String::from).to_vec()
+            [pipeline, stage, from, to, digest]
+                .map(String::from)
+                .to_vec()
         });
         self.set_info(PENDING, pipeline, stage, labels);
     }

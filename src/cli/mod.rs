@@ -5,6 +5,7 @@
 //! errors also exit 2). Errors are printed once, by `main`, one sentence first.
 
 mod pipelines;
+mod remote;
 
 use std::fmt::Write as _;
 use std::io::{BufRead, Write};
@@ -65,6 +66,16 @@ pub enum Command {
     ///
     /// SIGHUP reloads the configuration (an invalid one is logged and ignored).
     Run(pipelines::RunArgs),
+    /// Show a running daemon's pipelines: each stage's tag, digest and pending promotion.
+    ///
+    /// Reads GET /api/v1/pipelines from --url (default http://127.0.0.1:9090). Exit 1 when the
+    /// daemon cannot be reached.
+    Status(remote::StatusArgs),
+    /// Approve a promotion through a running daemon's API (POST .../promote).
+    ///
+    /// The token comes from --token-file or RETAGD_API_TOKEN. Exit 0 when promoted (or already
+    /// there), 1 when not (conflict, failure, nothing to promote), 2 when refused.
+    Approve(remote::ApproveArgs),
 }
 
 /// `retagd check`.
@@ -154,6 +165,8 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Fai
         Command::Reconcile(args) => pipelines::reconcile(&args, out, err),
         Command::Promote(args) => pipelines::promote(&args, out, err),
         Command::Run(args) => pipelines::run(&args, err),
+        Command::Status(args) => remote::status(&args, out),
+        Command::Approve(args) => remote::approve(&args, out),
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, ValueEnum};
@@ -14,6 +15,7 @@ use crate::config::{self, Config};
 use crate::daemon::{self, Signal};
 use crate::engine::describe::{action_text, plan_json, short};
 use crate::engine::{self, Action, Approved, Engine, Intent, PipelinePlan};
+use crate::registry::NoObserver;
 
 /// `--config` and the logging flags, shared by the pipeline commands.
 #[derive(Debug, Args)]
@@ -114,7 +116,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 }
 
 fn engine(config: &Config) -> Result<Engine, Failure> {
-    let (registries, state) = daemon::build(config).map_err(Failure::Usage)?;
+    let (registries, state) =
+        daemon::build(config, Arc::new(NoObserver)).map_err(Failure::Usage)?;
     Ok(Engine::new(registries, state))
 }
 
@@ -137,7 +140,7 @@ pub fn plan(args: &PlanArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result
             .iter()
             .map(|(name, r)| match r {
                 Ok(plan) => plan_json(plan),
-                Err(e) => json!({"pipeline": name, "error": chain(e), "stages": []}),
+                Err(e) => json!({"pipeline": name, "error": e.chain(), "stages": []}),
             })
             .collect();
         let text = serde_json::to_string_pretty(&json!({ "pipelines": pipelines }))
@@ -150,7 +153,7 @@ pub fn plan(args: &PlanArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result
                     .write_all(plan_text(plan, now).as_bytes())
                     .map_err(io_failure)?,
                 Err(e) => {
-                    writeln!(out, "pipeline {name}: error: {}\n", chain(e)).map_err(io_failure)?
+                    writeln!(out, "pipeline {name}: error: {}\n", e.chain()).map_err(io_failure)?
                 }
             }
         }
@@ -211,7 +214,7 @@ pub fn reconcile(
                     }
                 }
             }
-            Err(e) => problems.push(format!("{name}: {}", chain(e))),
+            Err(e) => problems.push(format!("{name}: {}", e.chain())),
         }
     }
     if problems.is_empty() {
@@ -275,18 +278,6 @@ pub fn promote(
             action_text(&action, SystemTime::now())
         ))),
     }
-}
-
-/// An error and its causes on one line, as `{:#}` prints an anyhow error.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// `retagd run`: the daemon, until SIGTERM or SIGINT.

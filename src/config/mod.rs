@@ -28,9 +28,10 @@ use crate::policy::Selector;
 use crate::template::Template;
 
 /// Environment variables with the `RETAGD_` prefix that are not configuration overrides.
-pub const RESERVED_ENV: [&str; 4] = [
+pub const RESERVED_ENV: [&str; 5] = [
     "RETAGD_CONFIG",
     "RETAGD_API_TOKEN",
+    "RETAGD_URL",
     "RETAGD_LOG",
     "RETAGD_LOG_FORMAT",
 ];

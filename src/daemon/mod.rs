@@ -8,18 +8,32 @@
 //! A second `Stop` during the grace period ends it at once. `Reload` (SIGHUP): the file is
 //! loaded again; an invalid file is logged and the running configuration stays. A valid one
 //! replaces the pipelines once their in-flight reconciles end; the first-seen state carries over.
+//! `server.listen` is bound once: changing it needs a restart.
+//!
+//! # What else wakes a pipeline
+//!
+//! Besides its interval: a registry webhook about one of its repositories, an approval through
+//! the API, a promotion by another pipeline into a repository it reads, and its own promotion
+//! (one follow-up reconcile, so the status and metrics show the new version at once). Wake-ups
+//! during a reconcile coalesce into one more reconcile.
+
+pub mod status;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{mpsc, watch, Semaphore};
+use anyhow::Context as _;
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::config::{self, Config, Pipeline};
-use crate::engine::{Engine, Intent, State};
-use crate::registry::{NoObserver, Registries};
+use crate::config::{self, Config, EventKind, Pipeline};
+use crate::engine::{self, Action, Applied, Approved, Engine, Intent, PipelinePlan, State};
+use crate::metrics::Metrics;
+use crate::notify::Notifier;
+use crate::registry::{Observer, Registries};
+pub use status::Status;
 
 /// What the process was told to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,12 +63,15 @@ pub const DEFAULT_PARALLEL: usize = 16;
 /// Longest wait after failures, however long the interval.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-/// Builds the clients and state for `config`.
-pub fn build(config: &Config) -> anyhow::Result<(Arc<Registries>, State)> {
+/// Builds the clients and state for `config`; the clients report their requests to `observer`.
+pub fn build(
+    config: &Config,
+    observer: Arc<dyn Observer>,
+) -> anyhow::Result<(Arc<Registries>, State)> {
     let registries = Registries::new(
         &config.registries,
         Registries::default_docker_config(),
-        Arc::new(NoObserver),
+        observer,
     )?;
     let state = match &config.server.state_dir {
         Some(dir) => State::load(dir)?,
@@ -63,71 +80,408 @@ pub fn build(config: &Config) -> anyhow::Result<(Arc<Registries>, State)> {
     Ok((Arc::new(registries), state))
 }
 
+/// The running daemon as its pipeline tasks and the HTTP server see it.
+pub struct Shared {
+    engine: Arc<Engine>,
+    /// The metrics served on `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// What each pipeline last showed.
+    pub status: Status,
+    notifier: RwLock<Arc<Notifier>>,
+    routes: RwLock<Arc<Routes>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+/// The running configuration and how to wake each of its pipelines.
+#[derive(Debug)]
+pub struct Routes {
+    /// The configuration in force.
+    pub config: Arc<Config>,
+    wake: HashMap<String, Arc<Wake>>,
+}
+
+/// How long after a push event a pipeline looks again. The CNCF registry (2.8) sends its push
+/// event after storing the manifest but before writing the tag, so a reconcile woken by the
+/// event alone can list the repository a moment too early.
+const PUSH_RECHECK: Duration = Duration::from_millis(500);
+
+/// A pipeline's wake-up call; wake-ups during a reconcile coalesce into one more.
+#[derive(Debug, Default)]
+struct Wake {
+    now: Notify,
+    /// A delayed second wake-up is scheduled (at most one at a time).
+    recheck: std::sync::atomic::AtomicBool,
+}
+
+impl Routes {
+    fn new(config: Config) -> Routes {
+        let wake = config
+            .pipelines
+            .iter()
+            .map(|p| (p.name.clone(), Arc::new(Wake::default())))
+            .collect();
+        Routes {
+            config: Arc::new(config),
+            wake,
+        }
+    }
+}
+
+/// Why an approval was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum ApproveError {
+    /// It names no promotable stage.
+    #[error(transparent)]
+    Target(#[from] engine::TargetError),
+    /// The pipeline could not be planned.
+    #[error("{}", .0.chain())]
+    Plan(#[from] engine::Error),
+}
+
+impl Shared {
+    /// The daemon's shared part, with an empty status for `config`'s pipelines.
+    pub fn new(config: Config, engine: Arc<Engine>, metrics: Arc<Metrics>) -> Shared {
+        let status = Status::default();
+        status.configure(&config.pipelines);
+        let notifier = Notifier::start(&config.notifications, metrics.notifications.clone());
+        Shared {
+            engine,
+            metrics,
+            status,
+            notifier: RwLock::new(Arc::new(notifier)),
+            routes: RwLock::new(Arc::new(Routes::new(config))),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn routes(&self) -> Arc<Routes> {
+        self.routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn reconfigure(&self, config: Config) {
+        self.status.configure(&config.pipelines);
+        self.metrics
+            .retain_pipelines(&|name| config.pipelines.iter().any(|p| p.name == name));
+        let notifier = Notifier::start(&config.notifications, self.metrics.notifications.clone());
+        // The old notifier's queue drains in the background once its last user drops it.
+        *self.notifier.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(notifier);
+        *self.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Routes::new(config));
+    }
+
+    /// One reconcile, recorded in the status, the metrics and the notifications; pipelines
+    /// reading a repository it wrote to are woken.
+    pub async fn reconcile(
+        &self,
+        pipeline: &Pipeline,
+        intent: &Intent,
+        stopping: &(dyn Fn() -> bool + Sync),
+    ) -> Result<(PipelinePlan, Vec<Applied>), engine::Error> {
+        let started = Instant::now();
+        let outcome = self.engine.reconcile(pipeline, intent, stopping).await;
+        self.record(pipeline, &outcome, started.elapsed());
+        if let Ok((plan, applied)) = &outcome {
+            let routes = self.routes();
+            for a in applied {
+                let wrote = matches!(&a.result, Ok(r) if !r.up_to_date);
+                let Some(st) = plan.stages.iter().find(|s| s.stage == a.stage) else {
+                    continue;
+                };
+                if wrote {
+                    for p in &routes.config.pipelines {
+                        if p.name != pipeline.name
+                            && p.stages
+                                .iter()
+                                .any(|s| s.registry == st.registry && s.repository == st.repository)
+                        {
+                            wake(&routes, &p.name);
+                        }
+                    }
+                }
+            }
+        }
+        outcome
+    }
+
+    fn record(
+        &self,
+        pipeline: &Pipeline,
+        outcome: &Result<(PipelinePlan, Vec<Applied>), engine::Error>,
+        duration: Duration,
+    ) {
+        let at = SystemTime::now();
+        let events = self.status.record(pipeline, outcome, at);
+        let m = &self.metrics;
+        let name = pipeline.name.as_str();
+        let ok = matches!(outcome, Ok((_, applied)) if applied.iter().all(|a| a.result.is_ok()));
+        m.reconciled(name, duration, ok, at);
+        if let Ok((plan, applied)) = outcome {
+            for st in &plan.stages {
+                let current = st
+                    .current
+                    .as_ref()
+                    .map(|c| (c.tag.as_str(), c.digest.as_str()));
+                m.stage_version(name, &st.stage, &st.registry, &st.repository, current);
+                let pending = match &st.action {
+                    Action::Pending(p) => {
+                        Some((p.from_tag.as_str(), p.to_tag.as_str(), p.digest.as_str()))
+                    }
+                    _ => None,
+                };
+                m.pending(name, &st.stage, pending);
+            }
+            for a in applied {
+                let result = if a.result.is_ok() {
+                    "success"
+                } else {
+                    "failure"
+                };
+                m.promotion(name, &a.stage, result);
+            }
+        }
+        let notifier = self
+            .notifier
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for event in events {
+            if event.kind == EventKind::Conflict {
+                m.promotion(name, &event.stage, "conflict");
+            }
+            notifier.send(event);
+        }
+    }
+
+    /// Approves the promotion into `stage` (of `tag` of the source stage, when given) and
+    /// carries it out now.
+    pub async fn approve(
+        &self,
+        pipeline: &str,
+        stage: &str,
+        tag: Option<String>,
+    ) -> Result<Approved, ApproveError> {
+        let routes = self.routes();
+        let (pipeline, index) = engine::approval_target(&routes.config.pipelines, pipeline, stage)?;
+        let intent = Intent {
+            approve: Some(index),
+            source_tag: tag,
+        };
+        let (plan, applied) = self.reconcile(pipeline, &intent, &|| false).await?;
+        let approved = Approved::of(&plan, &applied, index);
+        if matches!(approved, Approved::Promoted { .. }) {
+            // The pipeline's own task refreshes the status with the new version.
+            wake(&routes, &pipeline.name);
+        }
+        Ok(approved)
+    }
+
+    /// A registry reported a push of `repository` (on `host`, when it said): wakes every
+    /// pipeline with a stage there and returns their names. When `host` names one of the
+    /// configured registries only stages of that registry match; an unknown host (a registry
+    /// behind a proxy reports the name its clients used) matches by repository alone.
+    pub fn pushed(&self, host: Option<&str>, repository: &str) -> Vec<String> {
+        let routes = self.routes();
+        let config = &routes.config;
+        let on_host: Vec<&str> = host
+            .map(|h| {
+                config
+                    .registries
+                    .values()
+                    .filter(|r| same_host(&r.url, h))
+                    .map(|r| r.name.as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut woken = Vec::new();
+        for p in &config.pipelines {
+            let matches = p.stages.iter().any(|s| {
+                s.repository == repository
+                    && (on_host.is_empty() || on_host.contains(&s.registry.as_str()))
+            });
+            if matches {
+                wake(&routes, &p.name);
+                if let Some(w) = routes.wake.get(&p.name) {
+                    recheck(w.clone());
+                }
+                woken.push(p.name.clone());
+            }
+        }
+        woken
+    }
+}
+
+fn wake(routes: &Routes, pipeline: &str) {
+    if let Some(w) = routes.wake.get(pipeline) {
+        w.now.notify_one();
+    }
+}
+
+/// Wakes the pipeline once more after [`PUSH_RECHECK`], unless that is already scheduled.
+fn recheck(w: Arc<Wake>) {
+    use std::sync::atomic::Ordering;
+    if w.recheck.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    tokio::spawn(async move {
+        tokio::time::sleep(PUSH_RECHECK).await;
+        w.recheck.store(false, Ordering::Release);
+        w.now.notify_one();
+    });
+}
+
+/// Docker Hub goes by several names.
+fn same_host(url: &url::Url, host: &str) -> bool {
+    let hub = |h: &str| matches!(h, "docker.io" | "index.docker.io" | "registry-1.docker.io");
+    let ours = match (url.host_str(), url.port()) {
+        (Some(h), Some(port)) => format!("{h}:{port}"),
+        (Some(h), None) => h.to_string(),
+        (None, _) => return false,
+    };
+    let theirs = host.to_ascii_lowercase();
+    ours == theirs
+        || (hub(url.host_str().unwrap_or_default()) && hub(&theirs))
+        || (url.port().is_none()
+            && theirs
+                .strip_suffix(if url.scheme() == "https" {
+                    ":443"
+                } else {
+                    ":80"
+                })
+                .is_some_and(|h| h == ours))
+}
+
 /// Runs until `Stop`; see the module docs.
 pub async fn run(
     config: Config,
     options: Options,
     mut signals: mpsc::Receiver<Signal>,
 ) -> anyhow::Result<()> {
-    let (registries, state) = build(&config)?;
+    let metrics = Arc::new(Metrics::new().context("cannot set up the metrics")?);
+    let (registries, state) = build(&config, metrics.clone())?;
+    check_secret_files(&config)?;
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
+    let address = listener.local_addr()?;
     let limit = Arc::new(Semaphore::new(options.parallel.max(1)));
     let engine = Arc::new(Engine::new(registries, state).limiting_applies_to(limit));
-    let mut generation = Generation::start(&config, &engine);
+    let shared = Arc::new(Shared::new(config, engine.clone(), metrics.clone()));
+    let (server_stop, server_stopped) = watch::channel(false);
+    let server = tokio::spawn(crate::server::serve(
+        listener,
+        shared.clone(),
+        server_stopped,
+    ));
+    let mut generation = Generation::start(&shared);
     tracing::info!(
-        pipelines = config.pipelines.len(),
+        pipelines = shared.routes().config.pipelines.len(),
         config = %options.config_path.display(),
+        address = %address,
         "retagd is running"
     );
-    loop {
+    let result = loop {
         let signal = tokio::select! {
             signal = signals.recv() => signal,
             Some(ended) = generation.tasks.join_next_with_id() => {
-                generation.restart(ended, &engine);
+                generation.restart(ended, &shared);
                 continue;
             }
         };
         match signal {
-            Some(Signal::Reload) => match config::load(&options.config_path) {
-                Err(e) => tracing::error!(
-                    error = %format!("{:#}", anyhow::Error::new(e)),
-                    "configuration reload failed; keeping the running configuration"
-                ),
-                Ok(loaded) => {
-                    let registries = match Registries::new(
-                        &loaded.config.registries,
-                        Registries::default_docker_config(),
-                        Arc::new(NoObserver),
-                    ) {
-                        Ok(r) => Arc::new(r),
-                        Err(e) => {
-                            tracing::error!(error = %e, "configuration reload failed; keeping the running configuration");
-                            continue;
-                        }
-                    };
-                    // In-flight reconciles finish first; a stop meanwhile still gets its grace.
-                    let stopped = tokio::select! {
-                        _ = generation.stop_and_wait(None) => false,
-                        _ = second_stop(&mut signals) => true,
-                    };
-                    if stopped {
-                        return shut_down(&mut generation, &engine, options.grace, &mut signals)
-                            .await;
+            Some(Signal::Reload) => {
+                let loaded = match config::load(&options.config_path) {
+                    Ok(l) => l.config,
+                    Err(e) => {
+                        tracing::error!(
+                            error = %format!("{:#}", anyhow::Error::new(e)),
+                            "configuration reload failed; keeping the running configuration"
+                        );
+                        continue;
                     }
-                    engine.set_registries(registries);
-                    generation = Generation::start(&loaded.config, &engine);
-                    tracing::info!(
-                        pipelines = loaded.config.pipelines.len(),
-                        "configuration reloaded"
+                };
+                let registries = match build_registries(&loaded, metrics.clone())
+                    .and_then(|r| check_secret_files(&loaded).map(|()| r))
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "configuration reload failed; keeping the running configuration");
+                        continue;
+                    }
+                };
+                if loaded.server.listen != address && loaded.server.listen.port() != 0 {
+                    tracing::warn!(
+                        listen = %loaded.server.listen,
+                        "server.listen changed; it takes effect at the next restart"
                     );
                 }
-            },
+                // In-flight reconciles finish first; a stop meanwhile still gets its grace.
+                let stopped = tokio::select! {
+                    _ = generation.stop_and_wait(None) => false,
+                    _ = second_stop(&mut signals) => true,
+                };
+                if stopped {
+                    break shut_down(&mut generation, &engine, options.grace, &mut signals).await;
+                }
+                engine.set_registries(registries);
+                let pipelines = loaded.pipelines.len();
+                shared.reconfigure(loaded);
+                generation = Generation::start(&shared);
+                tracing::info!(pipelines, "configuration reloaded");
+            }
             Some(Signal::Stop) | None => {
-                return shut_down(&mut generation, &engine, options.grace, &mut signals).await
+                break shut_down(&mut generation, &engine, options.grace, &mut signals).await
             }
         }
+    };
+    let _ = server_stop.send(true);
+    match server.await {
+        Ok(Err(e)) => tracing::error!(error = %e, "HTTP server failed"),
+        Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+        Ok(Ok(())) => {}
     }
+    let notifier = std::mem::replace(
+        &mut *shared.notifier.write().unwrap_or_else(|e| e.into_inner()),
+        Arc::new(Notifier::disabled()),
+    );
+    if let Ok(notifier) = Arc::try_unwrap(notifier) {
+        notifier.close(options.grace).await;
+    }
+    result
 }
 
+fn build_registries(
+    config: &Config,
+    observer: Arc<dyn Observer>,
+) -> anyhow::Result<Arc<Registries>> {
+    Ok(Arc::new(Registries::new(
+        &config.registries,
+        Registries::default_docker_config(),
+        observer,
+    )?))
+}
+
+/// The API token and webhook secret files are read at each request (so a rotated Secret takes
+/// effect), but one that cannot be read at start is a mistake to report now.
+fn check_secret_files(config: &Config) -> anyhow::Result<()> {
+    let files = [
+        ("server.api_token_file", &config.server.api_token_file),
+        ("webhooks.secret_file", &config.webhooks.secret_file),
+    ];
+    for (key, file) in files {
+        if let Some(path) = file {
+            crate::server::read_secret(path)
+                .with_context(|| format!("{key}: cannot use {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
 /// Stops the pipelines, waits at most `grace` (or until a second stop), saves the state.
 async fn shut_down(
     generation: &mut Generation,
@@ -170,21 +524,32 @@ struct Generation {
 }
 
 impl Generation {
-    fn start(config: &Config, engine: &Arc<Engine>) -> Generation {
+    fn start(shared: &Arc<Shared>) -> Generation {
         let (stop, _) = watch::channel(false);
         let mut generation = Generation {
             stop,
             tasks: JoinSet::new(),
             pipelines: HashMap::new(),
         };
-        for pipeline in &config.pipelines {
-            generation.spawn(pipeline.clone(), engine);
+        for pipeline in &shared.routes().config.pipelines {
+            generation.spawn(pipeline.clone(), shared);
         }
         generation
     }
 
-    fn spawn(&mut self, pipeline: Pipeline, engine: &Arc<Engine>) {
-        let task = pipeline_loop(engine.clone(), pipeline.clone(), self.stop.subscribe());
+    fn spawn(&mut self, pipeline: Pipeline, shared: &Arc<Shared>) {
+        let wake = shared
+            .routes()
+            .wake
+            .get(&pipeline.name)
+            .cloned()
+            .unwrap_or_default();
+        let task = pipeline_loop(
+            shared.clone(),
+            pipeline.clone(),
+            self.stop.subscribe(),
+            wake,
+        );
         let id = self.tasks.spawn(task).id();
         self.pipelines.insert(id, pipeline);
     }
@@ -194,7 +559,7 @@ impl Generation {
     fn restart(
         &mut self,
         ended: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
-        engine: &Arc<Engine>,
+        shared: &Arc<Shared>,
     ) {
         let id = match &ended {
             Ok((id, ())) => *id,
@@ -211,7 +576,7 @@ impl Generation {
             error = %ended.err().map(|e| e.to_string()).unwrap_or_default(),
             "pipeline task ended unexpectedly; restarting it"
         );
-        self.spawn(pipeline, engine);
+        self.spawn(pipeline, shared);
     }
 
     /// Tells the tasks to stop and waits for them, at most `grace`; true when all ended.
@@ -246,13 +611,20 @@ fn backoff(failures: u32, interval: Duration) -> Duration {
     Duration::from_secs(secs).min(interval).min(MAX_BACKOFF)
 }
 
-async fn pipeline_loop(engine: Arc<Engine>, pipeline: Pipeline, mut stop: watch::Receiver<bool>) {
+async fn pipeline_loop(
+    shared: Arc<Shared>,
+    pipeline: Pipeline,
+    mut stop: watch::Receiver<bool>,
+    wake: Arc<Wake>,
+) {
     // Spread the first reconciles over a second.
     let mut delay = Duration::from_millis(fastrand::u64(0..1000));
     let mut failures = 0u32;
+    let mut follow_up = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
+            _ = wake.now.notified() => {}
             _ = stop.changed() => return,
         }
         if *stop.borrow() {
@@ -261,9 +633,11 @@ async fn pipeline_loop(engine: Arc<Engine>, pipeline: Pipeline, mut stop: watch:
         // Once started, a reconcile runs to its end (a copy is never cut in half by a stop), but
         // it starts no further copy once a stop is asked for.
         let stopping = stop.clone();
-        let result = engine
+        let result = shared
             .reconcile(&pipeline, &Intent::default(), &move || *stopping.borrow())
             .await;
+        let wrote = matches!(&result, Ok((_, applied))
+            if applied.iter().any(|a| matches!(&a.result, Ok(r) if !r.up_to_date)));
         delay = match result {
             Ok((_, applied)) if applied.iter().all(|a| a.result.is_ok()) => {
                 failures = 0;
@@ -278,13 +652,19 @@ async fn pipeline_loop(engine: Arc<Engine>, pipeline: Pipeline, mut stop: watch:
                 let wait = backoff(failures, pipeline.interval);
                 tracing::error!(
                     pipeline = %pipeline.name,
-                    error = %format!("{:#}", anyhow::Error::new(e)),
+                    error = %e.chain(),
                     retry_in_s = wait.as_secs(),
                     "reconcile failed"
                 );
                 wait
             }
         };
+        // A promotion changed what the stages select: look once more at once, so the status
+        // and metrics show it (and not more than once, whatever a registry does).
+        follow_up = wrote && !follow_up;
+        if follow_up {
+            delay = Duration::ZERO;
+        }
     }
 }
 

@@ -90,7 +90,10 @@ pub fn action_json(action: &Action) -> Value {
             "promotion": promotion_json(promotion),
             "until": humantime::format_rfc3339_seconds(*until).to_string(),
         }),
-        Action::Conflict { promotion, existing } => json!({
+        Action::Conflict {
+            promotion,
+            existing,
+        } => json!({
             "kind": "conflict",
             "promotion": promotion_json(promotion),
             "existing_digest": existing.as_str(),

@@ -73,6 +73,20 @@ pub enum Error {
     Unsettled(usize),
 }
 
+impl Error {
+    /// The error and its causes on one line, as `{:#}` prints an `anyhow` error.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        text
+    }
+}
+
 /// One promotion applied (or refused) by [`Engine::apply`].
 #[derive(Debug)]
 pub struct Applied {

@@ -1,0 +1,268 @@
+//! `retagd status` and `retagd approve`: clients of a running daemon's HTTP API, for people at
+//! a terminal and for CI jobs that approve a release.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::Value;
+
+use super::{io_failure, Failure};
+
+/// The daemon's default address (`server.listen`'s default).
+const DEFAULT_URL: &str = "http://127.0.0.1:9090";
+
+/// Where the daemon is.
+#[derive(Debug, Args)]
+pub struct Endpoint {
+    /// The daemon's base URL.
+    #[arg(long, env = "RETAGD_URL", default_value = DEFAULT_URL)]
+    url: String,
+}
+
+/// `retagd status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    endpoint: Endpoint,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `retagd approve`.
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    #[command(flatten)]
+    endpoint: Endpoint,
+    /// The pipeline.
+    #[arg(long)]
+    pipeline: String,
+    /// The stage to promote into.
+    #[arg(long)]
+    stage: String,
+    /// Promote this tag of the source stage instead of its current one.
+    #[arg(long)]
+    tag: Option<String>,
+    /// File holding the API token; without it, RETAGD_API_TOKEN.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+fn client(timeout: Duration) -> Result<reqwest::Client, Failure> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .user_agent(concat!("retagd/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| Failure::Work(anyhow::Error::new(e).context("cannot set up the HTTP client")))
+}
+
+fn url(endpoint: &Endpoint, path: &str) -> Result<url::Url, Failure> {
+    let base = url::Url::parse(&endpoint.url)
+        .map_err(|e| Failure::Usage(anyhow::anyhow!("--url {:?}: {e}", endpoint.url)))?;
+    if !matches!(base.scheme(), "http" | "https") {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "--url {:?}: use http:// or https://",
+            endpoint.url
+        )));
+    }
+    base.join(path)
+        .map_err(|e| Failure::Usage(anyhow::anyhow!("--url {:?}: {e}", endpoint.url)))
+}
+
+/// Sends `request` and returns the status and the JSON body.
+fn exchange(request: reqwest::RequestBuilder, what: &str) -> Result<(u16, Value), Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Work(e.into()))?;
+    runtime.block_on(async {
+        let answer = request.send().await.map_err(|e| {
+            Failure::Work(
+                anyhow::Error::new(e.without_url())
+                    .context(format!("cannot reach retagd for {what}")),
+            )
+        })?;
+        let status = answer.status().as_u16();
+        let body = answer.bytes().await.map_err(|e| {
+            Failure::Work(anyhow::anyhow!(
+                "reading retagd's answer: {}",
+                e.without_url()
+            ))
+        })?;
+        let json = serde_json::from_slice(&body).map_err(|e| {
+            Failure::Work(anyhow::anyhow!(
+                "retagd answered {status} with a body that is not JSON ({e})"
+            ))
+        })?;
+        Ok((status, json))
+    })
+}
+
+fn text<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+fn short(digest: &str) -> &str {
+    digest.get(..19).unwrap_or(digest)
+}
+
+/// The table `retagd status` prints.
+pub fn status_table(answer: &Value) -> String {
+    let mut rows: Vec<[String; 5]> = vec![[
+        "PIPELINE".into(),
+        "STAGE".into(),
+        "TAG".into(),
+        "DIGEST".into(),
+        "PENDING".into(),
+    ]];
+    let mut notes = Vec::new();
+    let empty = Vec::new();
+    let pipelines = answer
+        .get("pipelines")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty);
+    for p in pipelines {
+        let name = text(p, "pipeline");
+        if let Some(e) = p.get("last_error").and_then(Value::as_str) {
+            notes.push(format!("{name}: last reconcile failed: {e}"));
+        }
+        let stages = p.get("stages").and_then(Value::as_array).unwrap_or(&empty);
+        for (i, s) in stages.iter().enumerate() {
+            let current = s.get("current").filter(|c| !c.is_null());
+            let pending = s
+                .get("pending")
+                .filter(|c| !c.is_null())
+                .map(|p| format!("{} -> {}", text(p, "from_tag"), text(p, "to_tag")))
+                .unwrap_or_default();
+            rows.push([
+                if i == 0 {
+                    name.to_string()
+                } else {
+                    String::new()
+                },
+                text(s, "stage").to_string(),
+                current.map_or("(none)".to_string(), |c| text(c, "tag").to_string()),
+                current.map_or(String::new(), |c| short(text(c, "digest")).to_string()),
+                pending,
+            ]);
+            if let Some(e) = s.get("last_error").and_then(Value::as_str) {
+                notes.push(format!(
+                    "{name}/{}: last promotion failed: {e}",
+                    text(s, "stage")
+                ));
+            }
+        }
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    for n in notes {
+        out.push_str(&n);
+        out.push('\n');
+    }
+    out
+}
+
+/// `retagd status`: exit 1 when the daemon cannot be reached.
+pub fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<(), Failure> {
+    let target = url(&args.endpoint, "api/v1/pipelines")?;
+    let (code, answer) = exchange(client(Duration::from_secs(30))?.get(target), "the status")?;
+    if code != 200 {
+        return Err(Failure::Work(anyhow::anyhow!(
+            "retagd answered {code}: {}",
+            text(&answer, "error")
+        )));
+    }
+    let printed = if args.json {
+        format!("{answer:#}\n")
+    } else {
+        status_table(&answer)
+    };
+    out.write_all(printed.as_bytes()).map_err(io_failure)
+}
+
+fn token(args: &ApproveArgs) -> Result<String, Failure> {
+    let usage = |m: String| Failure::Usage(anyhow::anyhow!(m));
+    let token = match &args.token_file {
+        Some(path) => crate::server::read_secret(path)
+            .map_err(|e| usage(format!("--token-file {}: {e}", path.display())))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())?,
+        None => std::env::var("RETAGD_API_TOKEN")
+            .map_err(|_| {
+                usage("no API token: pass --token-file FILE or set RETAGD_API_TOKEN".into())
+            })?
+            .trim()
+            .to_string(),
+    };
+    if token.is_empty() {
+        return Err(usage("the API token is empty".into()));
+    }
+    Ok(token)
+}
+
+/// `retagd approve`: exit 0 promoted or already there, 1 not promoted (conflict, failure,
+/// nothing to promote), 2 refused (token, names).
+pub fn approve(args: &ApproveArgs, out: &mut dyn Write) -> Result<(), Failure> {
+    let token = token(args)?;
+    let path = format!(
+        "api/v1/pipelines/{}/stages/{}/promote",
+        urlencode(&args.pipeline),
+        urlencode(&args.stage)
+    );
+    let target = url(&args.endpoint, &path)?;
+    let body = serde_json::json!({ "tag": args.tag });
+    // A promotion across registries may stream gigabytes before the answer.
+    let request = client(Duration::from_secs(3600))?
+        .post(target)
+        .bearer_auth(token)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body.to_string());
+    let (code, answer) = exchange(request, "the approval")?;
+    let error = || anyhow::anyhow!("retagd answered {code}: {}", text(&answer, "error"));
+    match code {
+        200 => {
+            let line = match text(&answer, "result") {
+                "up_to_date" => format!(
+                    "already up to date: {}/{} has it as {}",
+                    args.pipeline,
+                    args.stage,
+                    text(&answer, "tag")
+                ),
+                _ => {
+                    let p = answer.get("promotion").cloned().unwrap_or(Value::Null);
+                    format!(
+                        "promoted {}/{}: {} -> {} ({})",
+                        args.pipeline,
+                        args.stage,
+                        text(&p, "from_tag"),
+                        text(&p, "to_tag"),
+                        text(&p, "digest")
+                    )
+                }
+            };
+            writeln!(out, "{line}").map_err(io_failure)
+        }
+        400 | 401 | 403 | 404 => Err(Failure::Usage(error())),
+        _ => Err(Failure::Work(error())),
+    }
+}
+
+/// Pipeline and stage names are `[A-Za-z0-9_.-]`; anything else is escaped so it cannot
+/// change the path.
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('.', "%2E")
+}

@@ -1,0 +1,185 @@
+//! `/api/v1`: the pipelines' status, and approvals.
+//!
+//! The status JSON extends the plan JSON of `retagd plan --json` (same stage and action
+//! objects) with what the daemon remembers: the last reconcile, the last error, the pending
+//! promotion and the last promotion of each stage. README.md documents both.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{authorize, body_or_answer, error, API_BODY_LIMIT};
+use crate::daemon::status::PipelineStatus;
+use crate::daemon::{ApproveError, Shared};
+use crate::engine::describe::{action_json, action_text, promotion_json, stage_json};
+use crate::engine::{Approved, TargetError};
+use crate::reference;
+
+fn time(t: Option<SystemTime>) -> Value {
+    t.map_or(Value::Null, |t| {
+        Value::String(humantime::format_rfc3339_seconds(t).to_string())
+    })
+}
+
+fn pipeline_json(name: &str, status: &PipelineStatus) -> Value {
+    let stages: Vec<Value> = status
+        .stages
+        .iter()
+        .map(|s| {
+            let mut stage = match &s.plan {
+                Some(plan) => stage_json(plan),
+                None => json!({
+                    "stage": s.name,
+                    "registry": s.registry,
+                    "repository": s.repository,
+                    "current": null,
+                    "no_current": "not reconciled yet",
+                    "action": null,
+                }),
+            };
+            if let Value::Object(fields) = &mut stage {
+                fields.insert(
+                    "pending".into(),
+                    s.pending().map_or(Value::Null, promotion_json),
+                );
+                fields.insert(
+                    "last_promotion".into(),
+                    s.last_promotion.as_ref().map_or(Value::Null, |(p, at)| {
+                        let mut v = promotion_json(p);
+                        if let Value::Object(f) = &mut v {
+                            f.insert("time".into(), time(Some(*at)));
+                        }
+                        v
+                    }),
+                );
+                fields.insert("last_error".into(), json!(s.last_error));
+            }
+            stage
+        })
+        .collect();
+    json!({
+        "pipeline": name,
+        "last_reconcile": time(status.last_reconcile),
+        "last_success": time(status.last_success),
+        "last_error": status.last_error,
+        "stages": stages,
+    })
+}
+
+pub(super) async fn list(State(shared): State<Arc<Shared>>) -> Response {
+    let pipelines: Vec<Value> = shared
+        .status
+        .all()
+        .iter()
+        .map(|(name, status)| pipeline_json(name, status))
+        .collect();
+    Json(json!({ "pipelines": pipelines })).into_response()
+}
+
+pub(super) async fn one(
+    State(shared): State<Arc<Shared>>,
+    Path(pipeline): Path<String>,
+) -> Response {
+    match shared.status.get(&pipeline) {
+        Some(status) => Json(pipeline_json(&pipeline, &status)).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no pipeline {pipeline:?}")),
+    }
+}
+
+/// The optional body of an approval.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproveBody {
+    /// A tag of the source stage to promote instead of its current one.
+    tag: Option<String>,
+}
+
+fn parse_body(body: &Bytes) -> Result<ApproveBody, String> {
+    if body.trim_ascii().is_empty() {
+        return Ok(ApproveBody::default());
+    }
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    let parsed: ApproveBody = serde_path_to_error::deserialize(de)
+        .map_err(|e| format!("invalid body (expected {{\"tag\": \"...\"}} or nothing): {e}"))?;
+    if let Some(tag) = &parsed.tag {
+        if !reference::is_valid_tag(tag) {
+            return Err(format!(
+                "tag: {:?} is not a valid tag (letters, digits, '_', '.', '-'; at most {} characters, not starting with '.' or '-')",
+                tag.chars().take(200).collect::<String>(),
+                reference::MAX_TAG_LEN
+            ));
+        }
+    }
+    Ok(parsed)
+}
+
+pub(super) async fn promote(
+    State(shared): State<Arc<Shared>>,
+    Path((pipeline, stage)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Err(answer) = authorize(&shared, &headers) {
+        return answer;
+    }
+    let body = match body_or_answer(body, API_BODY_LIMIT).map(|b| parse_body(&b)) {
+        Err(answer) => return answer,
+        Ok(parsed) => parsed,
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let approved = match shared.approve(&pipeline, &stage, body.tag).await {
+        Ok(a) => a,
+        Err(ApproveError::Target(e @ TargetError::NotPromoted(_))) => {
+            return error(StatusCode::BAD_REQUEST, e.to_string())
+        }
+        Err(ApproveError::Target(e)) => return error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e @ ApproveError::Plan(_)) => return error(StatusCode::BAD_GATEWAY, e.to_string()),
+    };
+    tracing::info!(pipeline = %pipeline, stage = %stage, "approval through the API");
+    let (status, answer) = match approved {
+        Approved::Promoted {
+            promotion,
+            up_to_date,
+        } => (
+            StatusCode::OK,
+            json!({"result": "promoted", "promotion": promotion_json(&promotion), "up_to_date": up_to_date}),
+        ),
+        Approved::UpToDate { tag } => (StatusCode::OK, json!({"result": "up_to_date", "tag": tag})),
+        Approved::Conflict {
+            promotion,
+            existing,
+        } => (
+            StatusCode::CONFLICT,
+            json!({
+                "result": "conflict",
+                "promotion": promotion_json(&promotion),
+                "existing_digest": existing.as_str(),
+                "error": format!("{} exists with another digest ({}); the stage does not allow overwrite", promotion.to_tag, existing),
+            }),
+        ),
+        Approved::Failed { promotion, error } => (
+            StatusCode::BAD_GATEWAY,
+            json!({"result": "failure", "promotion": promotion_json(&promotion), "error": error}),
+        ),
+        Approved::NotPromoted(action) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({
+                "result": "not_promoted",
+                "action": action_json(&action),
+                "error": action_text(&action, SystemTime::now()),
+            }),
+        ),
+    };
+    (status, Json(answer)).into_response()
+}

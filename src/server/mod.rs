@@ -1,0 +1,259 @@
+//! The HTTP side of `retagd run`: metrics, health, the status and approval API, and registry
+//! webhooks, on one listener (`server.listen`).
+//!
+//! Handlers only translate HTTP: what happens is up to [`daemon::Shared`], so the API promotes
+//! exactly as a reconcile does. Every answer that is not `/metrics` is JSON; errors are
+//! `{"error": "..."}` naming what was wrong.
+//!
+//! # Security
+//!
+//! Reads are open (like `/metrics`, they show tags and digests, never credentials). Writes need
+//! `Authorization: Bearer <token>` with the token in `server.api_token_file`; webhooks need the
+//! secret in `webhooks.secret_file`, proven the way each registry can. Both files are read at each
+//! request so a rotated Kubernetes Secret takes effect without a restart, and both comparisons
+//! are constant-time. Bodies are bounded before they are parsed.
+
+// The helpers return the refusal as a ready `Response`, which is what a handler answers either
+// way; boxing it for the lint would only add an allocation to every refusal.
+#![allow(clippy::result_large_err)]
+
+mod api;
+pub mod webhooks;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+use tokio::sync::watch;
+
+use crate::daemon::{self, Shared};
+
+/// Largest API request body: `{"tag": "..."}` needs a few hundred bytes.
+pub const API_BODY_LIMIT: usize = 16 * 1024;
+/// Largest webhook body: a registry batches events, each well under 2 KiB.
+pub const WEBHOOK_BODY_LIMIT: usize = 1024 * 1024;
+
+/// Serves until `stop` turns true, then finishes the requests in flight.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(shared))
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+}
+
+/// Every route.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/pipelines", get(api::list))
+        .route("/api/v1/pipelines/{pipeline}", get(api::one))
+        .route(
+            "/api/v1/pipelines/{pipeline}/stages/{stage}/promote",
+            post(api::promote).layer(DefaultBodyLimit::max(API_BODY_LIMIT)),
+        )
+        .route(
+            "/webhooks/{source}",
+            post(webhook).layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT)),
+        )
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".to_string()) })
+        .with_state(shared)
+}
+
+/// The body, or the JSON answer to a body that could not be read (over the limit: 413).
+fn body_or_answer(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, Response> {
+    body.map_err(|rejection| {
+        let status = rejection.status();
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!("the request body is over {limit} bytes")
+        } else {
+            format!("cannot read the request body: {rejection}")
+        };
+        error(status, message)
+    })
+}
+
+/// `{"error": message}` with `status`.
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// Reads a token or secret file: surrounding whitespace (the trailing newline editors and
+/// `kubectl create secret --from-file` leave) is not part of it, and an empty one is refused,
+/// since it would let an empty `Bearer` through.
+pub fn read_secret(path: &Path) -> std::io::Result<Vec<u8>> {
+    let bytes = std::fs::read(path)?;
+    let trimmed = bytes.trim_ascii();
+    if trimmed.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the file is empty",
+        ));
+    }
+    Ok(trimmed.to_vec())
+}
+
+/// Compares in time independent of where the inputs differ and of their lengths (both are
+/// hashed first).
+pub fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    Sha256::digest(given)
+        .ct_eq(&Sha256::digest(expected))
+        .into()
+}
+
+/// The secret of `file` (`key` names the setting), or the answer to give when it is unusable.
+fn secret_of(key: &str, file: &Path) -> Result<Vec<u8>, Response> {
+    read_secret(file).map_err(|e| {
+        tracing::error!(file = %file.display(), error = %e, "cannot read {key}");
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{key} cannot be read; see the daemon's log"),
+        )
+    })
+}
+
+async fn healthz() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    let waiting = shared.status.not_ready();
+    if waiting.is_empty() {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "not_reconciled_yet": waiting})),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+        shared.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn webhook(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(source): UrlPath<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body_or_answer(body, WEBHOOK_BODY_LIMIT) {
+        Ok(b) => b,
+        Err(answer) => return answer,
+    };
+    let Some(source) = webhooks::Source::from_path(&source) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no webhook source {source:?} (distribution, harbor, github, dockerhub)"),
+        );
+    };
+    let routes = shared.routes();
+    let Some(file) = &routes.config.webhooks.secret_file else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "webhooks are off (set webhooks.secret_file)".to_string(),
+        );
+    };
+    let secret = match secret_of("webhooks.secret_file", file) {
+        Ok(s) => s,
+        Err(answer) => return answer,
+    };
+    let label = source.as_str();
+    match webhooks::receive(source, &headers, query.as_deref(), &body, &secret) {
+        Ok(received) => {
+            shared.metrics.webhook(label, "accepted");
+            let mut woken: Vec<String> = Vec::new();
+            for push in &received.pushes {
+                for name in shared.pushed(push.host.as_deref(), &push.repository) {
+                    if !woken.contains(&name) {
+                        woken.push(name);
+                    }
+                }
+            }
+            tracing::debug!(
+                source = label,
+                pushes = received.pushes.len(),
+                ignored = received.ignored,
+                woken = %woken.join(","),
+                "webhook"
+            );
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({
+                    "pushes": received.pushes.len(),
+                    "ignored": received.ignored,
+                    "invalid": received.invalid,
+                    "reconciling": woken,
+                })),
+            )
+                .into_response()
+        }
+        Err(refusal) => {
+            let result = match refusal {
+                webhooks::Refusal::Unauthorized(_) => "unauthorized",
+                webhooks::Refusal::BadRequest(_) => "invalid",
+            };
+            shared.metrics.webhook(label, result);
+            tracing::warn!(source = label, "webhook refused: {refusal}");
+            error(refusal.status(), refusal.to_string())
+        }
+    }
+}
+
+/// Checks `Authorization: Bearer <token>` against `server.api_token_file`.
+fn authorize(shared: &daemon::Shared, headers: &HeaderMap) -> Result<(), Response> {
+    let routes = shared.routes();
+    let Some(file) = &routes.config.server.api_token_file else {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "the write API is off (set server.api_token_file)".to_string(),
+        ));
+    };
+    let token = secret_of("server.api_token_file", file)?;
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| webhooks::strip_bearer(v.as_bytes()));
+    match given {
+        Some(given) if same_secret(given.trim_ascii(), &token) => Ok(()),
+        _ => Err((
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer realm=\"retagd\"")],
+            Json(json!({"error": "missing or wrong bearer token (Authorization: Bearer <token from server.api_token_file>)"})),
+        )
+            .into_response()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"s3cret", b"s3cret"));
+        assert!(!same_secret(b"s3cre", b"s3cret"));
+        assert!(!same_secret(b"", b"s3cret"));
+    }
+}

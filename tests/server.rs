@@ -1,0 +1,576 @@
+//! `retagd run`'s HTTP side end to end: the API and its refusals, approvals, registry webhooks
+//! from a real registry, a real Prometheus scraping the metrics, and notifications.
+
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::pipeline::{wait_tag, Daemon, Env, AUTO, DEADLINE, MANUAL, REPO};
+use support::prometheus::Prometheus;
+use support::proxy::FaultProxy;
+use support::registry::{Registry, RegistryOptions};
+
+const TOKEN: &str = "api-token-7f3a9c";
+const SECRET: &str = "hook-secret-51be0d";
+
+/// Writes the API token and webhook secret files; returns the `[server]` line and the
+/// `[webhooks]` table for the config.
+fn secrets(env: &Env) -> (String, String) {
+    let token = env.dir.path().join("api-token");
+    let secret = env.dir.path().join("webhook-secret");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    (
+        format!("api_token_file = \"{}\"", token.display()),
+        format!("\n[webhooks]\nsecret_file = \"{}\"\n", secret.display()),
+    )
+}
+
+struct Api {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Api {
+    fn new(address: SocketAddr) -> Api {
+        Api {
+            base: format!("http://{address}"),
+            client: support::http_client(),
+        }
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let answer = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status().as_u16();
+        let body = answer.bytes().await.unwrap();
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, auth: Option<&str>, body: Vec<u8>) -> (u16, Value) {
+        let mut request = self.client.post(format!("{}{path}", self.base)).body(body);
+        if let Some(auth) = auth {
+            request = request.header("Authorization", auth);
+        }
+        let answer = request.send().await.unwrap();
+        let status = answer.status().as_u16();
+        let body = answer.bytes().await.unwrap();
+        let value = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+        (status, value)
+    }
+
+    async fn promote(
+        &self,
+        pipeline: &str,
+        stage: &str,
+        auth: Option<&str>,
+        body: &str,
+    ) -> (u16, Value) {
+        self.post(
+            &format!("/api/v1/pipelines/{pipeline}/stages/{stage}/promote"),
+            auth,
+            body.as_bytes().to_vec(),
+        )
+        .await
+    }
+
+    /// Waits until `/readyz` is 200.
+    async fn ready(&self) {
+        support::poll_until("/readyz to answer 200", DEADLINE, || async {
+            (self.get("/readyz").await.0 == 200).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits until the stage's current tag is `tag` in the status API.
+    async fn current(&self, stage: &str, tag: &str) -> Value {
+        support::poll_until(&format!("{stage} to show {tag}"), DEADLINE, || async {
+            let (_, p) = self.get("/api/v1/pipelines/api-gateway").await;
+            let st = p["stages"]
+                .as_array()?
+                .iter()
+                .find(|s| s["stage"] == stage)?
+                .clone();
+            (st["current"]["tag"] == tag).then_some(st)
+        })
+        .await
+    }
+}
+
+fn stage<'a>(pipeline: &'a Value, name: &str) -> &'a Value {
+    pipeline["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == name)
+        .unwrap_or_else(|| panic!("no stage {name} in {pipeline:#}"))
+}
+
+#[tokio::test]
+async fn the_api_shows_pipelines_and_approves_with_every_refusal_on_the_way() {
+    let env = Env::start();
+    let (token_line, webhooks) = secrets(&env);
+    let config = env.configure_with("1h", AUTO, MANUAL, &token_line, &webhooks);
+    let dev1 = env.push(REPO, "v1.2.0-dev.1", 1).await;
+    // The first listing hangs for a while, so /readyz is seen refusing first.
+    env.proxy.inject(
+        support::proxy::Fault::delay(1500)
+            .on("GET")
+            .path_contains("/tags/list")
+            .times(1),
+    );
+    let daemon = Daemon::start(&config, env.dir.path().join("daemon.log"));
+    let api = Api::new(daemon.address().await);
+    assert_eq!(api.get("/healthz").await.0, 200);
+    let (code, body) = api.get("/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["not_reconciled_yet"], json!(["api-gateway"]));
+    api.ready().await;
+
+    // Status: staging got rc.1 automatically; production waits for approval.
+    api.current("staging", "v1.2.0-rc.1").await;
+    let (code, all) = api.get("/api/v1/pipelines").await;
+    assert_eq!(code, 200);
+    let p = &all["pipelines"][0];
+    assert_eq!(p["pipeline"], "api-gateway");
+    assert!(p["last_reconcile"].is_string(), "{p:#}");
+    assert_eq!(p["last_error"], Value::Null);
+    assert_eq!(stage(p, "staging")["current"]["digest"], dev1.as_str());
+    assert_eq!(
+        stage(p, "staging")["last_promotion"]["to_tag"],
+        "v1.2.0-rc.1"
+    );
+    let pending = &stage(p, "production")["pending"];
+    assert_eq!(pending["from_tag"], "v1.2.0-rc.1", "{p:#}");
+    assert_eq!(pending["to_tag"], "v1.2.0");
+    assert_eq!(pending["digest"], dev1.as_str());
+    assert_eq!(api.get("/api/v1/pipelines/nope").await.0, 404);
+    assert_eq!(api.get("/api/v1/nothing").await.0, 404);
+
+    // Refusals, each with its status and a message saying what was wrong.
+    let bearer = format!("Bearer {TOKEN}");
+    let good = Some(bearer.as_str());
+    let (code, body) = api.promote("api-gateway", "production", None, "").await;
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = api
+        .promote(
+            "api-gateway",
+            "production",
+            Some("Bearer api-token-7f3a9d"),
+            "",
+        )
+        .await;
+    assert_eq!(code, 401, "{body}");
+    assert!(!body.to_string().contains("7f3a9"), "{body}");
+    let (code, body) = api.promote("nope", "production", good, "").await;
+    assert_eq!(code, 404, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("no pipeline \"nope\""),
+        "{body}"
+    );
+    let (code, body) = api.promote("api-gateway", "qa", good, "").await;
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = api.promote("api-gateway", "dev", good, "").await;
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = api
+        .promote("api-gateway", "production", good, "{\"tag\": 3}")
+        .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("tag"), "{body}");
+    let (code, body) = api
+        .promote("api-gateway", "production", good, "{\"tag\": \"../../v2\"}")
+        .await;
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = api
+        .promote("api-gateway", "production", good, "{\"tags\": \"v1\"}")
+        .await;
+    assert_eq!(code, 400, "{body}");
+    let huge = format!("{{\"tag\": \"{}\"}}", "x".repeat(64 * 1024));
+    let (code, body) = api.promote("api-gateway", "production", good, &huge).await;
+    assert_eq!(code, 413, "{body}");
+    assert_eq!(env.digest(REPO, "v1.2.0").await, None);
+
+    // The approval itself: answered with what was promoted.
+    let (code, body) = api.promote("api-gateway", "production", good, "").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["result"], "promoted");
+    assert_eq!(body["promotion"]["to_tag"], "v1.2.0");
+    assert_eq!(body["promotion"]["digest"], dev1.as_str());
+    assert_eq!(
+        env.digest(REPO, "v1.2.0").await.as_deref(),
+        Some(dev1.as_str())
+    );
+    let production = api.current("production", "v1.2.0").await;
+    assert_eq!(production["pending"], Value::Null);
+    let (code, body) = api.promote("api-gateway", "production", good, "").await;
+    assert_eq!(
+        (code, body["result"].as_str()),
+        (200, Some("up_to_date")),
+        "{body}"
+    );
+
+    // Another image as rc.2, approved by tag: v1.2.0 exists with dev1, so a conflict.
+    let other = env.push(REPO, "v1.2.0-rc.2", 2).await;
+    let (code, body) = api
+        .promote(
+            "api-gateway",
+            "production",
+            good,
+            "{\"tag\": \"v1.2.0-rc.2\"}",
+        )
+        .await;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["result"], "conflict");
+    assert_eq!(body["existing_digest"], dev1.as_str());
+    assert_eq!(body["promotion"]["digest"], other.as_str());
+    assert_eq!(
+        env.digest(REPO, "v1.2.0").await.as_deref(),
+        Some(dev1.as_str())
+    );
+
+    // `retagd status` and `retagd approve` use the same API.
+    let url = api.base.clone();
+    let out = support::pipeline::retagd(&["status", "--url", &url])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}", support::pipeline::text(&out));
+    assert!(table.contains("production  v1.2.0 "), "{table}");
+    let out = support::pipeline::retagd(&[
+        "approve",
+        "--url",
+        &url,
+        "--pipeline",
+        "api-gateway",
+        "--stage",
+        "production",
+    ])
+    .env("RETAGD_API_TOKEN", "wrong")
+    .output()
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        support::pipeline::text(&out)
+    );
+
+    // Webhook refusals.
+    let event = br#"{"events":[]}"#.to_vec();
+    let (code, _) = api
+        .post("/webhooks/distribution", None, event.clone())
+        .await;
+    assert_eq!(code, 401);
+    let (code, _) = api
+        .post("/webhooks/distribution", Some("Bearer nope"), event.clone())
+        .await;
+    assert_eq!(code, 401);
+    let (code, _) = api
+        .post(
+            "/webhooks/gitlab",
+            Some(&format!("Bearer {SECRET}")),
+            event.clone(),
+        )
+        .await;
+    assert_eq!(code, 404);
+    let (code, _) = api
+        .post(
+            "/webhooks/distribution",
+            Some(&format!("Bearer {SECRET}")),
+            b"{".to_vec(),
+        )
+        .await;
+    assert_eq!(code, 400);
+
+    // Without a token file the write API is off; without a secret, the webhooks.
+    env.configure_with("1h", AUTO, MANUAL, "", "");
+    daemon.signal("HUP");
+    daemon.wait_log("configuration reloaded").await;
+    let (code, body) = api.promote("api-gateway", "production", good, "").await;
+    assert_eq!(code, 403, "{body}");
+    let (code, _) = api
+        .post(
+            "/webhooks/distribution",
+            Some(&format!("Bearer {SECRET}")),
+            event,
+        )
+        .await;
+    assert_eq!(code, 404);
+
+    let log = daemon.log();
+    assert!(!log.contains(TOKEN) && !log.contains(SECRET), "{log}");
+}
+
+/// Picks a free loopback port for a server that must be named before it starts.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn a_push_reported_by_the_registry_is_promoted_at_once() {
+    // The registry must know where retagd listens before retagd starts.
+    let port = free_port();
+    let registry = Registry::start(RegistryOptions::anonymous().with_notifications(
+        &format!("http://127.0.0.1:{port}/webhooks/distribution"),
+        SECRET,
+    ));
+    let proxy = FaultProxy::start(registry.addr);
+    let env = Env::with(registry, proxy);
+    let (_, webhooks) = secrets(&env);
+    let config = env.configure_with("1h", AUTO, MANUAL, "", &webhooks);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(&config, text).unwrap();
+    let dev1 = env.push(REPO, "v1.2.0-dev.1", 1).await;
+    let daemon = Daemon::start(&config, env.dir.path().join("daemon.log"));
+    let api = Api::new(daemon.address().await);
+    api.ready().await;
+    assert_eq!(wait_tag(&env, REPO, "v1.2.0-rc.1").await, dev1);
+
+    // The interval is an hour: only the registry's notification can make rc.2 now.
+    let pushed = Instant::now();
+    let dev2 = env.push(REPO, "v1.2.0-dev.2", 2).await;
+    let digest = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if let Some(d) = env.digest(REPO, "v1.2.0-rc.2").await {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        let notes: Vec<String> = env
+            .registry
+            .log()
+            .lines()
+            .filter(|l| !l.contains("HEAD") && !l.starts_with("127.0.0.1 - -"))
+            .map(str::to_string)
+            .collect();
+        panic!(
+            "no rc.2 2 s after the push; daemon log:\n{}\nregistry log:\n{}",
+            daemon.log(),
+            notes.join("\n")
+        )
+    });
+    let latency = pushed.elapsed();
+    assert_eq!(digest, dev2);
+    eprintln!("push to rc.2: {latency:?}");
+    let metrics = api
+        .client
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"retagd_webhooks_total{result="accepted",source="distribution"}"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn prometheus_scrapes_which_version_is_in_each_stage() {
+    let env = Env::start();
+    let config = env.configure(AUTO, MANUAL, "");
+    let dev1 = env.push(REPO, "v1.2.0-dev.1", 1).await;
+    let daemon = Daemon::start(&config, env.dir.path().join("daemon.log"));
+    let address = daemon.address().await;
+    let api = Api::new(address);
+    api.current("staging", "v1.2.0-rc.1").await;
+
+    let exposition = api
+        .client
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap();
+    let exposition = exposition.text().await.unwrap();
+    assert_eq!(
+        support::prometheus::promtool_check_metrics(&exposition),
+        "",
+        "{exposition}"
+    );
+    for family in [
+        "retagd_stage_version_info",
+        "retagd_pending_promotion_info",
+        "retagd_promotions_total",
+        "retagd_reconcile_duration_seconds_bucket",
+        "retagd_last_successful_reconcile_timestamp_seconds",
+        "retagd_registry_requests_total",
+        "retagd_registry_request_duration_seconds_bucket",
+        "retagd_build_info",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(
+            exposition.contains(&format!("\n{family}{{"))
+                || exposition.contains(&format!("\n{family} ")),
+            "{family} missing:\n{exposition}"
+        );
+    }
+
+    let prometheus = Prometheus::start(&[address]);
+    prometheus.wait_for_target_up().await;
+    let query = r#"retagd_stage_version_info{pipeline="api-gateway",stage="staging"}"#;
+    let tag_in_staging = || async {
+        let result = prometheus.query(query).await;
+        let series = result.as_array()?;
+        (series.len() == 1).then(|| {
+            (
+                series[0]["metric"]["tag"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                series[0]["metric"]["digest"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+    };
+    let first = support::poll_until("Prometheus to see staging", DEADLINE, || async {
+        tag_in_staging()
+            .await
+            .filter(|(tag, _)| tag == "v1.2.0-rc.1")
+    })
+    .await;
+    assert_eq!(first.1, dev1);
+
+    let dev2 = env.push(REPO, "v1.2.0-dev.2", 2).await;
+    let second = support::poll_until(
+        "Prometheus to see the new staging version",
+        DEADLINE,
+        || async {
+            tag_in_staging()
+                .await
+                .filter(|(tag, _)| tag == "v1.2.0-rc.2")
+        },
+    )
+    .await;
+    assert_eq!(second.1, dev2);
+    let pending = prometheus
+        .query(r#"retagd_pending_promotion_info{pipeline="api-gateway"}"#)
+        .await;
+    assert_eq!(pending[0]["metric"]["to_tag"], "v1.2.0", "{pending:#}");
+    let promotions = prometheus
+        .query(
+            r#"retagd_promotions_total{pipeline="api-gateway",stage="staging",result="success"}"#,
+        )
+        .await;
+    assert_eq!(promotions[0]["value"][1], "2", "{promotions:#}");
+}
+
+/// A receiver of notifications: every body it got.
+#[derive(Clone, Default)]
+struct Inbox(Arc<Mutex<Vec<(String, Value)>>>);
+
+async fn inbox() -> (Inbox, SocketAddr) {
+    use axum::extract::{Path, State};
+    let inbox = Inbox::default();
+    let app = axum::Router::new()
+        .route(
+            "/{channel}",
+            axum::routing::post(
+                |State(inbox): State<Inbox>,
+                 Path(channel): Path<String>,
+                 body: axum::body::Bytes| async move {
+                    let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    inbox.0.lock().unwrap().push((channel, value));
+                    "ok"
+                },
+            ),
+        )
+        .with_state(inbox.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (inbox, address)
+}
+
+#[tokio::test]
+async fn promotions_are_notified_in_json_and_slack_formats() {
+    let (inbox, address) = inbox().await;
+    let env = Env::start();
+    let slack_file = env.dir.path().join("slack-url");
+    std::fs::write(&slack_file, format!("http://{address}/slack\n")).unwrap();
+    let config = env.configure_with(
+        "1h",
+        AUTO,
+        MANUAL,
+        "",
+        &format!(
+            "[[notifications]]\nurl = \"http://{address}/json\"\n\n\
+             [[notifications]]\nurl_file = \"{}\"\nformat = \"slack\"\nevents = [\"success\"]\n",
+            slack_file.display()
+        ),
+    );
+    let dev1 = env.push(REPO, "v1.2.0-dev.1", 1).await;
+    let daemon = Daemon::start(&config, env.dir.path().join("daemon.log"));
+    let api = Api::new(daemon.address().await);
+    api.current("staging", "v1.2.0-rc.1").await;
+
+    let got = support::poll_until("the three notifications", DEADLINE, || async {
+        let got = inbox.0.lock().unwrap().clone();
+        (got.len() >= 3).then_some(got)
+    })
+    .await;
+    let json: Vec<&Value> = got
+        .iter()
+        .filter(|(c, _)| c == "json")
+        .map(|(_, v)| v)
+        .collect();
+    let success = json.iter().find(|v| v["event"] == "success").unwrap();
+    assert_eq!(success["pipeline"], "api-gateway");
+    assert_eq!(success["stage"], "staging");
+    assert_eq!(success["to_tag"], "v1.2.0-rc.1");
+    assert_eq!(success["digest"], dev1.as_str());
+    let pending = json.iter().find(|v| v["event"] == "pending").unwrap();
+    assert_eq!(pending["stage"], "production");
+    assert_eq!(pending["to_tag"], "v1.2.0");
+    let slack: Vec<&Value> = got
+        .iter()
+        .filter(|(c, _)| c == "slack")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(slack.len(), 1, "{got:?}");
+    assert!(
+        slack[0]["text"].as_str().unwrap().contains("v1.2.0-rc.1"),
+        "{got:?}"
+    );
+
+    // The pending promotion is not announced again on the next reconciles.
+    let reconciles = || daemon.log().matches(" reconciled ").count();
+    let before = reconciles();
+    daemon.signal("HUP");
+    support::poll_until("a reconcile after the reload", DEADLINE, || async {
+        (reconciles() > before).then_some(())
+    })
+    .await;
+    let pendings = inbox
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, v)| v["event"] == "pending")
+        .count();
+    assert_eq!(pendings, 1);
+}
