@@ -130,7 +130,8 @@ async fn the_api_shows_pipelines_and_approves_with_every_refusal_on_the_way() {
             .path_contains("/tags/list")
             .times(1),
     );
-    let daemon = Daemon::start(&config, env.dir.path().join("daemon.log"));
+    // At trace level, so the check at the end covers every library's logging too.
+    let daemon = Daemon::start_with(&config, env.dir.path().join("daemon.log"), "trace");
     let api = Api::new(daemon.address().await);
     assert_eq!(api.get("/healthz").await.0, 200);
     let (code, body) = api.get("/readyz").await;
@@ -312,7 +313,10 @@ async fn the_api_shows_pipelines_and_approves_with_every_refusal_on_the_way() {
     assert_eq!(code, 404);
 
     let log = daemon.log();
-    assert!(!log.contains(TOKEN) && !log.contains(SECRET), "{log}");
+    assert!(log.contains("TRACE"), "the log is not at trace level");
+    for secret in [TOKEN, SECRET, "api-token-7f3a9d"] {
+        assert!(!log.contains(secret), "{secret} in the log");
+    }
 }
 
 /// Picks a free loopback port for a server that must be named before it starts.

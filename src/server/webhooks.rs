@@ -211,7 +211,9 @@ fn authenticate(
             .ok_or(Unauthorized("missing Authorization header"))
     };
     let proved = match source {
-        Source::Distribution => strip_bearer(authorization()?).is_some_and(|t| same_secret(t, secret)),
+        Source::Distribution => {
+            strip_bearer(authorization()?).is_some_and(|t| same_secret(t, secret))
+        }
         Source::Harbor => {
             let value = authorization()?;
             same_secret(value, secret) | strip_bearer(value).is_some_and(|t| same_secret(t, secret))

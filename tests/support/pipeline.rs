@@ -212,6 +212,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `retagd run --config CONFIG`, logging to `log`.
     pub fn start(config: &Path, log: PathBuf) -> Daemon {
+        Daemon::start_with(config, log, "info")
+    }
+
+    /// [`Daemon::start`] at this `RETAGD_LOG` level.
+    pub fn start_with(config: &Path, log: PathBuf, level: &str) -> Daemon {
         let file = std::fs::File::create(&log).unwrap();
         let child = retagd(&[
             "run",
@@ -220,6 +225,7 @@ impl Daemon {
             "--grace-period",
             "20s",
         ])
+        .env("RETAGD_LOG", level)
         .stdout(Stdio::null())
         .stderr(file)
         .spawn()
