@@ -54,20 +54,27 @@ pub struct ReconcileArgs {
     common: Common,
 }
 
+/// What an approval names; shared by `retagd promote` and `retagd approve`.
+#[derive(Debug, Args)]
+pub struct Approval {
+    /// The pipeline.
+    #[arg(long)]
+    pub pipeline: String,
+    /// The stage to promote into.
+    #[arg(long)]
+    pub stage: String,
+    /// Promote this tag of the source stage instead of its current one.
+    #[arg(long)]
+    pub tag: Option<String>,
+}
+
 /// `retagd promote`.
 #[derive(Debug, Args)]
 pub struct PromoteArgs {
     #[command(flatten)]
     common: Common,
-    /// The pipeline.
-    #[arg(long)]
-    pipeline: String,
-    /// The stage to promote into.
-    #[arg(long)]
-    stage: String,
-    /// Promote this tag of the source stage instead of its current one.
-    #[arg(long)]
-    tag: Option<String>,
+    #[command(flatten)]
+    approval: Approval,
 }
 
 /// `retagd run`.
@@ -235,18 +242,22 @@ pub fn promote(
     err: &mut dyn Write,
 ) -> Result<(), Failure> {
     let config = load(&args.common, err)?;
-    let (pipeline, index) = engine::approval_target(&config.pipelines, &args.pipeline, &args.stage)
-        .map_err(|e| Failure::Usage(e.into()))?;
+    let (pipeline, index) = engine::approval_target(
+        &config.pipelines,
+        &args.approval.pipeline,
+        &args.approval.stage,
+    )
+    .map_err(|e| Failure::Usage(e.into()))?;
     let engine = engine(&config)?;
     let intent = Intent {
         approve: Some(index),
-        source_tag: args.tag.clone(),
+        source_tag: args.approval.tag.clone(),
     };
     let (plan, applied) = runtime()?
         .block_on(engine.reconcile(pipeline, &intent, &|| false))
         .map_err(|e| Failure::Work(e.into()))?;
     let name = &pipeline.name;
-    let stage = &args.stage;
+    let stage = &args.approval.stage;
     match Approved::of(&plan, &applied, index) {
         Approved::Promoted { promotion: p, .. } => writeln!(
             out,

@@ -36,15 +36,8 @@ pub struct StatusArgs {
 pub struct ApproveArgs {
     #[command(flatten)]
     endpoint: Endpoint,
-    /// The pipeline.
-    #[arg(long)]
-    pipeline: String,
-    /// The stage to promote into.
-    #[arg(long)]
-    stage: String,
-    /// Promote this tag of the source stage instead of its current one.
-    #[arg(long)]
-    tag: Option<String>,
+    #[command(flatten)]
+    approval: super::pipelines::Approval,
     /// File holding the API token; without it, RETAGD_API_TOKEN.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
@@ -218,11 +211,11 @@ pub fn approve(args: &ApproveArgs, out: &mut dyn Write) -> Result<(), Failure> {
     let token = token(args)?;
     let path = format!(
         "api/v1/pipelines/{}/stages/{}/promote",
-        urlencode(&args.pipeline),
-        urlencode(&args.stage)
+        urlencode(&args.approval.pipeline),
+        urlencode(&args.approval.stage)
     );
     let target = url(&args.endpoint, &path)?;
-    let body = serde_json::json!({ "tag": args.tag });
+    let body = serde_json::json!({ "tag": args.approval.tag });
     // A promotion across registries may stream gigabytes before the answer.
     let request = client(Duration::from_secs(3600))?
         .post(target)
@@ -236,16 +229,16 @@ pub fn approve(args: &ApproveArgs, out: &mut dyn Write) -> Result<(), Failure> {
             let line = match text(&answer, "result") {
                 "up_to_date" => format!(
                     "already up to date: {}/{} has it as {}",
-                    args.pipeline,
-                    args.stage,
+                    args.approval.pipeline,
+                    args.approval.stage,
                     text(&answer, "tag")
                 ),
                 _ => {
                     let p = answer.get("promotion").cloned().unwrap_or(Value::Null);
                     format!(
                         "promoted {}/{}: {} -> {} ({})",
-                        args.pipeline,
-                        args.stage,
+                        args.approval.pipeline,
+                        args.approval.stage,
                         text(&p, "from_tag"),
                         text(&p, "to_tag"),
                         text(&p, "digest")
