@@ -9,7 +9,7 @@
 //! - [`policy`]: tag selection (`filter_tags` + `semver` / `alphabetical` / `numerical`) with
 //!   Flux's semantics, including the Masterminds range language. Pure: no I/O.
 //! - [`template`]: promotion target tag templates (`v{major}.{minor}.{patch}-rc.{n}`).
-//! - [`reference`]: image references and digests by the OCI grammar; the gate every name passes
+//! - [`reference`](mod@reference): image references and digests by the OCI grammar; the gate every name passes
 //!   before it reaches a URL.
 //! - [`engine`]: the promotion engine: a pure planner (registry snapshot -> actions), the
 //!   driver that observes and applies, and the first-seen state for `min_age`.

@@ -10,7 +10,7 @@
 //! changes, the old series is removed before the new one is set, and a pipeline removed by a
 //! reload loses its series.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -49,6 +49,8 @@ pub struct Metrics {
     /// The label values of the info series set now, per (pipeline, stage), so a change removes
     /// the old series.
     info: Mutex<HashMap<InfoKey, Vec<String>>>,
+    /// Pipelines with a last-success series.
+    pipelines: Mutex<BTreeSet<String>>,
 }
 
 /// An info series' family, pipeline and stage.
@@ -159,6 +161,7 @@ impl Metrics {
                 &["source", "result"],
             )?,
             info: Mutex::new(HashMap::new()),
+            pipelines: Mutex::new(BTreeSet::new()),
             registry: registry.clone(),
         };
         let build = gauge_vec(
@@ -238,11 +241,21 @@ impl Metrics {
         self.set_info(PENDING, pipeline, stage, labels);
     }
 
-    /// Removes every info series of pipelines not in `keep` (after a reload).
-    pub fn retain_pipelines(&self, keep: &dyn Fn(&str) -> bool) {
+    /// After a reload: removes the info series of stages not in `stages` (pipeline, stage), and
+    /// the last-success time of pipelines without any, so no alert fires for what is gone.
+    /// (Counters and histograms of removed pipelines stay: they no longer grow.)
+    pub fn retain_stages(&self, stages: &BTreeSet<(String, String)>) {
+        let mut seen = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        seen.retain(|p| {
+            let kept = stages.iter().any(|(sp, _)| sp == p);
+            if !kept {
+                let _ = self.last_success.remove_label_values(&[p.as_str()]);
+            }
+            kept
+        });
         let mut info = self.info.lock().unwrap_or_else(|e| e.into_inner());
-        info.retain(|(family, pipeline, _), labels| {
-            if keep(pipeline) {
+        info.retain(|(family, pipeline, stage), labels| {
+            if stages.contains(&(pipeline.clone(), stage.clone())) {
                 return true;
             }
             let vec = if *family == STAGE_VERSION {
@@ -269,6 +282,10 @@ impl Metrics {
             .with_label_values(&[pipeline])
             .observe(duration.as_secs_f64());
         if ok {
+            self.pipelines
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(pipeline.to_string());
             let secs = at
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map(|d| d.as_secs_f64())
@@ -327,14 +344,30 @@ mod tests {
     }
 
     #[test]
-    fn a_reload_removes_the_series_of_dropped_pipelines() {
+    fn a_reload_removes_the_series_of_dropped_pipelines_and_stages() {
         let m = Metrics::new().unwrap();
         m.stage_version("gone", "dev", "r", "a", Some(("1", "sha256:a")));
         m.pending("gone", "prod", Some(("1-rc.1", "1", "sha256:a")));
+        m.reconciled("gone", Duration::from_millis(5), true, SystemTime::now());
         m.stage_version("kept", "dev", "r", "b", Some(("2", "sha256:b")));
-        m.retain_pipelines(&|p| p == "kept");
+        m.stage_version("kept", "qa", "r", "b", Some(("2", "sha256:b")));
+        let keep = BTreeSet::from([("kept".to_string(), "dev".to_string())]);
+        m.retain_stages(&keep);
         let text = m.encode();
-        assert!(!text.contains(r#"pipeline="gone""#), "{text}");
-        assert!(text.contains(r#"pipeline="kept""#), "{text}");
+        assert!(
+            !text.contains(r#"stage_version_info{digest="sha256:a""#),
+            "{text}"
+        );
+        assert!(!text.contains(r#"stage="qa""#), "{text}");
+        assert!(
+            !text
+                .contains(r#"retagd_last_successful_reconcile_timestamp_seconds{pipeline="gone"}"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"retagd_pending_promotion_info{"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"stage="dev""#), "{text}");
     }
 }

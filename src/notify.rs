@@ -93,6 +93,7 @@ use tokio::task::JoinHandle;
 use url::Url;
 
 use crate::config::{self, EventKind, NotifyFormat, NotifyTarget};
+use crate::reference::short_digest;
 
 /// Events queued per endpoint before new ones are dropped: a few reconciles' worth of
 /// promotions, small enough that a dead endpoint holds little memory.
@@ -186,19 +187,6 @@ impl Event {
             ),
         }
     }
-}
-
-/// `sha256:` and the first 12 hex digits: enough to recognise, short enough to read.
-fn short_digest(digest: &str) -> String {
-    match digest.split_once(':') {
-        Some((algorithm, hex)) => format!("{algorithm}:{}", prefix(hex, 12)),
-        None => prefix(digest, 12).to_string(),
-    }
-}
-
-/// The first `n` characters of `s`.
-fn prefix(s: &str, n: usize) -> &str {
-    s.char_indices().nth(n).map_or(s, |(i, _)| &s[..i])
 }
 
 /// How failed deliveries are retried.
@@ -714,14 +702,10 @@ enum UrlFileError {
 }
 
 async fn read_url_file(path: &Path) -> Result<Url, UrlFileError> {
-    use tokio::io::AsyncReadExt as _;
-    let mut bytes = Vec::new();
-    tokio::fs::File::open(path)
-        .await?
-        .take(MAX_URL_FILE + 1)
-        .read_to_end(&mut bytes)
-        .await?;
-    parse_url_file(&bytes)
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || read_url_file_blocking(&path))
+        .await
+        .map_err(|e| UrlFileError::Read(std::io::Error::other(e)))?
 }
 
 fn read_url_file_blocking(path: &Path) -> Result<Url, UrlFileError> {
@@ -882,14 +866,6 @@ mod tests {
             "api-gateway/staging: v1.2.0-dev.3 -> v1.2.0-rc.1 (sha256:abcd1234ef56) is waiting \
              for approval"
         );
-    }
-
-    #[test]
-    fn short_digests_survive_odd_input() {
-        assert_eq!(short_digest(""), "");
-        assert_eq!(short_digest("sha256:ab"), "sha256:ab");
-        assert_eq!(short_digest("nocolon0123456789"), "nocolon01234");
-        assert_eq!(short_digest("x:ééééééééééééééé"), "x:éééééééééééé");
     }
 
     #[test]

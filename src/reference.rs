@@ -250,6 +250,21 @@ impl fmt::Display for Reference {
     }
 }
 
+/// `algorithm:` and the first 12 characters of the hex, as people quote digests; any text is
+/// accepted (it may come from a registry or an API answer), and cut on a character boundary.
+pub fn short_digest(digest: &str) -> String {
+    let prefix = |s: &str, n: usize| {
+        s.char_indices()
+            .nth(n)
+            .map_or(s, |(i, _)| &s[..i])
+            .to_string()
+    };
+    match digest.split_once(':') {
+        Some((algorithm, hex)) => format!("{algorithm}:{}", prefix(hex, 12)),
+        None => prefix(digest, 12),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,5 +336,13 @@ mod tests {
             is_valid_tag("v1.2.3-rc.1") && is_valid_tag("_x") && is_valid_tag(&"a".repeat(128))
         );
         assert!(!is_valid_tag(".x") && !is_valid_tag("") && !is_valid_tag(&"a".repeat(129)));
+    }
+
+    #[test]
+    fn short_digests_survive_odd_input() {
+        assert_eq!(short_digest(""), "");
+        assert_eq!(short_digest("sha256:ab"), "sha256:ab");
+        assert_eq!(short_digest("nocolon0123456789"), "nocolon01234");
+        assert_eq!(short_digest("x:ééééééééééééééé"), "x:éééééééééééé");
     }
 }

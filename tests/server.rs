@@ -158,6 +158,11 @@ async fn the_api_shows_pipelines_and_approves_with_every_refusal_on_the_way() {
     assert_eq!(pending["digest"], dev1.as_str());
     assert_eq!(api.get("/api/v1/pipelines/nope").await.0, 404);
     assert_eq!(api.get("/api/v1/nothing").await.0, 404);
+    let (code, body) = api
+        .get("/api/v1/pipelines/api-gateway/stages/production/promote")
+        .await;
+    assert_eq!(code, 405);
+    assert!(body["error"].is_string(), "{body}");
 
     // Refusals, each with its status and a message saying what was wrong.
     let bearer = format!("Bearer {TOKEN}");

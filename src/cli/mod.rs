@@ -41,7 +41,7 @@ pub enum Command {
     Policy(PolicyArgs),
     /// Copy an image to another tag, repository or registry, digest preserved.
     ///
-    /// References look like 127.0.0.1:5000/myorg/app:v1.2.0-dev.3 or ...@sha256:<hex>.
+    /// References look like 127.0.0.1:5000/myorg/app:v1.2.0-dev.3 or ...@sha256:HEX.
     /// Registries named in the config (by host) supply URL scheme, credentials, CA and limits;
     /// others are reached with ~/.docker/config.json credentials if any, over https (http on
     /// loopback). Within one repository only the manifest is copied; within one registry blobs

@@ -275,14 +275,10 @@ pub fn promote(
             promotion,
             existing,
         } => Err(Failure::Work(anyhow::anyhow!(
-            "nothing promoted into {stage}: {}",
-            action_text(
-                &Action::Conflict {
-                    promotion,
-                    existing
-                },
-                SystemTime::now()
-            )
+            "nothing promoted into {stage}: conflict: {} exists with {} (not {}); not overwriting",
+            promotion.to_tag,
+            short(&existing),
+            short(&promotion.digest)
         ))),
         Approved::NotPromoted(action) => Err(Failure::Work(anyhow::anyhow!(
             "nothing promoted into {stage}: {}",

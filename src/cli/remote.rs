@@ -9,6 +9,7 @@ use clap::Args;
 use serde_json::Value;
 
 use super::{io_failure, Failure};
+use crate::reference::short_digest;
 
 /// The daemon's default address (`server.listen`'s default).
 const DEFAULT_URL: &str = "http://127.0.0.1:9090";
@@ -52,8 +53,13 @@ fn client(timeout: Duration) -> Result<reqwest::Client, Failure> {
 }
 
 fn url(endpoint: &Endpoint, path: &str) -> Result<url::Url, Failure> {
-    let base = url::Url::parse(&endpoint.url)
+    let mut base = url::Url::parse(&endpoint.url)
         .map_err(|e| Failure::Usage(anyhow::anyhow!("--url {:?}: {e}", endpoint.url)))?;
+    // A daemon behind a path prefix (https://host/retagd) keeps it.
+    if !base.path().ends_with('/') {
+        let path = format!("{}/", base.path());
+        base.set_path(&path);
+    }
     if !matches!(base.scheme(), "http" | "https") {
         return Err(Failure::Usage(anyhow::anyhow!(
             "--url {:?}: use http:// or https://",
@@ -97,10 +103,6 @@ fn text<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
-fn short(digest: &str) -> &str {
-    digest.get(..19).unwrap_or(digest)
-}
-
 /// The table `retagd status` prints.
 pub fn status_table(answer: &Value) -> String {
     let mut rows: Vec<[String; 5]> = vec![[
@@ -137,7 +139,7 @@ pub fn status_table(answer: &Value) -> String {
                 },
                 text(s, "stage").to_string(),
                 current.map_or("(none)".to_string(), |c| text(c, "tag").to_string()),
-                current.map_or(String::new(), |c| short(text(c, "digest")).to_string()),
+                current.map_or(String::new(), |c| short_digest(text(c, "digest"))),
                 pending,
             ]);
             if let Some(e) = s.get("last_error").and_then(Value::as_str) {

@@ -60,6 +60,10 @@ pub struct Options {
 /// pipelines stuck on an unresponsive registry (up to five 60 s read timeouts) do not hold up
 /// the rest.
 pub const DEFAULT_PARALLEL: usize = 16;
+/// Reconciles in a row that start at once because the one before promoted something.
+const MAX_FOLLOW_UPS: u32 = 3;
+/// First wait of a pipeline task restarted after a panic, so a bug cannot make a hot loop.
+const RESTART_DELAY: Duration = Duration::from_secs(30);
 /// Longest wait after failures, however long the interval.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -89,6 +93,8 @@ pub struct Shared {
     pub status: Status,
     notifier: RwLock<Arc<Notifier>>,
     routes: RwLock<Arc<Routes>>,
+    /// True once the daemon stops: approvals are refused, and one in flight starts no copy.
+    stopping: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -114,8 +120,8 @@ const PUSH_RECHECK: Duration = Duration::from_millis(500);
 #[derive(Debug, Default)]
 struct Wake {
     now: Notify,
-    /// A delayed second wake-up is scheduled (at most one at a time).
-    recheck: std::sync::atomic::AtomicBool,
+    /// When the delayed wake-up after the latest push is due; `Some` while one is scheduled.
+    recheck_at: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Routes {
@@ -141,6 +147,12 @@ pub enum ApproveError {
     /// The pipeline could not be planned.
     #[error("{}", .0.chain())]
     Plan(#[from] engine::Error),
+    /// The daemon is stopping.
+    #[error("retagd is stopping; approve again once it is back")]
+    Stopping,
+    /// The approval's task ended without an answer (a bug; the log has it).
+    #[error("the approval failed inside retagd; see its log")]
+    Internal,
 }
 
 impl Shared {
@@ -155,6 +167,7 @@ impl Shared {
             status,
             notifier: RwLock::new(Arc::new(notifier)),
             routes: RwLock::new(Arc::new(Routes::new(config))),
+            stopping: watch::Sender::new(false),
         }
     }
 
@@ -168,8 +181,12 @@ impl Shared {
 
     fn reconfigure(&self, config: Config) {
         self.status.configure(&config.pipelines);
-        self.metrics
-            .retain_pipelines(&|name| config.pipelines.iter().any(|p| p.name == name));
+        let stages = config
+            .pipelines
+            .iter()
+            .flat_map(|p| p.stages.iter().map(|s| (p.name.clone(), s.name.clone())))
+            .collect();
+        self.metrics.retain_stages(&stages);
         let notifier = Notifier::start(&config.notifications, self.metrics.notifications.clone());
         // The old notifier's queue drains in the background once its last user drops it.
         *self.notifier.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(notifier);
@@ -216,6 +233,16 @@ impl Shared {
         outcome: &Result<(PipelinePlan, Vec<Applied>), engine::Error>,
         duration: Duration,
     ) {
+        if !self
+            .routes()
+            .config
+            .pipelines
+            .iter()
+            .any(|p| p.name == pipeline.name)
+        {
+            // An approval that finished after a reload removed its pipeline.
+            return;
+        }
         let at = SystemTime::now();
         let events = self.status.record(pipeline, outcome, at);
         let m = &self.metrics;
@@ -260,20 +287,43 @@ impl Shared {
     }
 
     /// Approves the promotion into `stage` (of `tag` of the source stage, when given) and
-    /// carries it out now.
+    /// carries it out now, on a task of its own: a client that goes away must not cut a copy in
+    /// half or leave it unrecorded.
     pub async fn approve(
+        self: &Arc<Self>,
+        pipeline: &str,
+        stage: &str,
+        tag: Option<String>,
+    ) -> Result<Approved, ApproveError> {
+        let shared = self.clone();
+        let (pipeline, stage) = (pipeline.to_string(), stage.to_string());
+        tokio::spawn(async move { shared.approve_now(&pipeline, &stage, tag).await })
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "approval task failed");
+                Err(ApproveError::Internal)
+            })
+    }
+
+    async fn approve_now(
         &self,
         pipeline: &str,
         stage: &str,
         tag: Option<String>,
     ) -> Result<Approved, ApproveError> {
+        let stop = self.stopping.subscribe();
+        if *stop.borrow() {
+            return Err(ApproveError::Stopping);
+        }
         let routes = self.routes();
         let (pipeline, index) = engine::approval_target(&routes.config.pipelines, pipeline, stage)?;
         let intent = Intent {
             approve: Some(index),
             source_tag: tag,
         };
-        let (plan, applied) = self.reconcile(pipeline, &intent, &|| false).await?;
+        let (plan, applied) = self
+            .reconcile(pipeline, &intent, &move || *stop.borrow())
+            .await?;
         let approved = Approved::of(&plan, &applied, index);
         if matches!(approved, Approved::Promoted { .. }) {
             // The pipeline's own task refreshes the status with the new version.
@@ -323,15 +373,30 @@ fn wake(routes: &Routes, pipeline: &str) {
     }
 }
 
-/// Wakes the pipeline once more after [`PUSH_RECHECK`], unless that is already scheduled.
+/// Wakes the pipeline once more [`PUSH_RECHECK`] after the latest push; one task per pipeline
+/// however many pushes arrive.
 fn recheck(w: Arc<Wake>) {
-    use std::sync::atomic::Ordering;
-    if w.recheck.swap(true, Ordering::AcqRel) {
+    let due = tokio::time::Instant::now() + PUSH_RECHECK;
+    let scheduled = w
+        .recheck_at
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .replace(due)
+        .is_some();
+    if scheduled {
         return;
     }
     tokio::spawn(async move {
-        tokio::time::sleep(PUSH_RECHECK).await;
-        w.recheck.store(false, Ordering::Release);
+        loop {
+            let due = *w.recheck_at.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(due) = due else { return };
+            tokio::time::sleep_until(due).await;
+            let mut at = w.recheck_at.lock().unwrap_or_else(|e| e.into_inner());
+            if *at == Some(due) {
+                *at = None;
+                break;
+            }
+        }
         w.now.notify_one();
     });
 }
@@ -374,7 +439,7 @@ pub async fn run(
     let engine = Arc::new(Engine::new(registries, state).limiting_applies_to(limit));
     let shared = Arc::new(Shared::new(config, engine.clone(), metrics.clone()));
     let (server_stop, server_stopped) = watch::channel(false);
-    let server = tokio::spawn(crate::server::serve(
+    let mut server = tokio::spawn(crate::server::serve(
         listener,
         shared.clone(),
         server_stopped,
@@ -386,7 +451,7 @@ pub async fn run(
         address = %address,
         "retagd is running"
     );
-    let result = loop {
+    loop {
         let signal = tokio::select! {
             signal = signals.recv() => signal,
             Some(ended) = generation.tasks.join_next_with_id() => {
@@ -427,7 +492,7 @@ pub async fn run(
                     _ = second_stop(&mut signals) => true,
                 };
                 if stopped {
-                    break shut_down(&mut generation, &engine, options.grace, &mut signals).await;
+                    break;
                 }
                 engine.set_registries(registries);
                 let pipelines = loaded.pipelines.len();
@@ -435,25 +500,36 @@ pub async fn run(
                 generation = Generation::start(&shared);
                 tracing::info!(pipelines, "configuration reloaded");
             }
-            Some(Signal::Stop) | None => {
-                break shut_down(&mut generation, &engine, options.grace, &mut signals).await
-            }
+            Some(Signal::Stop) | None => break,
         }
-    };
-    let _ = server_stop.send(true);
-    match server.await {
-        Ok(Err(e)) => tracing::error!(error = %e, "HTTP server failed"),
-        Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
-        Ok(Ok(())) => {}
     }
+    // One grace period for everything: reconciles, HTTP requests in flight (approvals) and
+    // queued notifications. New connections and approvals are refused from now on.
+    let deadline = tokio::time::Instant::now() + options.grace;
+    let _ = shared.stopping.send(true);
+    let _ = server_stop.send(true);
+    let finished = shut_down(&mut generation, options.grace, &mut signals).await;
+    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+    let server_left = if finished { left() } else { Duration::ZERO };
+    match tokio::time::timeout(server_left, &mut server).await {
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server failed"),
+        Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
+        Ok(Ok(Ok(()))) => {}
+        Err(_) => {
+            server.abort();
+            tracing::warn!("stopped before HTTP requests in flight finished");
+        }
+    }
+    engine.save_state();
     let notifier = std::mem::replace(
         &mut *shared.notifier.write().unwrap_or_else(|e| e.into_inner()),
         Arc::new(Notifier::disabled()),
     );
     if let Ok(notifier) = Arc::try_unwrap(notifier) {
-        notifier.close(options.grace).await;
+        notifier.close(left()).await;
     }
-    result
+    tracing::info!("stopped");
+    Ok(())
 }
 
 fn build_registries(
@@ -482,13 +558,13 @@ fn check_secret_files(config: &Config) -> anyhow::Result<()> {
     }
     Ok(())
 }
-/// Stops the pipelines, waits at most `grace` (or until a second stop), saves the state.
+/// Stops the pipelines and waits at most `grace` (or until a second stop); true when every
+/// reconcile in flight finished.
 async fn shut_down(
     generation: &mut Generation,
-    engine: &Engine,
     grace: Duration,
     signals: &mut mpsc::Receiver<Signal>,
-) -> anyhow::Result<()> {
+) -> bool {
     tracing::info!(
         grace_s = grace.as_secs(),
         "stopping: letting reconciles in flight finish"
@@ -497,14 +573,11 @@ async fn shut_down(
         done = generation.stop_and_wait(Some(grace)) => done,
         _ = second_stop(signals) => false,
     };
-    if finished {
-        tracing::info!("stopped");
-    } else {
+    if !finished {
         generation.abort();
         tracing::warn!("stopped before reconciles in flight finished");
     }
-    engine.save_state();
-    Ok(())
+    finished
 }
 
 async fn second_stop(signals: &mut mpsc::Receiver<Signal>) {
@@ -532,12 +605,14 @@ impl Generation {
             pipelines: HashMap::new(),
         };
         for pipeline in &shared.routes().config.pipelines {
-            generation.spawn(pipeline.clone(), shared);
+            // Spread the first reconciles over a second.
+            let first = Duration::from_millis(fastrand::u64(0..1000));
+            generation.spawn(pipeline.clone(), shared, first);
         }
         generation
     }
 
-    fn spawn(&mut self, pipeline: Pipeline, shared: &Arc<Shared>) {
+    fn spawn(&mut self, pipeline: Pipeline, shared: &Arc<Shared>, first: Duration) {
         let wake = shared
             .routes()
             .wake
@@ -549,6 +624,7 @@ impl Generation {
             pipeline.clone(),
             self.stop.subscribe(),
             wake,
+            first,
         );
         let id = self.tasks.spawn(task).id();
         self.pipelines.insert(id, pipeline);
@@ -574,9 +650,10 @@ impl Generation {
         tracing::error!(
             pipeline = %pipeline.name,
             error = %ended.err().map(|e| e.to_string()).unwrap_or_default(),
+            restart_in_s = RESTART_DELAY.as_secs(),
             "pipeline task ended unexpectedly; restarting it"
         );
-        self.spawn(pipeline, shared);
+        self.spawn(pipeline, shared, RESTART_DELAY);
     }
 
     /// Tells the tasks to stop and waits for them, at most `grace`; true when all ended.
@@ -616,11 +693,11 @@ async fn pipeline_loop(
     pipeline: Pipeline,
     mut stop: watch::Receiver<bool>,
     wake: Arc<Wake>,
+    first: Duration,
 ) {
-    // Spread the first reconciles over a second.
-    let mut delay = Duration::from_millis(fastrand::u64(0..1000));
+    let mut delay = first;
     let mut failures = 0u32;
-    let mut follow_up = false;
+    let mut follow_ups = 0u32;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -659,10 +736,10 @@ async fn pipeline_loop(
                 wait
             }
         };
-        // A promotion changed what the stages select: look once more at once, so the status
-        // and metrics show it (and not more than once, whatever a registry does).
-        follow_up = wrote && !follow_up;
-        if follow_up {
+        // A promotion changed what the stages select: look again at once, so the status and
+        // metrics show it (a few times at most, whatever a registry does).
+        follow_ups = if wrote { follow_ups + 1 } else { 0 };
+        if wrote && follow_ups <= MAX_FOLLOW_UPS {
             delay = Duration::ZERO;
         }
     }

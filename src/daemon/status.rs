@@ -59,7 +59,9 @@ impl StageStatus {
 struct Announced {
     pending: Option<(String, String)>,
     conflict: Option<(String, String)>,
-    failure: Option<(String, String, String)>,
+    /// The target tag and digest of the failing promotion: a failure is announced once per
+    /// candidate, not per retry (error texts differ between attempts).
+    failure: Option<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -121,7 +123,9 @@ impl Status {
         }
     }
 
-    /// Records one reconcile's outcome and returns the events it is the first to show.
+    /// Records one reconcile's outcome and returns the events it is the first to show. A
+    /// pipeline no longer configured (an approval that finished after a reload) is not brought
+    /// back.
     pub fn record(
         &self,
         pipeline: &Pipeline,
@@ -129,10 +133,9 @@ impl Status {
         at: SystemTime,
     ) -> Vec<Event> {
         let mut all = self.pipelines.write().unwrap_or_else(|e| e.into_inner());
-        let entry = all.entry(pipeline.name.clone()).or_insert_with(|| Entry {
-            status: blank(pipeline),
-            announced: BTreeMap::new(),
-        });
+        let Some(entry) = all.get_mut(&pipeline.name) else {
+            return Vec::new();
+        };
         entry.status.last_reconcile = Some(at);
         let (plan, applied) = match outcome {
             Err(e) => {
@@ -190,7 +193,17 @@ impl Status {
                 }
                 _ => {}
             }
-            now.failure = was.failure.clone();
+            // A failure stays current while the stage still means to promote that candidate.
+            let wanted = match &st.action {
+                Action::Promote(p) | Action::Pending(p) | Action::Waiting { promotion: p, .. } => {
+                    Some((p.to_tag.clone(), p.digest.as_str().to_string()))
+                }
+                _ => None,
+            };
+            now.failure = was.failure.clone().filter(|k| Some(k) == wanted.as_ref());
+            if now.failure.is_none() {
+                stage.last_error = None;
+            }
             if let Some(a) = applied.iter().find(|a| a.stage == st.stage) {
                 match &a.result {
                     Ok(_) => {
@@ -204,9 +217,8 @@ impl Status {
                         let key = (
                             a.promotion.to_tag.clone(),
                             a.promotion.digest.as_str().to_string(),
-                            error.clone(),
                         );
-                        if was.failure.as_ref() != Some(&key) {
+                        if now.failure.as_ref() != Some(&key) {
                             events.push(Event {
                                 error: Some(error.clone()),
                                 ..event(EventKind::Failure, &a.promotion)
@@ -242,5 +254,131 @@ impl Status {
         all.iter()
             .map(|(name, e)| (name.clone(), e.status.clone()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{self, Format};
+    use crate::engine::plan::Current;
+    use crate::reference::Digest;
+
+    fn pipeline() -> Pipeline {
+        let text = include_str!("../../config/retagd.toml");
+        let loaded = config::parse(text, Format::Toml, "example").unwrap();
+        loaded.config.pipelines[0].clone()
+    }
+
+    fn promotion(to_tag: &str, seed: &str) -> Promotion {
+        Promotion {
+            from_stage: "staging".into(),
+            from_registry: "local".into(),
+            from_repository: "myorg/api-gateway".into(),
+            from_tag: "v1.2.0-rc.1".into(),
+            digest: Digest::of(seed.as_bytes()),
+            to_tag: to_tag.into(),
+            overwrite: false,
+        }
+    }
+
+    /// A plan whose production stage has `action`, and a failed copy of it when `failed`.
+    fn outcome(action: Action, failed: Option<&str>) -> (PipelinePlan, Vec<Applied>) {
+        let stage = |name: &str, action: Action| StagePlan {
+            stage: name.into(),
+            registry: "local".into(),
+            repository: "myorg/api-gateway".into(),
+            current: Some(Current {
+                tag: "v1".into(),
+                digest: Digest::of(b"x"),
+            }),
+            no_current: None,
+            action,
+        };
+        let applied = match (&action, failed) {
+            (Action::Promote(p), Some(error)) => vec![Applied {
+                stage: "production".into(),
+                promotion: p.clone(),
+                result: Err(error.into()),
+                duration: Duration::ZERO,
+            }],
+            _ => Vec::new(),
+        };
+        let plan = PipelinePlan {
+            pipeline: "api-gateway".into(),
+            stages: vec![
+                stage("dev", Action::Source),
+                stage("staging", Action::UpToDate { tag: "v1".into() }),
+                stage("production", action),
+            ],
+        };
+        (plan, applied)
+    }
+
+    fn kinds(events: &[Event]) -> Vec<&'static str> {
+        events.iter().map(|e| e.kind.as_str()).collect()
+    }
+
+    #[test]
+    fn pending_conflict_and_failure_are_announced_once_per_candidate() {
+        let p = pipeline();
+        let status = Status::default();
+        status.configure(std::slice::from_ref(&p));
+        let now = SystemTime::now();
+        let mut record = |action: Action, failed: Option<&str>| {
+            kinds(&status.record(&p, &Ok(outcome(action, failed)), now))
+        };
+        let a = promotion("v1.2.0", "a");
+        assert_eq!(record(Action::Pending(a.clone()), None), ["pending"]);
+        assert!(record(Action::Pending(a.clone()), None).is_empty());
+        // Retries of one failing candidate, with error texts that differ, announce once.
+        assert_eq!(
+            record(Action::Promote(a.clone()), Some("upload 1 failed")),
+            ["failure"]
+        );
+        assert!(record(Action::Promote(a.clone()), Some("upload 2 failed")).is_empty());
+        assert_eq!(
+            status.get("api-gateway").unwrap().stages[2]
+                .last_error
+                .as_deref(),
+            Some("upload 2 failed")
+        );
+        // Another candidate fails: announced; once nothing is promoted, the error is gone.
+        let b = promotion("v1.2.1", "b");
+        assert_eq!(
+            record(Action::Promote(b), Some("upload failed")),
+            ["failure"]
+        );
+        assert!(record(
+            Action::UpToDate {
+                tag: "v1.2.1".into()
+            },
+            None
+        )
+        .is_empty());
+        assert_eq!(
+            status.get("api-gateway").unwrap().stages[2].last_error,
+            None
+        );
+        let conflict = || Action::Conflict {
+            promotion: a.clone(),
+            existing: Digest::of(b"other"),
+        };
+        assert_eq!(record(conflict(), None), ["conflict"]);
+        assert!(record(conflict(), None).is_empty());
+    }
+
+    #[test]
+    fn a_pipeline_removed_by_a_reload_is_not_brought_back() {
+        let p = pipeline();
+        let status = Status::default();
+        status.configure(&[]);
+        let events = status.record(&p, &Ok(outcome(Action::Source, None)), SystemTime::now());
+        assert!(events.is_empty());
+        assert!(status.get("api-gateway").is_none());
     }
 }

@@ -10,7 +10,7 @@ use crate::reference::Digest;
 
 /// `sha256:` and the first 12 hex digits, as people quote digests.
 pub fn short(digest: &Digest) -> String {
-    format!("sha256:{}", &digest.hex()[..12])
+    crate::reference::short_digest(digest.as_str())
 }
 
 /// The action as a phrase.

@@ -145,6 +145,12 @@ pub(super) async fn promote(
         }
         Err(ApproveError::Target(e)) => return error(StatusCode::NOT_FOUND, e.to_string()),
         Err(e @ ApproveError::Plan(_)) => return error(StatusCode::BAD_GATEWAY, e.to_string()),
+        Err(e @ ApproveError::Stopping) => {
+            return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+        Err(e @ ApproveError::Internal) => {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
     };
     tracing::info!(pipeline = %pipeline, stage = %stage, "approval through the API");
     let (status, answer) = match approved {

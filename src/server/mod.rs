@@ -72,6 +72,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
             post(webhook).layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT)),
         )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".to_string()) })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed here (reads are GET, approvals and webhooks POST)".to_string(),
+            )
+        })
         .with_state(shared)
 }
 
@@ -93,19 +99,20 @@ fn error(status: StatusCode, message: String) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
-/// Reads a token or secret file: surrounding whitespace (the trailing newline editors and
-/// `kubectl create secret --from-file` leave) is not part of it, and an empty one is refused,
-/// since it would let an empty `Bearer` through.
+/// Reads a token or secret file by the rule of `password_file`: its first line (so the trailing
+/// newline editors leave is not part of it). An empty one is refused, since it would let an
+/// empty `Bearer` through.
 pub fn read_secret(path: &Path) -> std::io::Result<Vec<u8>> {
     let bytes = std::fs::read(path)?;
-    let trimmed = bytes.trim_ascii();
-    if trimmed.is_empty() {
+    let line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.is_empty() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            "the file is empty",
+            "its first line is empty",
         ));
     }
-    Ok(trimmed.to_vec())
+    Ok(line.to_vec())
 }
 
 /// Compares in time independent of where the inputs differ and of their lengths (both are

@@ -21,7 +21,7 @@
 //!
 //! - `distribution-push.json`: the envelope and event of
 //!   <https://distribution.github.io/distribution/about/notifications/> and the `Event` struct of
-//!   distribution's `notifications/event.go` (`target.tag`, `request.host`, `request.useragent`);
+//!   distribution's `notifications/event.go` (`target.tag`, `request.host`);
 //!   the blobs, platform manifest and tagged index of one `docker push`.
 //! - `harbor-push.json`: the `PUSH_ARTIFACT` example ("Payload Format", Default format) of
 //!   <https://goharbor.io/docs/latest/working-with-projects/project-configuration/configure-webhooks/>.
@@ -46,9 +46,6 @@ use crate::reference::{is_valid_host, is_valid_repository, is_valid_tag, DOCKER_
 pub const MAX_ENTRIES: usize = 1000;
 /// GitHub's container registry; its package events name no host.
 const GHCR: &str = "ghcr.io";
-/// retagd's own registry client's user agent (`registry::transport`): its pushes are promotions
-/// whose dependents the daemon triggers itself.
-const OWN_AGENT: &str = "retagd/";
 
 /// Which product sent the webhook; the path segment after /webhooks/.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -320,19 +317,17 @@ struct Target {
 #[serde(default)]
 struct Request {
     host: String,
-    useragent: String,
 }
 
-/// A tag push is a `push` with a tag: blob pushes and pushes by digest have none.
+/// A tag push is a `push` with a tag: blob pushes and pushes by digest have none. Pushes by
+/// retagd itself count too: its user agent is the same for the daemon and for `retagd copy` in
+/// a CI job, and an echo of the daemon's own promotion costs one reconcile that finds nothing.
 fn distribution(body: &[u8], out: &mut Received) -> Result<(), Refusal> {
     let envelope: Envelope = parse(body)?;
     limit("events", envelope.events.len())?;
     for (i, event) in envelope.events.into_iter().enumerate() {
         let (target, request) = (event.target, event.request);
-        if event.action != "push"
-            || target.tag.is_empty()
-            || request.useragent.starts_with(OWN_AGENT)
-        {
+        if event.action != "push" || target.tag.is_empty() {
             out.ignored += 1;
             continue;
         }
@@ -372,8 +367,7 @@ struct HarborRepository {
     repo_full_name: String,
 }
 
-/// Harbor names no user agent, so retagd's own pushes cannot be told apart; their extra
-/// reconcile finds nothing to do.
+/// Every `PUSH_ARTIFACT` resource with a tag is a push.
 fn harbor(body: &[u8], out: &mut Received) -> Result<(), Refusal> {
     let payload: HarborPayload = parse(body)?;
     if payload.specversion.is_some() {
@@ -678,7 +672,7 @@ mod tests {
     }
 
     #[test]
-    fn distribution_ignores_own_pushes_pulls_deletes_and_blobs() {
+    fn distribution_ignores_pulls_deletes_and_blobs() {
         let body = r#"{"events": [
             {"action": "push", "target": {"repository": "a/b", "tag": "v1"},
              "request": {"useragent": "retagd/0.1.0"}},
@@ -689,7 +683,10 @@ mod tests {
             {"action": "push", "target": {"repository": "a/b", "tag": "v2"},
              "request": {"host": ""}}
         ]}"#;
-        assert_eq!(send(Distribution, body).unwrap(), got(&["a/b:v2"], 5, 0));
+        assert_eq!(
+            send(Distribution, body).unwrap(),
+            got(&["a/b:v1", "a/b:v2"], 4, 0)
+        );
     }
 
     #[test]
