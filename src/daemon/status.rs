@@ -329,7 +329,7 @@ mod tests {
         let status = Status::default();
         status.configure(std::slice::from_ref(&p));
         let now = SystemTime::now();
-        let mut record = |action: Action, failed: Option<&str>| {
+        let record = |action: Action, failed: Option<&str>| {
             kinds(&status.record(&p, &Ok(outcome(action, failed)), now))
         };
         let a = promotion("v1.2.0", "a");
