@@ -82,6 +82,9 @@ pub struct Fault {
     pub path_contains: Option<String>,
     /// How many requests it applies to.
     pub times: usize,
+    /// The chance that a matching request gets it (1.0: every one); a request spared does not
+    /// use up `times`.
+    pub probability: f64,
     /// What it does.
     pub action: FaultAction,
 }
@@ -93,6 +96,7 @@ impl Fault {
             method: None,
             path_contains: None,
             times: 1,
+            probability: 1.0,
             action,
         }
     }
@@ -204,6 +208,14 @@ impl Fault {
         self
     }
 
+    /// Apply to each matching request with chance `p`, until cleared (`times` becomes
+    /// unlimited).
+    pub fn sometimes(mut self, p: f64) -> Fault {
+        self.probability = p;
+        self.times = usize::MAX;
+        self
+    }
+
     /// Add a header to a [`FaultAction::Respond`] answer (ignored for other actions).
     pub fn with_header(mut self, name: &str, value: &str) -> Fault {
         if let FaultAction::Respond { headers, .. } = &mut self.action {
@@ -282,7 +294,7 @@ impl ProxyRequest {
 }
 
 struct ProxyState {
-    upstream: SocketAddr,
+    upstream: Mutex<SocketAddr>,
     addr: OnceLock<SocketAddr>,
     client: reqwest::Client,
     faults: Mutex<VecDeque<Fault>>,
@@ -311,6 +323,12 @@ pub struct FaultProxy {
 }
 
 impl FaultProxy {
+    /// Forwards to another upstream from now on (a registry restarted on a new port).
+    pub fn set_upstream(&mut self, upstream: SocketAddr) {
+        *self.state.upstream.lock().expect("upstream lock") = upstream;
+        self.upstream = upstream;
+    }
+
     /// Starts a proxy on `127.0.0.1:0` forwarding to `http://<upstream>`.
     pub fn start(upstream: SocketAddr) -> FaultProxy {
         let client = reqwest::Client::builder()
@@ -321,7 +339,7 @@ impl FaultProxy {
             .build()
             .expect("build the proxy's upstream client");
         let state = Arc::new(ProxyState {
-            upstream,
+            upstream: Mutex::new(upstream),
             addr: OnceLock::new(),
             client,
             faults: Mutex::new(VecDeque::new()),
@@ -456,9 +474,15 @@ impl FaultProxy {
 }
 
 impl ProxyState {
+    fn upstream(&self) -> SocketAddr {
+        *self.upstream.lock().expect("upstream lock")
+    }
+
     fn take_fault(&self, method: &str, path: &str) -> Option<FaultAction> {
         let mut faults = self.faults.lock().expect("fault queue lock");
-        let index = faults.iter().position(|f| f.matches(method, path))?;
+        let index = faults
+            .iter()
+            .position(|f| f.matches(method, path) && fastrand::f64() < f.probability)?;
         let fault = &mut faults[index];
         fault.times -= 1;
         let action = fault.action.clone();
@@ -480,7 +504,7 @@ impl ProxyState {
         let (Ok(text), Some(addr)) = (value.to_str(), self.addr.get()) else {
             return value.clone();
         };
-        let from = format!("http://{}", self.upstream);
+        let from = format!("http://{}", self.upstream());
         if !text.contains(&from) {
             return value.clone();
         }
@@ -591,7 +615,7 @@ async fn handle(State(state): State<Arc<ProxyState>>, request: Request) -> Respo
         Some(FaultAction::Rewrite { from, to }) => path.replace(from.as_str(), to),
         _ => path.clone(),
     };
-    let url = format!("http://{}{}", state.upstream, forwarded);
+    let url = format!("http://{}{}", state.upstream(), forwarded);
     let mut upstream_request = state.client.request(parts.method.clone(), url);
     for (name, value) in &parts.headers {
         // The proxy answers `Expect: 100-continue` itself when it reads the body.
@@ -749,7 +773,7 @@ async fn page_tags(
     }
     let mut request = state
         .client
-        .get(format!("http://{}{route}", state.upstream));
+        .get(format!("http://{}{route}", state.upstream()));
     if let Some(a) = headers.get(header::AUTHORIZATION) {
         request = request.header(header::AUTHORIZATION, a);
     }

@@ -185,6 +185,35 @@ impl Registry {
         registry
     }
 
+    /// Kills the registry process (SIGKILL, as a crash) and starts it again on the same config
+    /// and storage; it listens on a new port, so proxies must be pointed at [`Registry::addr`].
+    pub fn restart(&mut self) {
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The new process logs its own `listening on` line: keep the old log beside it.
+        let old = self.log_path.with_extension("log.before-restart");
+        std::fs::rename(&self.log_path, &old).expect("move the registry log aside");
+        let log = File::create(&self.log_path).expect("create the registry log file");
+        let log_err = log.try_clone().expect("clone the registry log handle");
+        self.child = Command::new(REGISTRY_BIN)
+            .arg("serve")
+            .arg(self.dir.path().join("config.yml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .spawn()
+            .expect("restart the registry");
+        self.watchdog = spawn_watchdog(self.child.id());
+        self.addr = self.wait_for_listen_line();
+        self.wait_until_ready();
+    }
+
     /// `127.0.0.1:PORT`, the registry part of an image reference.
     pub fn host(&self) -> String {
         self.addr.to_string()
