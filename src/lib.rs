@@ -31,6 +31,8 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+#[cfg(test)]
+mod fuzzing;
 pub mod metrics;
 pub mod notify;
 pub mod policy;

@@ -346,3 +346,34 @@ mod tests {
         assert_eq!(short_digest("x:ééééééééééééééé"), "x:éééééééééééé");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::fuzzing::{fuzz, text_from};
+    use proptest::prelude::*;
+
+    #[test]
+    fn fuzz_references_round_trip_and_never_carry_path_tricks() {
+        let text = prop_oneof![
+            text_from("abc019.-_/:@%?#sha256ABCDEF", 80),
+            any::<String>(),
+        ];
+        fuzz("image references", text, |text| {
+            if let Ok(r) = text.parse::<Reference>() {
+                prop_assert!(is_valid_repository(&r.repository), "{r:?}");
+                prop_assert!(!r.repository.split('/').any(|c| c == ".." || c == "."));
+                if let Some(tag) = &r.tag {
+                    prop_assert!(is_valid_tag(tag));
+                }
+                let again: Reference = r
+                    .to_string()
+                    .parse()
+                    .map_err(|e| TestCaseError::fail(format!("{r} does not parse again: {e}")))?;
+                prop_assert_eq!(again, r);
+            }
+            let _ = text.parse::<Digest>();
+            Ok(())
+        });
+    }
+}

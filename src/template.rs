@@ -281,3 +281,21 @@ mod tests {
         assert_eq!(Template::parse("-{tag}"), Err(Error::BadStart('-')));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::fuzzing::{fuzz, text_from};
+
+    #[test]
+    fn fuzz_templates_parse_or_refuse_without_panicking() {
+        fuzz(
+            "promotion templates",
+            text_from("v{}majorintpchsexacgt.-_0123456789$", 40),
+            |text| {
+                let _ = Template::parse(&text);
+                Ok(())
+            },
+        );
+    }
+}

@@ -569,3 +569,25 @@ mod tests {
         assert!(err.to_string().contains("line 1"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::fuzzing::{fuzz, mutations};
+
+    static SEEDS_TOML: &[&[u8]] = &[include_bytes!("../../config/retagd.toml")];
+    static SEEDS_YAML: &[&[u8]] = &[include_bytes!("../../config/retagd.yaml")];
+
+    #[test]
+    fn fuzz_config_files_load_or_name_a_problem() {
+        for (format, seeds) in [(Format::Toml, SEEDS_TOML), (Format::Yaml, SEEDS_YAML)] {
+            fuzz("config files", mutations(seeds), |bytes| {
+                let text = String::from_utf8_lossy(&bytes);
+                if let Err(e) = parse(&text, format, "fuzz") {
+                    proptest::prop_assert!(!e.to_string().is_empty());
+                }
+                Ok(())
+            });
+        }
+    }
+}

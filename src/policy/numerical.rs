@@ -129,3 +129,21 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::fuzzing::{fuzz, text_from};
+
+    #[test]
+    fn fuzz_go_floats_parse_or_refuse_without_panicking() {
+        fuzz(
+            "numerical tags",
+            text_from("0123456789.eExXpP+-_abcfinINFaN", 30),
+            |text| {
+                let _ = parse_go_float(&text);
+                Ok(())
+            },
+        );
+    }
+}

@@ -366,3 +366,29 @@ mod tests {
         assert_eq!(rewrite_hyphen_ranges("1 - 2 3"), ">= 1, <= 2 3");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::fuzzing::{fuzz, text_from};
+
+    #[test]
+    fn fuzz_ranges_parse_or_refuse_and_check_without_panicking() {
+        let versions: Vec<Version> = ["0.0.0", "1.2.3", "1.2.3-rc.1", "10.0.0-0+b"]
+            .iter()
+            .map(|v| Version::parse(v).expect("constant version"))
+            .collect();
+        fuzz(
+            "semver ranges",
+            text_from("0123456789.xX*^~<>=!|, -+vabcrz", 40),
+            |text| {
+                if let Ok(range) = Range::parse(&text) {
+                    for v in &versions {
+                        let _ = range.matches(v);
+                    }
+                }
+                Ok(())
+            },
+        );
+    }
+}

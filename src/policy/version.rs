@@ -173,3 +173,21 @@ mod tests {
         assert_eq!(compare_identifier(big, "5"), Ordering::Greater);
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::fuzzing::{fuzz, text_from};
+    use proptest::prelude::*;
+
+    #[test]
+    fn fuzz_tags_parse_as_versions_or_not_and_compare_consistently() {
+        let tags = prop_oneof![text_from("0123456789.v-+abcrz", 30), any::<String>(),];
+        fuzz("version tags", (tags.clone(), tags), |(a, b)| {
+            if let (Some(x), Some(y)) = (parse_tag(&a), parse_tag(&b)) {
+                prop_assert_eq!(compare(&x, &y), compare(&y, &x).reverse());
+            }
+            Ok(())
+        });
+    }
+}

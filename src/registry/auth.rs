@@ -519,3 +519,36 @@ mod tests {
         assert!(e.contains("not valid JSON") && e.contains("line 1"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::fuzzing::{fuzz, mutations, text_from};
+
+    #[test]
+    fn fuzz_www_authenticate_challenges_parse_without_panicking() {
+        fuzz(
+            "WWW-Authenticate",
+            text_from("BearerBasic realm=\"\\,service scope:/ ahttps", 80),
+            |header| {
+                for c in parse_challenges(&header) {
+                    proptest::prop_assert_eq!(c.scheme.clone(), c.scheme.to_ascii_lowercase());
+                }
+                Ok(())
+            },
+        );
+    }
+
+    static TOKENS: &[&[u8]] = &[
+        br#"{"token":"abc.def.ghi","expires_in":300,"issued_at":"2026-11-26T00:00:00Z"}"#,
+        br#"{"access_token":"abc","refresh_token":"r","expires_in":60}"#,
+    ];
+
+    #[test]
+    fn fuzz_token_answers_are_read_or_refused() {
+        fuzz("token answers", mutations(TOKENS), |body| {
+            let _ = parse_token(&body, Instant::now());
+            Ok(())
+        });
+    }
+}

@@ -240,3 +240,25 @@ mod tests {
             .contains("config"));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::fuzzing::{fuzz, mutations};
+
+    static SEEDS: &[&[u8]] = &[
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824","size":5},{"mediaType":"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip","digest":"sha256:486ea46224d1bb4fb680f34f7c9ad96a8f24ec88be73ea8e5a6c65260e9cb8a7","size":5,"urls":["https://example.com/l"]}]}"#,
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824","size":500,"platform":{"architecture":"amd64","os":"linux"}}]}"#,
+        br#"{"schemaVersion":1,"name":"a/b","tag":"v1","fsLayers":[{"blobSum":"sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"}]}"#,
+    ];
+
+    #[test]
+    fn fuzz_manifests_and_indexes_are_walked_or_refused() {
+        fuzz("manifests", mutations(SEEDS), |bytes| {
+            if let Ok(media_type) = media_type(&bytes, Some("application/json")) {
+                let _ = contents(&bytes, &media_type);
+            }
+            Ok(())
+        });
+    }
+}

@@ -856,3 +856,24 @@ mod tests {
         BTreeMap::from([("x".to_string(), r)])
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::fuzzing::{fuzz, text_from};
+
+    #[test]
+    fn fuzz_link_headers_give_a_target_inside_the_header_or_none() {
+        fuzz(
+            "Link headers",
+            text_from("<>;,= rel\"nextprev/v2?n=1&last=a", 80),
+            |header| {
+                if let Some(target) = next_link(&header) {
+                    proptest::prop_assert!(header.contains(target));
+                    proptest::prop_assert!(!target.contains('>'));
+                }
+                Ok(())
+            },
+        );
+    }
+}

@@ -189,3 +189,26 @@ pub(super) async fn promote(
     };
     (status, Json(answer)).into_response()
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::fuzzing::{fuzz, mutations};
+
+    static BODIES: &[&[u8]] = &[br#"{"tag": "v1.2.0-rc.2"}"#, b"", br#"{}"#];
+
+    #[test]
+    fn fuzz_approval_bodies_give_a_valid_tag_or_a_message() {
+        fuzz("API bodies", mutations(BODIES), |bytes| {
+            match parse_body(&Bytes::from(bytes)) {
+                Ok(body) => {
+                    if let Some(tag) = body.tag {
+                        proptest::prop_assert!(reference::is_valid_tag(&tag));
+                    }
+                }
+                Err(message) => proptest::prop_assert!(!message.is_empty()),
+            }
+            Ok(())
+        });
+    }
+}

@@ -802,3 +802,56 @@ mod tests {
         assert_eq!(Source::from_path("GitHub"), None);
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::fuzzing::{fuzz, mutations};
+
+    static PAYLOADS: &[&[u8]] = &[
+        include_bytes!("../../tests/webhooks/distribution-push.json"),
+        include_bytes!("../../tests/webhooks/distribution-registry-2.8.json"),
+        include_bytes!("../../tests/webhooks/harbor-push.json"),
+        include_bytes!("../../tests/webhooks/github-package-published.json"),
+        include_bytes!("../../tests/webhooks/dockerhub-push.json"),
+    ];
+
+    #[test]
+    fn fuzz_webhook_payloads_yield_only_valid_names() {
+        let secret = b"fuzz-secret";
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            "Bearer fuzz-secret".parse().expect("header"),
+        );
+        headers.insert("x-github-event", "package".parse().expect("header"));
+        for source in [
+            Source::Distribution,
+            Source::Harbor,
+            Source::GitHub,
+            Source::DockerHub,
+        ] {
+            fuzz("webhook payloads", mutations(PAYLOADS), |body| {
+                let mut headers = headers.clone();
+                let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
+                mac.update(&body);
+                let hex: String = mac
+                    .finalize()
+                    .into_bytes()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                let signature = format!("sha256={hex}").parse().expect("header");
+                headers.insert("x-hub-signature-256", signature);
+                let received = receive(source, &headers, Some("token=fuzz-secret"), &body, secret);
+                if let Ok(received) = received {
+                    for push in received.pushes {
+                        proptest::prop_assert!(is_valid_repository(&push.repository));
+                        proptest::prop_assert!(is_valid_tag(&push.tag));
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+}
