@@ -662,3 +662,88 @@ fn base64_basic(user: &str, password: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
 }
+
+/// Resident memory (KiB) and open file descriptors of a process.
+fn rss_and_fds(pid: u32) -> (u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    (rss, fds)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a soak of RETAGD_SOAK_MINUTES (30): cargo test --release --test faults soak -- --ignored --nocapture"]
+async fn soak_a_push_every_few_seconds_keeps_memory_and_descriptors_flat() {
+    let minutes: u64 = std::env::var("RETAGD_SOAK_MINUTES")
+        .ok()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(30);
+    let mut fleet = Fleet::start(99);
+    let config = fleet.configure();
+    fleet.push_round().await;
+    let daemon = Daemon::start(&config, fleet.dir.path().join("daemon.log"));
+    fleet.wait_converged(Some(&daemon)).await;
+    let pid = daemon.child.id();
+    let start = rss_and_fds(pid);
+    let pusher = Pusher::new(&fleet.registry.url());
+    let until = Instant::now() + Duration::from_secs(minutes * 60);
+    let mut pushes = 0usize;
+    let mut samples = Vec::new();
+    while Instant::now() < until {
+        let i = pushes % fleet.repos.len();
+        let repo = fleet.repos[i].clone();
+        let version = fleet.pushed[&repo].len() + 1;
+        let image = TestImage::generate((version * 1000 + i) as u64 + 7, &[256]);
+        pusher
+            .push_image(&repo, &image, Some(&format!("v1.{version}.0-dev.1")))
+            .await;
+        fleet
+            .pushed
+            .get_mut(&repo)
+            .unwrap()
+            .push(image.digest.clone());
+        pushes += 1;
+        if pushes % 100 == 0 {
+            samples.push(rss_and_fds(pid));
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    // Every push promoted: each version's rc exists (and the release, where automatic).
+    support::poll_until("every push promoted", CONVERGE, || async {
+        for repo in &fleet.repos {
+            let tags = fleet.tags(repo).await;
+            for version in 1..=fleet.pushed[repo].len() {
+                if !tags.contains(&format!("v1.{version}.0-rc.1")) {
+                    return None;
+                }
+            }
+        }
+        Some(())
+    })
+    .await;
+    let checked = fleet.check_no_wrong_tag().await;
+    let end = rss_and_fds(pid);
+    eprintln!(
+        "soak: {minutes} min, {pushes} pushes over {} pipelines, {checked} promoted tags checked, 0 wrong; \
+         RSS {} -> {} KiB, fds {} -> {}; samples every 100 pushes: {samples:?}",
+        fleet.repos.len(),
+        start.0,
+        end.0,
+        start.1,
+        end.1
+    );
+    assert!(
+        end.1 <= start.1 + 10,
+        "descriptors grew: {start:?} -> {end:?}"
+    );
+    assert!(
+        end.0 <= start.0 * 3 / 2 + 4096,
+        "memory grew: {start:?} -> {end:?}"
+    );
+}

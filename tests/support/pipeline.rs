@@ -167,12 +167,17 @@ pub async fn digest_at(registry: &Registry, repo: &str, tag: &str) -> Option<Str
     )
 }
 
-/// The `retagd` binary with a clean environment.
+/// The `retagd` binary with a clean environment: no `RETAGD_*` variable of the test run (the
+/// suites' own switches such as `RETAGD_FAULTS` would be configuration overrides to it).
 pub fn retagd(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_retagd"));
+    command.args(args);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("RETAGD_") {
+            command.env_remove(key);
+        }
+    }
     command
-        .args(args)
-        .env_remove("RETAGD_CONFIG")
         .env("RETAGD_LOG", "info")
         .env("DOCKER_CONFIG", "/nonexistent");
     command
