@@ -709,7 +709,7 @@ async fn soak_a_push_every_few_seconds_keeps_memory_and_descriptors_flat() {
             .unwrap()
             .push(image.digest.clone());
         pushes += 1;
-        if pushes % 100 == 0 {
+        if pushes.is_multiple_of(100) {
             samples.push(rss_and_fds(pid));
         }
         tokio::time::sleep(Duration::from_secs(3)).await;
