@@ -185,15 +185,20 @@ impl Registry {
         registry
     }
 
-    /// Kills the registry process (SIGKILL, as a crash) and starts it again on the same config
-    /// and storage; it listens on a new port, so proxies must be pointed at [`Registry::addr`].
-    pub fn restart(&mut self) {
+    /// Kills the registry process (SIGKILL, as a crash); [`Registry::restart`] brings it back.
+    pub fn kill(&mut self) {
         if let Some(mut watchdog) = self.watchdog.take() {
             let _ = watchdog.kill();
             let _ = watchdog.wait();
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Kills the registry process if it runs and starts it again on the same config and
+    /// storage; it listens on a new port, so proxies must be pointed at [`Registry::addr`].
+    pub fn restart(&mut self) {
+        self.kill();
         // The new process logs its own `listening on` line: keep the old log beside it.
         let old = self.log_path.with_extension("log.before-restart");
         std::fs::rename(&self.log_path, &old).expect("move the registry log aside");
