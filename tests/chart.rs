@@ -993,3 +993,43 @@ fn the_chart_readme_lists_every_value() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn the_readme_install_example_renders_and_passes_retagd_check() {
+    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    let section = readme
+        .split_once("## Install in a cluster")
+        .and_then(|(_, rest)| rest.split_once("\n## "))
+        .expect("the README's Install in a cluster section")
+        .0;
+    let example = section
+        .split_once("```yaml\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .expect("a values example")
+        .0;
+    let dir = tempfile::tempdir().unwrap();
+    let values = dir.path().join("retagd-values.yaml");
+    std::fs::write(&values, example).unwrap();
+    let docs = rendered(&[values.to_str().unwrap()], &[]);
+    let file = dir.path().join("retagd.yaml");
+    std::fs::write(&file, config_text(&docs)).unwrap();
+    let out = run(retagd().args(["check", "--config"]).arg(&file));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).is_empty(),
+        "warnings: {}",
+        text(&out.stderr)
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("credentials from /var/run/secrets/retagd/docker/config.json"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("staging -> production as v{major}.{minor}.{patch} (manual, after 1day)"),
+        "{stdout}"
+    );
+    let config = config(&docs);
+    assert_eq!(config["notifications"][0]["format"], "slack");
+    assert!(config["registries"]["example"].is_null());
+}
