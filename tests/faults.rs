@@ -18,7 +18,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use support::images::{Pusher, TestImage};
-use support::pipeline::{digest_at, retagd, Daemon};
+use support::pipeline::{digest_at, pipeline_toml, retagd, Daemon, AUTO, MANUAL};
 use support::proxy::{Fault, FaultProxy};
 use support::registry::{Registry, RegistryOptions};
 
@@ -73,35 +73,11 @@ impl Fleet {
         );
         for repo in &self.repos {
             let (name, production) = if repo == EXAMPLE_REPO {
-                ("api-gateway".to_string(), "manual")
+                ("api-gateway".to_string(), MANUAL)
             } else {
-                (repo.replace('/', "-"), "auto")
+                (repo.replace('/', "-"), AUTO)
             };
-            text.push_str(&format!(
-                r#"
-[[pipelines]]
-name = "{name}"
-registry = "local"
-repository = "{repo}"
-
-[[pipelines.stages]]
-name = "dev"
-filter_tags = {{ pattern = '^v\d+\.\d+\.\d+-dev\.\d+$' }}
-policy = {{ semver = {{ range = ">=1.0.0-0" }} }}
-
-[[pipelines.stages]]
-name = "staging"
-filter_tags = {{ pattern = '^v\d+\.\d+\.\d+-rc\.\d+$' }}
-policy = {{ semver = {{ range = ">=1.0.0-rc.0" }} }}
-promote = {{ from = "dev", tag = "v{{major}}.{{minor}}.{{patch}}-rc.{{n}}", approval = "auto" }}
-
-[[pipelines.stages]]
-name = "production"
-filter_tags = {{ pattern = '^v\d+\.\d+\.\d+$' }}
-policy = {{ semver = {{ range = ">=1.0.0" }} }}
-promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", approval = "{production}" }}
-"#
-            ));
+            text.push_str(&pipeline_toml(&name, repo, AUTO, production));
         }
         let path = self.dir.path().join("retagd.toml");
         std::fs::write(&path, text).unwrap();
@@ -567,13 +543,7 @@ async fn a_token_expiring_mid_run_is_renewed_and_no_secret_reaches_a_trace_log()
     let env = support::pipeline::Env::with(registry, proxy);
     let password_file = env.dir.path().join("password");
     std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
-    let config = env.configure_with(
-        "1s",
-        support::pipeline::AUTO,
-        support::pipeline::MANUAL,
-        "",
-        "",
-    );
+    let config = env.configure_with("1s", AUTO, MANUAL, "", "");
     let text = std::fs::read_to_string(&config).unwrap().replace(
         "[registries.local]\n",
         &format!(

@@ -17,6 +17,36 @@ pub const REPO: &str = "myorg/api-gateway";
 /// How long a test waits for the daemon to do something.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// The example pipeline's `[[pipelines]]` block (dev -> rc -> release in registry `local`),
+/// named `name` in `repository`, with these `promote` options for staging and production.
+pub fn pipeline_toml(name: &str, repository: &str, staging: &str, production: &str) -> String {
+    format!(
+        r#"
+[[pipelines]]
+name = "{name}"
+registry = "local"
+repository = "{repository}"
+
+[[pipelines.stages]]
+name = "dev"
+filter_tags = {{ pattern = '^v\d+\.\d+\.\d+-dev\.\d+$' }}
+policy = {{ semver = {{ range = ">=1.0.0-0" }} }}
+
+[[pipelines.stages]]
+name = "staging"
+filter_tags = {{ pattern = '^v\d+\.\d+\.\d+-rc\.\d+$' }}
+policy = {{ semver = {{ range = ">=1.0.0-rc.0" }} }}
+promote = {{ from = "dev", tag = "v{{major}}.{{minor}}.{{patch}}-rc.{{n}}", {staging} }}
+
+[[pipelines.stages]]
+name = "production"
+filter_tags = {{ pattern = '^v\d+\.\d+\.\d+$' }}
+policy = {{ semver = {{ range = ">=1.0.0" }} }}
+promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {production} }}
+"#
+    )
+}
+
 /// A registry behind a counting proxy, and a directory for config and state.
 pub struct Env {
     /// The real registry.
@@ -81,32 +111,12 @@ state_dir = "{state}"
 
 [registries.local]
 url = "{url}"
-
-[[pipelines]]
-name = "api-gateway"
-registry = "local"
-repository = "{REPO}"
-
-[[pipelines.stages]]
-name = "dev"
-filter_tags = {{ pattern = '^v\d+\.\d+\.\d+-dev\.\d+$' }}
-policy = {{ semver = {{ range = ">=1.0.0-0" }} }}
-
-[[pipelines.stages]]
-name = "staging"
-filter_tags = {{ pattern = '^v\d+\.\d+\.\d+-rc\.\d+$' }}
-policy = {{ semver = {{ range = ">=1.0.0-rc.0" }} }}
-promote = {{ from = "dev", tag = "v{{major}}.{{minor}}.{{patch}}-rc.{{n}}", {staging} }}
-
-[[pipelines.stages]]
-name = "production"
-filter_tags = {{ pattern = '^v\d+\.\d+\.\d+$' }}
-policy = {{ semver = {{ range = ">=1.0.0" }} }}
-promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {production} }}
+{pipeline}
 {extra}
 "#,
             state = self.dir.path().join("state").display(),
             url = self.proxy.url(),
+            pipeline = pipeline_toml("api-gateway", REPO, staging, production),
         );
         std::fs::write(self.config_path(), text).unwrap();
         self.config_path()

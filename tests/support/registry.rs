@@ -153,21 +153,7 @@ impl Registry {
         std::fs::write(&config_path, config).expect("write the registry config");
 
         let log_path = dir.path().join("registry.log");
-        let log = File::create(&log_path).expect("create the registry log file");
-        let log_err = log.try_clone().expect("clone the registry log handle");
-        let child = Command::new(REGISTRY_BIN)
-            .arg("serve")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err))
-            // Settings from the environment would override the generated config.
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("start `{REGISTRY_BIN} serve` (apt-get install -y docker-registry): {e}")
-            });
+        let child = serve(&config_path, &log_path);
 
         let watchdog = spawn_watchdog(child.id());
         // From here on, Drop kills the child whatever happens.
@@ -202,18 +188,7 @@ impl Registry {
         // The new process logs its own `listening on` line: keep the old log beside it.
         let old = self.log_path.with_extension("log.before-restart");
         std::fs::rename(&self.log_path, &old).expect("move the registry log aside");
-        let log = File::create(&self.log_path).expect("create the registry log file");
-        let log_err = log.try_clone().expect("clone the registry log handle");
-        self.child = Command::new(REGISTRY_BIN)
-            .arg("serve")
-            .arg(self.dir.path().join("config.yml"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err))
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .spawn()
-            .expect("restart the registry");
+        self.child = serve(&self.dir.path().join("config.yml"), &self.log_path);
         self.watchdog = spawn_watchdog(self.child.id());
         self.addr = self.wait_for_listen_line();
         self.wait_until_ready();
@@ -316,6 +291,25 @@ impl Drop for Registry {
             );
         }
     }
+}
+
+/// Starts `docker-registry serve CONFIG`, logging to a new file at `log_path`.
+fn serve(config_path: &Path, log_path: &Path) -> Child {
+    let log = File::create(log_path).expect("create the registry log file");
+    let log_err = log.try_clone().expect("clone the registry log handle");
+    Command::new(REGISTRY_BIN)
+        .arg("serve")
+        .arg(config_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log_err))
+        // Settings from the environment would override the generated config.
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("start `{REGISTRY_BIN} serve` (apt-get install -y docker-registry): {e}")
+        })
 }
 
 fn parse_listen_addr(log: &str) -> Option<SocketAddr> {
