@@ -137,6 +137,64 @@ async fn the_story_from_dev_to_release_with_idempotent_reconciles() {
 }
 
 #[tokio::test]
+async fn a_tag_listed_before_its_manifest_is_readable_is_looked_at_again_at_once() {
+    // The CNCF registry lists a pushed tag a moment before a HEAD finds it, and its webhook
+    // arrives before either: the reconcile it wakes must not take the new build for gone.
+    let env = Env::start();
+    let config = env.configure(AUTO, MANUAL, "");
+    let dev1 = env.push(REPO, "v1.2.0-dev.1", 1).await;
+    env.proxy.inject(
+        Fault::status(404)
+            .on("HEAD")
+            .path_contains("/manifests/v1.2.0-dev.1")
+            .times(2),
+    );
+    let out = run(&config, &["reconcile"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        env.digest(REPO, "v1.2.0-rc.1").await.as_deref(),
+        Some(dev1.as_str()),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        env.proxy
+            .count_where(|r| r.is_manifest_head() && r.path.ends_with("v1.2.0-dev.1")),
+        3,
+        "two 404s, then the digest"
+    );
+
+    // A tag that stays unreadable is given up on after three more looks, as before.
+    env.proxy.clear();
+    let dev2 = env.push(REPO, "v1.2.0-dev.2", 2).await;
+    env.proxy.inject(
+        Fault::status(404)
+            .on("HEAD")
+            .path_contains("/manifests/v1.2.0-dev.2")
+            .times(100),
+    );
+    let out = run(&config, &["plan"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("disappeared from the registry"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        env.proxy
+            .count_where(|r| r.is_manifest_head() && r.path.ends_with("v1.2.0-dev.2")),
+        4
+    );
+    env.proxy.clear_faults();
+    let out = run(&config, &["reconcile"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        env.digest(REPO, "v1.2.0-rc.2").await.as_deref(),
+        Some(dev2.as_str())
+    );
+}
+
+#[tokio::test]
 async fn a_release_tag_with_another_digest_is_a_conflict_unless_overwrite() {
     let env = Env::start();
     let rc = env.push(REPO, "v1.2.0-rc.1", 1).await;

@@ -37,6 +37,14 @@ pub use state::State;
 const EXTRA_ROUNDS: usize = 3;
 /// HEADs in flight per pipeline while resolving digests (the registry's own limit still holds).
 const RESOLVE_WIDTH: usize = 8;
+/// A tag the listing showed but a HEAD did not find is HEADed again this many times, after
+/// [`UNREADABLE_DELAY`], doubling. The CNCF registry (2.8) creates a pushed tag's directory,
+/// which the listing shows, a moment before it writes the link a HEAD reads, and it sends its
+/// push webhook before either: a reconcile woken by that webhook would otherwise find the new
+/// tag "disappeared" and promote only at the next look (0.5 s later).
+const UNREADABLE_RETRIES: u32 = 3;
+/// First wait before looking again at a listed tag that a HEAD did not find (then 20, 40 ms).
+const UNREADABLE_DELAY: Duration = Duration::from_millis(10);
 
 /// Why a pipeline could not be planned.
 #[derive(Debug, thiserror::Error)]
@@ -370,14 +378,25 @@ impl Engine {
         tag: String,
     ) -> Result<((plan::RepoKey, String), Option<Digest>), Error> {
         let client = self.client(&key.0)?;
-        match client.head_manifest(&key.1, &tag).await {
-            Ok(head) => Ok(((key, tag), head.map(|h| h.digest))),
-            Err(source) => Err(Error::Resolve {
-                registry: key.0,
-                repository: key.1,
-                tag,
-                source: Box::new(source),
-            }),
+        // Every tag the planner asks about was in the listing (see `UNREADABLE_RETRIES`).
+        let (mut delay, mut retries) = (UNREADABLE_DELAY, 0);
+        loop {
+            match client.head_manifest(&key.1, &tag).await {
+                Ok(None) if retries < UNREADABLE_RETRIES => {
+                    retries += 1;
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Ok(head) => return Ok(((key, tag), head.map(|h| h.digest))),
+                Err(source) => {
+                    return Err(Error::Resolve {
+                        registry: key.0,
+                        repository: key.1,
+                        tag,
+                        source: Box::new(source),
+                    })
+                }
+            }
         }
     }
 
