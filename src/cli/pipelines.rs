@@ -85,8 +85,8 @@ pub struct RunArgs {
     /// After SIGTERM, how long reconciles in flight may take to finish.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     grace_period: Duration,
-    /// Pipelines reconciling at once.
-    #[arg(long, default_value_t = daemon::DEFAULT_PARALLEL)]
+    /// Pipelines reconciling at once per registry.
+    #[arg(long, default_value_t = crate::engine::DEFAULT_PARALLEL)]
     parallel: usize,
 }
 

@@ -37,6 +37,10 @@ pub use state::State;
 const EXTRA_ROUNDS: usize = 3;
 /// HEADs in flight per pipeline while resolving digests (the registry's own limit still holds).
 const RESOLVE_WIDTH: usize = 8;
+/// Pipelines reconciling at once per registry by default (`retagd run --parallel`); see
+/// [`Engine::with_parallel`]. Twice the default `max_concurrency`, so the registry's request
+/// slots stay busy while some pipelines plan.
+pub const DEFAULT_PARALLEL: usize = 16;
 /// A tag the listing showed but a HEAD did not find is HEADed again this many times, after
 /// [`UNREADABLE_DELAY`], doubling. The CNCF registry (2.8) creates a pushed tag's directory,
 /// which the listing shows, a moment before it writes the link a HEAD reads, and it sends its
@@ -242,9 +246,10 @@ pub struct Engine {
     /// One reconcile at a time per target repository, so two pipelines promoting into one
     /// repository cannot both compute and PUT the same next `{n}`.
     locks: Mutex<HashMap<plan::RepoKey, Arc<tokio::sync::Mutex<()>>>>,
-    /// Bounds the pipelines copying at once (the daemon's `--parallel`); listing and planning
-    /// are not bounded by it, so pipelines stuck on a dead registry hold no slot.
-    apply_limit: Option<Arc<tokio::sync::Semaphore>>,
+    /// Pipelines reconciling or planning at once, per registry they read or write (see
+    /// [`Engine::with_parallel`]), created as registries are first used.
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    parallel: usize,
 }
 
 impl std::fmt::Debug for Engine {
@@ -261,14 +266,21 @@ impl Engine {
             state: Mutex::new(state),
             known: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
-            apply_limit: None,
+            slots: Mutex::new(HashMap::new()),
+            parallel: DEFAULT_PARALLEL,
         }
     }
 
-    /// Bounds how many pipelines apply promotions at once.
+    /// Bounds the pipelines that reconcile or plan at once to `parallel` per registry. A
+    /// pipeline holds its tag lists, parsed versions and digests from its listing to its last
+    /// copy; without a bound, a fleet woken at once (start-up, a reload) lists every repository
+    /// before any pipeline gets its HEADs through the registry's `max_concurrency`, and the
+    /// daemon holds every list at the same time (at 1,000 pipelines of 1,000 tags, most of its
+    /// 138 MiB). Per registry, so pipelines stuck on an unresponsive registry (up to five 60 s
+    /// read timeouts) hold up only that registry's pipelines.
     #[must_use]
-    pub fn limiting_applies_to(mut self, limit: Arc<tokio::sync::Semaphore>) -> Engine {
-        self.apply_limit = Some(limit);
+    pub fn with_parallel(mut self, parallel: usize) -> Engine {
+        self.parallel = parallel.max(1);
         self
     }
 
@@ -299,6 +311,45 @@ impl Engine {
     /// Lists the pipeline's repositories and plans, resolving digests as the planner asks.
     /// With `record`, the stages' current digests are remembered for `min_age`.
     pub async fn plan(
+        &self,
+        pipeline: &Pipeline,
+        intent: &Intent,
+        record: bool,
+    ) -> Result<PipelinePlan, Error> {
+        let _slots = self.slots(pipeline).await;
+        self.plan_holding_slots(pipeline, intent, record).await
+    }
+
+    /// Waits for a slot of every registry `pipeline` uses, in name order, so two pipelines
+    /// that share registries cannot each hold one the other waits for.
+    async fn slots(&self, pipeline: &Pipeline) -> Vec<tokio::sync::OwnedSemaphorePermit> {
+        let names: BTreeSet<&str> = pipeline
+            .stages
+            .iter()
+            .map(|s| s.registry.as_str())
+            .collect();
+        let semaphores: Vec<_> = {
+            let mut all = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            names
+                .into_iter()
+                .map(|name| {
+                    all.entry(name.to_string())
+                        .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.parallel)))
+                        .clone()
+                })
+                .collect()
+        };
+        let mut held = Vec::with_capacity(semaphores.len());
+        for semaphore in semaphores {
+            // Never closed, so a permit always comes.
+            if let Ok(permit) = semaphore.acquire_owned().await {
+                held.push(permit);
+            }
+        }
+        held
+    }
+
+    async fn plan_holding_slots(
         &self,
         pipeline: &Pipeline,
         intent: &Intent,
@@ -443,14 +494,6 @@ impl Engine {
     ) -> Vec<Applied> {
         let mut failed: HashSet<&str> = HashSet::new();
         let mut applied = Vec::new();
-        let promotes = plan
-            .stages
-            .iter()
-            .any(|s| matches!(s.action, Action::Promote(_)));
-        let _slot = match (&self.apply_limit, promotes) {
-            (Some(limit), true) => limit.clone().acquire_owned().await.ok(),
-            _ => None,
-        };
         for stage in &plan.stages {
             let Action::Promote(p) = &stage.action else {
                 continue;
@@ -578,12 +621,14 @@ impl Engine {
                 .map(|k| all.entry(k).or_default().clone())
                 .collect()
         };
-        // In key order, so two pipelines sharing repositories cannot deadlock.
+        // Slots before locks, and each in key order, so two pipelines sharing registries or
+        // repositories cannot deadlock.
+        let _slots = self.slots(pipeline).await;
         let mut _held = Vec::with_capacity(locks.len());
         for lock in locks {
             _held.push(lock.lock_owned().await);
         }
-        let plan = self.plan(pipeline, intent, true).await?;
+        let plan = self.plan_holding_slots(pipeline, intent, true).await?;
         let applied = self.apply(pipeline, &plan, stopping).await;
         self.save_state();
         let count = |f: fn(&Action) -> bool| plan.stages.iter().filter(|s| f(&s.action)).count();
