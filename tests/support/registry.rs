@@ -64,6 +64,9 @@ pub struct RegistryOptions {
     pub tls: Option<TlsFiles>,
     /// POST manifest events (push; pull, also by HEAD; delete) to this webhook endpoint.
     pub notifications: Option<NotificationEndpoint>,
+    /// Keep the storage in this directory (created if missing, never removed) instead of the
+    /// temporary one, e.g. seeded data reused across benchmark runs.
+    pub storage: Option<PathBuf>,
 }
 
 /// A webhook endpoint the registry POSTs events to (`notifications.endpoints` of the config).
@@ -79,6 +82,9 @@ pub struct NotificationEndpoint {
     pub url: String,
     /// The bearer token in the `Authorization` header of every POST.
     pub bearer: String,
+    /// Actions the endpoint is not sent (`ignore.actions`), e.g. `pull`: every manifest HEAD
+    /// is a pull event, and a client polling with HEAD would queue them ahead of the next push.
+    pub ignored_actions: Vec<String>,
 }
 
 impl RegistryOptions {
@@ -121,12 +127,30 @@ impl RegistryOptions {
         self.notifications = Some(NotificationEndpoint {
             url: url.to_string(),
             bearer: bearer.to_string(),
+            ignored_actions: Vec::new(),
         });
+        self
+    }
+
+    /// With [`Self::with_notifications`]: pull events (GETs and HEADs of manifests) are not
+    /// sent, only pushes and deletes.
+    pub fn ignoring_pull_events(mut self) -> RegistryOptions {
+        if let Some(endpoint) = &mut self.notifications {
+            endpoint.ignored_actions = vec!["pull".to_string()];
+        }
+        self
+    }
+
+    /// Keeps the registry's storage in `dir` (created if missing and kept after the registry
+    /// stops), so data seeded once can be served again by later registries.
+    pub fn with_storage(mut self, dir: &Path) -> RegistryOptions {
+        self.storage = Some(dir.to_path_buf());
         self
     }
 }
 
-/// A running registry process; dropping it kills the process and removes its storage.
+/// A running registry process; dropping it kills the process and removes its storage (unless
+/// it was given one with [`RegistryOptions::with_storage`]).
 pub struct Registry {
     /// The address it listens on (`127.0.0.1:PORT`).
     pub addr: SocketAddr,
@@ -135,6 +159,7 @@ pub struct Registry {
     tls: bool,
     log_path: PathBuf,
     log_shown: bool,
+    storage: PathBuf,
     dir: TempDir,
 }
 
@@ -149,7 +174,11 @@ impl Registry {
             .tempdir()
             .expect("create the registry temp dir");
         let config_path = dir.path().join("config.yml");
-        let config = config_yaml(dir.path(), &options);
+        let storage = options
+            .storage
+            .clone()
+            .unwrap_or_else(|| dir.path().join("data"));
+        let config = config_yaml(dir.path(), &storage, &options);
         std::fs::write(&config_path, config).expect("write the registry config");
 
         let log_path = dir.path().join("registry.log");
@@ -164,6 +193,7 @@ impl Registry {
             tls: options.tls.is_some(),
             log_path,
             log_shown: false,
+            storage,
             dir,
         };
         registry.addr = registry.wait_for_listen_line();
@@ -222,7 +252,7 @@ impl Registry {
 
     /// The storage root (`rootdirectory` of the filesystem driver).
     pub fn storage_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.storage.clone()
     }
 
     fn fail(&mut self, why: &str) -> ! {
@@ -343,14 +373,14 @@ fn qp(path: &Path) -> String {
 }
 
 /// The log level must stay `info`: the bound port is read from an info line.
-fn config_yaml(dir: &Path, options: &RegistryOptions) -> String {
+fn config_yaml(dir: &Path, storage: &Path, options: &RegistryOptions) -> String {
     let mut yaml = format!(
         "version: 0.1\n\
          log:\n  level: info\n  formatter: text\n\
          storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n\
          \x20 maintenance:\n    uploadpurging:\n      enabled: false\n\
          http:\n  addr: 127.0.0.1:0\n  secret: retagd-test-http-secret\n",
-        data = qp(&dir.join("data")),
+        data = qp(storage),
     );
     if let Some(tls) = &options.tls {
         yaml.push_str(&format!(
@@ -405,6 +435,13 @@ fn config_yaml(dir: &Path, options: &RegistryOptions) -> String {
             q(&endpoint.url),
             q(&format!("Bearer {}", endpoint.bearer))
         ));
+        if !endpoint.ignored_actions.is_empty() {
+            let actions: Vec<String> = endpoint.ignored_actions.iter().map(|a| q(a)).collect();
+            yaml.push_str(&format!(
+                "      ignore:\n        actions: [{}]\n",
+                actions.join(", ")
+            ));
+        }
     }
     yaml
 }
