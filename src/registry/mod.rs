@@ -17,6 +17,7 @@ mod auth;
 mod copy;
 pub mod manifest;
 mod observe;
+mod tls;
 mod transport;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -184,7 +184,8 @@ impl Transport {
             registry: name.clone(),
             message,
         };
-        let mut builder = reqwest::Client::builder()
+        let tls = super::tls::client_config(settings.ca_pem.as_deref()).map_err(setup)?;
+        let http = reqwest::Client::builder()
             .user_agent(concat!("retagd/", env!("CARGO_PKG_VERSION")))
             // Redirects are followed here, to strip credentials ourselves and count each hop.
             .redirect(reqwest::redirect::Policy::none())
@@ -192,16 +193,8 @@ impl Transport {
             // No total timeout: a 1 GiB layer takes what it takes. A stalled read fails.
             .read_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(settings.max_concurrency.max(1) as usize)
-            .https_only(base.scheme() == "https");
-        if let Some(pem) = &settings.ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| setup(format!("ca_file is not a PEM certificate: {e}")))?;
-            if certs.is_empty() {
-                return Err(setup("ca_file holds no certificate".into()));
-            }
-            builder = builder.tls_certs_merge(certs);
-        }
-        let http = builder
+            .https_only(base.scheme() == "https")
+            .use_preconfigured_tls(tls)
             .build()
             .map_err(|e| setup(format!("cannot set up HTTP client: {e}")))?;
         let pacer = settings
