@@ -157,24 +157,35 @@ url = "{url}"
     }
 }
 
-/// The digest a registry holds under `repo:tag`, read without retagd.
+/// The digest a registry holds under `repo:tag`, read without retagd. The CNCF registry answers
+/// a read that races its own write of the tag with a 500 now and then ("invalid checksum digest
+/// format"): such an answer is asked again, up to ten times 20 ms apart.
 pub async fn digest_at(registry: &Registry, repo: &str, tag: &str) -> Option<String> {
-    let response = super::http_client()
-        .head(format!("{}/v2/{repo}/manifests/{tag}", registry.url()))
-        .header("Accept", MANIFEST_ACCEPT)
-        .send()
-        .await
-        .unwrap();
-    if response.status() == 404 {
-        return None;
+    let mut attempts = 0;
+    loop {
+        let response = super::http_client()
+            .head(format!("{}/v2/{repo}/manifests/{tag}", registry.url()))
+            .header("Accept", MANIFEST_ACCEPT)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        if status == 404 {
+            return None;
+        }
+        if status.is_server_error() && attempts < 10 {
+            attempts += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            continue;
+        }
+        assert!(status.is_success(), "HEAD {repo}:{tag}: {status}");
+        return Some(
+            response.headers()["docker-content-digest"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
     }
-    assert!(response.status().is_success(), "{}", response.status());
-    Some(
-        response.headers()["docker-content-digest"]
-            .to_str()
-            .unwrap()
-            .to_string(),
-    )
 }
 
 /// The `retagd` binary with a clean environment: no `RETAGD_*` variable of the test run (the

@@ -79,6 +79,9 @@ pub struct TokenServerOptions {
     /// `expires_in`. Lets a test make the registry refuse tokens the client still thinks valid.
     /// The registry allows 60 s of leeway, so an already-expired token needs `< -60`.
     pub token_lifetime: Option<i64>,
+    /// When set, `token_lifetime` applies only to requests whose `User-Agent` starts with this
+    /// (e.g. `retagd/`), so the test's own skopeo pushes keep working tokens.
+    pub token_lifetime_agent: Option<String>,
 }
 
 impl TokenServerOptions {
@@ -98,6 +101,7 @@ impl TokenServerOptions {
             anonymous: AnonymousAccess::Nothing,
             expires_in: 300,
             token_lifetime: None,
+            token_lifetime_agent: None,
         }
     }
 
@@ -262,6 +266,13 @@ impl TokenServer {
             .token_lifetime = seconds;
     }
 
+    /// [`Self::set_token_lifetime`] for clients whose `User-Agent` starts with `agent` only.
+    pub fn set_token_lifetime_for_agent(&self, agent: &str, seconds: Option<i64>) {
+        let mut options = self.state.options.lock().expect("token options lock");
+        options.token_lifetime = seconds;
+        options.token_lifetime_agent = Some(agent.to_string());
+    }
+
     /// Changes what anonymous requests get from now on.
     pub fn set_anonymous(&self, anonymous: AnonymousAccess) {
         self.state
@@ -304,7 +315,7 @@ async fn get_token(
             _ => {}
         }
     }
-    let options = state.options.lock().expect("token options lock").clone();
+    let options = options_for(&state, &headers);
     let basic = basic_credentials(&headers);
     let identity = match &basic {
         None => Identity::Anonymous,
@@ -353,7 +364,7 @@ async fn post_token(
             _ => {}
         }
     }
-    let options = state.options.lock().expect("token options lock").clone();
+    let options = options_for(&state, &headers);
     let basic_auth = basic_credentials(&headers).is_some();
     let (identity, new_refresh) = match grant_type.as_deref() {
         Some("refresh_token") => {
@@ -584,6 +595,21 @@ fn check_password(options: &TokenServerOptions, user: &str, password: &str) -> I
         }
         _ => Identity::Refused,
     }
+}
+
+/// The options, with `token_lifetime` dropped for a client it is not meant for.
+fn options_for(state: &TokenState, headers: &HeaderMap) -> TokenServerOptions {
+    let mut options = state.options.lock().expect("token options lock").clone();
+    if let Some(agent) = &options.token_lifetime_agent {
+        let theirs = headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !theirs.starts_with(agent.as_str()) {
+            options.token_lifetime = None;
+        }
+    }
+    options
 }
 
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
