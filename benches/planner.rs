@@ -16,6 +16,9 @@ use retagd::config::{self, Format, Pipeline};
 use retagd::engine::plan::{self, Intent, Observed, Planned};
 use retagd::reference::Digest;
 
+#[path = "fleet/tags.rs"]
+mod tags;
+
 const PIPELINES: usize = 1000;
 const TAGS: usize = 1000;
 
@@ -54,33 +57,12 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", approval 
         .pipelines
 }
 
-/// The steady state's tags (see `benches/fleet/steady.rs`): older dev builds, rcs, releases and
-/// branch builds on images 1-3, then `v2.0.0-dev.1`, `v2.0.0-rc.1` and `v2.0.0` on image 0.
-fn tags(n: usize) -> Vec<(String, u8)> {
-    let mut tags: Vec<(String, u8)> = (0..n - 3)
-        .map(|i| {
-            let (minor, patch) = (i / 1000, i % 1000);
-            let tag = match i % 10 {
-                0..=5 => format!("v1.{minor}.{patch}-dev.1"),
-                6 | 7 => format!("v1.{minor}.{patch}-rc.1"),
-                8 => format!("v1.{minor}.{patch}"),
-                _ => format!("main-{:07x}", i.wrapping_mul(0x9E37_79B1) & 0xfff_ffff),
-            };
-            (tag, 1 + (i % 3) as u8)
-        })
-        .collect();
-    for current in ["v2.0.0-dev.1", "v2.0.0-rc.1", "v2.0.0"] {
-        tags.push((current.to_string(), 0));
-    }
-    tags
-}
-
 fn now() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
 }
 
 /// The snapshot the driver would have after listing and resolving what the planner asked for.
-fn snapshot(pipeline: &Pipeline, tags: &[(String, u8)]) -> Observed {
+fn snapshot(pipeline: &Pipeline, tags: &[(String, usize)]) -> Observed {
     let key = plan::repo_key(&pipeline.stages[0]);
     let mut observed = Observed::default();
     observed
@@ -94,7 +76,7 @@ fn snapshot(pipeline: &Pipeline, tags: &[(String, u8)]) -> Observed {
                     let image = tags.iter().find(|(t, _)| *t == tag).map(|(_, i)| *i);
                     observed
                         .digests
-                        .insert((k, tag), image.map(|i| Digest::of(&[i])));
+                        .insert((k, tag), image.map(|i| Digest::of(&[i as u8])));
                 }
             }
         }
@@ -113,7 +95,7 @@ fn plan_all(pipelines: &[Pipeline], snapshots: &[Observed]) -> usize {
 
 fn planner(c: &mut Criterion) {
     let pipelines = pipelines(PIPELINES);
-    let steady_tags = tags(TAGS);
+    let steady_tags = tags::tags(TAGS);
     // A new dev build in every repository: staging promotes it, production waits for approval.
     let mut new_build = steady_tags.clone();
     new_build.push(("v2.0.1-dev.1".to_string(), 9));

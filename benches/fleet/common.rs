@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::support::pipeline::{pipeline_toml, AUTO, MANUAL};
+
 /// The release (under `cargo bench`) or debug (under `cargo test`) retagd binary.
 pub const RETAGD: &str = env!("CARGO_BIN_EXE_retagd");
 
@@ -324,26 +326,6 @@ policy = { semver = { range = ">=1.0.0-rc.0" } }
 promote = { from = "dev", tag = "v{major}.{minor}.{patch}-rc.{n}", approval = "auto" }
 "#;
 
-/// The README's example pipeline: dev, staging (rc, automatic), production (release, manual).
-const THREE_STAGES: &str = r#"
-[[pipelines.stages]]
-name = "dev"
-filter_tags = { pattern = '^v\d+\.\d+\.\d+-dev\.\d+$' }
-policy = { semver = { range = ">=1.0.0-0" } }
-
-[[pipelines.stages]]
-name = "staging"
-filter_tags = { pattern = '^v\d+\.\d+\.\d+-rc\.\d+$' }
-policy = { semver = { range = ">=1.0.0-rc.0" } }
-promote = { from = "dev", tag = "v{major}.{minor}.{patch}-rc.{n}", approval = "auto" }
-
-[[pipelines.stages]]
-name = "production"
-filter_tags = { pattern = '^v\d+\.\d+\.\d+$' }
-policy = { semver = { range = ">=1.0.0" } }
-promote = { from = "staging", tag = "v{major}.{minor}.{patch}", approval = "manual" }
-"#;
-
 /// How many stages the pipelines of a configuration have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stages {
@@ -365,14 +347,14 @@ pub fn config(
     let mut text = format!(
         "[defaults]\ninterval = \"{interval}\"\n{head}\n[registries.local]\nurl = \"{url}\"\n"
     );
-    let stages = match stages {
-        Stages::Two => TWO_STAGES,
-        Stages::Three => THREE_STAGES,
-    };
     for (i, repository) in repositories.iter().enumerate() {
-        text.push_str(&format!(
-            "\n[[pipelines]]\nname = \"svc-{i:04}\"\nregistry = \"local\"\nrepository = \"{repository}\"\n{stages}"
-        ));
+        let name = format!("svc-{i:04}");
+        text.push_str(&match stages {
+            Stages::Two => format!(
+                "\n[[pipelines]]\nname = \"{name}\"\nregistry = \"local\"\nrepository = \"{repository}\"\n{TWO_STAGES}"
+            ),
+            Stages::Three => pipeline_toml(&name, repository, AUTO, MANUAL),
+        });
     }
     text
 }

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use crate::common::{self, AccessLog, Counts, Stages};
 use crate::support::images::{Pusher, TestImage, MANIFEST_ACCEPT};
+use crate::support::proxy::{Fault, FaultProxy};
 use crate::support::registry::{Registry, RegistryOptions};
 
 /// The tag every repository starts with.
@@ -76,6 +77,9 @@ pub struct Options {
     pub runs_large: usize,
     /// The tools.
     pub tools: Vec<Tool>,
+    /// Added to every request by a proxy in front of the registry (all tools go through it),
+    /// modelling a registry that is not on loopback.
+    pub latency_ms: Option<u64>,
 }
 
 /// One tool's figures at one size.
@@ -93,6 +97,17 @@ pub async fn run(options: &Options, work: &std::path::Path) -> Value {
     let registry = Registry::start(RegistryOptions::anonymous());
     let log = AccessLog::new(registry.log_path());
     let base = registry.url();
+    // With latency, the tools talk to a proxy that holds every request that long; seeding,
+    // counting (the registry's log) and checking still go to the registry itself.
+    let proxy = options.latency_ms.map(|ms| {
+        let proxy = FaultProxy::start(registry.addr);
+        proxy.inject(Fault::delay(ms).sometimes(1.0));
+        proxy
+    });
+    let (tool_base, tool_host) = match &proxy {
+        Some(proxy) => (proxy.url(), proxy.host()),
+        None => (base.clone(), registry.host()),
+    };
     let largest = options.sizes.iter().copied().max().unwrap_or(0);
     // Small images (one 1 KiB layer): the work is the registry protocol, not bytes.
     let images: Vec<TestImage> = (0..largest)
@@ -126,23 +141,23 @@ pub async fn run(options: &Options, work: &std::path::Path) -> Value {
             for (tool, repos) in order {
                 let mark = log.mark();
                 let (wall, cpu) = match tool {
-                    Tool::Retagd => retagd(common::RETAGD, &base, repos, work, p, run).await,
+                    Tool::Retagd => retagd(common::RETAGD, &tool_base, repos, work, p, run).await,
                     Tool::Baseline => {
                         let binary = std::env::var("BENCH_BASELINE_RETAGD")
                             .expect("BENCH_BASELINE_RETAGD names the baseline binary");
-                        retagd(&binary, &base, repos, work, p, run).await
+                        retagd(&binary, &tool_base, repos, work, p, run).await
                     }
-                    Tool::Ceiling => (ceiling(&base, repos).await, f64::NAN),
+                    Tool::Ceiling => (ceiling(&tool_base, repos).await, f64::NAN),
                     Tool::Skopeo => (
-                        skopeo(&registry, repos, &auth_file, false, 1).await,
+                        skopeo(&tool_host, repos, &auth_file, false, 1).await,
                         f64::NAN,
                     ),
                     Tool::SkopeoPreserve => (
-                        skopeo(&registry, repos, &auth_file, true, 1).await,
+                        skopeo(&tool_host, repos, &auth_file, true, 1).await,
                         f64::NAN,
                     ),
                     Tool::Skopeo8 => (
-                        skopeo(&registry, repos, &auth_file, false, WIDTH).await,
+                        skopeo(&tool_host, repos, &auth_file, false, WIDTH).await,
                         f64::NAN,
                     ),
                 };
@@ -196,7 +211,7 @@ pub async fn run(options: &Options, work: &std::path::Path) -> Value {
             .collect();
         sizes.push(json!({"p": p, "runs": runs, "tools": tools}));
     }
-    json!({ "width": WIDTH, "dev_tag": DEV, "rc_tag": RC, "sizes": sizes })
+    json!({ "width": WIDTH, "dev_tag": DEV, "rc_tag": RC, "latency_ms": options.latency_ms, "sizes": sizes })
 }
 
 /// Pushes image `i` as `DEV` into repository `i` of every set, 16 repositories at a time.
@@ -280,13 +295,12 @@ pub async fn ceiling(base: &str, repos: &[String]) -> Duration {
 
 /// `skopeo copy REPO:DEV REPO:RC` for every repository, `width` processes at a time.
 async fn skopeo(
-    registry: &Registry,
+    host: &str,
     repos: &[String],
     auth_file: &std::path::Path,
     preserve_digests: bool,
     width: usize,
 ) -> Duration {
-    let host = registry.host();
     let start = Instant::now();
     stream::iter(repos)
         .for_each_concurrent(width, |repo| {

@@ -4,7 +4,7 @@
 //! (`webhook`). Benchmark 5 is the criterion benches `policy` and `planner`.
 //!
 //! - `cargo bench --bench fleet [-- fleet|steady|webhook ...] [--runs N] [--sizes 10,100]
-//!   [--tools retagd,ceiling,...] [--points 1000x1000,...] [--no-paged] [--pushes N] [--keep]`:
+//!   [--tools retagd,ceiling,...] [--latency-ms MS] [--points 1000x1000,...] [--no-paged] [--pushes N] [--keep]`:
 //!   the full benchmarks with the release binary; results go to `TARGET/bench/NAME.json`, which
 //!   `scripts/bench-report` turns into `docs/benchmarks.md`. `scripts/bench` runs everything.
 //! - Without `--bench` (so under `cargo test --all-targets`), or with `--smoke`: a reduced run
@@ -20,6 +20,7 @@ mod support;
 mod common;
 mod fleet;
 mod steady;
+mod tags;
 mod webhook;
 
 use std::path::Path;
@@ -81,6 +82,7 @@ async fn full_run(args: &[String]) {
             sizes,
             runs,
             runs_large: flag(args, "--runs-large").map_or(runs.min(3), |r| r.parse().unwrap()),
+            latency_ms: flag(args, "--latency-ms").map(|ms| ms.parse().unwrap()),
             tools: flag(args, "--tools").map_or(fleet::Tool::ALL.to_vec(), |t| {
                 if t.contains("retagd-baseline") {
                     assert!(
@@ -99,7 +101,11 @@ async fn full_run(args: &[String]) {
                     .collect()
             }),
         };
-        write("fleet", &fleet::run(&options, work.path()).await);
+        let name = match options.latency_ms {
+            Some(ms) => format!("fleet-{ms}ms"),
+            None => "fleet".to_string(),
+        };
+        write(&name, &fleet::run(&options, work.path()).await);
     }
     if chosen.contains(&"steady") {
         let sets = [
@@ -181,6 +187,7 @@ async fn smoke_fleet(work: &Path) {
             fleet::Tool::Ceiling,
             fleet::Tool::Skopeo8,
         ],
+        latency_ms: None,
     };
     let result = fleet::run(&options, work).await;
     let tools = &result["sizes"][0]["tools"];

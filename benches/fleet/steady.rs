@@ -26,11 +26,10 @@ use crate::support::images::{Pusher, TestImage};
 use crate::support::pipeline::Daemon;
 use crate::support::proxy::{FaultProxy, TagPaging};
 use crate::support::registry::{Registry, RegistryOptions};
+use crate::tags::{tags, IMAGES};
 
 /// Bump when the layout below changes, so old seeded data is not reused.
 const LAYOUT: &str = "steady-v1";
-/// Images behind the seeded tags; the current tags of every stage share the first.
-const IMAGES: usize = 4;
 
 /// A family of seeded repositories: `repos` repositories of `tags` tags each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,31 +44,6 @@ impl Set {
     fn repository(self, i: usize) -> String {
         format!("ss/t{}/svc-{i:04}", self.tags)
     }
-}
-
-/// The tags of one repository of `n` tags, with the index of the image each points at. The last
-/// three are the highest dev, rc and release versions, all on image 0 (promoted all the way);
-/// the rest are older dev builds (60%), rcs (20%), releases (10%) and branch builds (10%) on
-/// the other images.
-pub fn tags(n: usize) -> Vec<(String, usize)> {
-    let older = n.saturating_sub(3);
-    let mut tags: Vec<(String, usize)> = (0..older)
-        .map(|i| {
-            let (minor, patch) = (i / 1000, i % 1000);
-            let tag = match i % 10 {
-                0..=5 => format!("v1.{minor}.{patch}-dev.1"),
-                6 | 7 => format!("v1.{minor}.{patch}-rc.1"),
-                8 => format!("v1.{minor}.{patch}"),
-                _ => format!("main-{:07x}", i.wrapping_mul(0x9E37_79B1) & 0xfff_ffff),
-            };
-            (tag, 1 + i % (IMAGES - 1))
-        })
-        .collect();
-    for current in ["v2.0.0-dev.1", "v2.0.0-rc.1", "v2.0.0"] {
-        tags.push((current.to_string(), 0));
-    }
-    tags.truncate(n);
-    tags
 }
 
 /// Seeded registry storage: `data` for `with_storage`, and the images' digests.
@@ -368,13 +342,18 @@ async fn daemon(
             "the daemon made {done} of {wanted} reconciles; its log:\n{}",
             common::tail(&daemon.log(), 30)
         );
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Not faster: rendering /metrics for 1,000 pipelines allocates megabytes, and a scrape
+        // every 250 ms would be measured as the daemon's own memory.
+        tokio::time::sleep(Duration::from_secs(2)).await;
         done = reconciles(&client, &address.to_string()).await;
         if let Some(rss) = common::process_kib(pid, "VmRSS") {
             samples.push(rss);
         }
     }
     let rss = common::process_kib(pid, "VmRSS").unwrap_or(0);
+    // One more interval: what a long-running daemon holds, once freed pages went back.
+    tokio::time::sleep(options.interval).await;
+    let settled = common::process_kib(pid, "VmRSS").unwrap_or(0);
     let hwm = common::process_kib(pid, "VmHWM").unwrap_or(0);
     let cpu = common::process_cpu(pid).unwrap_or(f64::NAN);
     let threads = common::process_kib(pid, "Threads").unwrap_or(0);
@@ -382,16 +361,18 @@ async fn daemon(
     let counts = Counts::of(&log.since(mark).await, |a| a.agent.starts_with("retagd/"));
     let errors = counts.server_errors;
     eprintln!(
-        "steady daemon P={} tags={}: {done} reconciles, RSS {:.1} MiB (peak {:.1} MiB), {:.2} ms CPU per pipeline reconcile",
+        "steady daemon P={} tags={}: {done} reconciles, RSS {:.1} MiB, one interval later {:.1} MiB (peak {:.1} MiB), {:.2} ms CPU per pipeline reconcile",
         point.pipelines,
         point.tags,
         rss as f64 / 1024.0,
+        settled as f64 / 1024.0,
         hwm as f64 / 1024.0,
         cpu * 1000.0 / done as f64
     );
     json!({
         "reconciles": done,
         "rss_mib": rss as f64 / 1024.0,
+        "settled_rss_mib": settled as f64 / 1024.0,
         "peak_rss_mib": hwm as f64 / 1024.0,
         "max_sampled_rss_mib": samples.iter().copied().max().unwrap_or(0) as f64 / 1024.0,
         "cpu_s": cpu,
