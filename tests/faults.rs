@@ -366,7 +366,27 @@ async fn read_only_storage(fleet: &mut Fleet, daemon: &Daemon) {
         );
     };
     mount(&["--bind", path, path]);
-    mount(&["-o", "remount,bind,ro", path]);
+    // Unmounted however this ends, so a failure leaves no mount behind.
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let bound = Unmount(path.to_string());
+    // A mount cannot become read-only while a file is open for writing through it (EBUSY), and
+    // the registry and retagd are mid-upload here: ask again until a moment without a writer.
+    let mut tries = 0;
+    while !std::process::Command::new("mount")
+        .args(["-o", "remount,bind,ro", path])
+        .status()
+        .unwrap()
+        .success()
+    {
+        tries += 1;
+        assert!(tries < 100, "mount -o remount,bind,ro {path} kept failing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let before = metric_sum(
         &metrics(daemon.address().await).await,
         "retagd_promotions_total",
@@ -382,11 +402,7 @@ async fn read_only_storage(fleet: &mut Fleet, daemon: &Daemon) {
         "retagd_promotions_total",
         &["result=\"failure\""],
     );
-    let status = std::process::Command::new("umount")
-        .arg(path)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    drop(bound);
     assert!(
         after > before,
         "read-only storage: no promotion failure counted"
