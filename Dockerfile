@@ -22,6 +22,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo fetch --locked
+# .cargo/config.toml holds jemalloc's build-time options.
+COPY .cargo ./.cargo
 COPY src ./src
 # Cargo.toml declares the benchmark target, so its file must exist to load the manifest.
 COPY benches ./benches

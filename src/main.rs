@@ -9,8 +9,8 @@ use retagd::cli::{self, Cli};
 /// within seconds. Loading a large configuration peaks at about 65 MB of short-lived heap
 /// (figment's value trees), and reconciles parse tag lists of thousands of tags; glibc kept
 /// that high-water mark and per-thread arenas in the daemon's RSS (97 MiB at 1,000 pipelines
-/// of 1,000 tags, about 20 MB of it live), jemalloc without the thread 75 MiB, with it 38 MiB.
-/// See docs/benchmarks.md.
+/// of 1,000 tags, about 20 MB of it live), jemalloc without the thread 75 MiB, with it 38 MiB,
+/// and with the shorter decay of `.cargo/config.toml` 37 MiB. See docs/benchmarks.md.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
