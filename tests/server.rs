@@ -324,6 +324,85 @@ async fn the_api_shows_pipelines_and_approves_with_every_refusal_on_the_way() {
     }
 }
 
+/// Sends a webhook's head and the first bytes of a body announced as 900,000 bytes, never the
+/// rest; returns the answer's status line, or `None` when none came within `wait`.
+async fn partial_webhook(
+    address: SocketAddr,
+    path_and_query: &str,
+    header: &str,
+    wait: Duration,
+) -> Option<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST {path_and_query} HTTP/1.1\r\nHost: retagd\r\nContent-Type: application/json\r\n\
+         Content-Length: 900000\r\n{header}\r\n{{\"events\": ["
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(wait, async {
+        let mut buf = [0u8; 4096];
+        while !answer.windows(2).any(|w| w == b"\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&answer);
+    read.ok()
+        .and_then(|()| text.lines().next().map(str::to_owned))
+}
+
+#[tokio::test]
+async fn a_webhook_without_its_header_or_query_proof_is_refused_before_its_body_is_read() {
+    let env = Env::start();
+    let (_, webhooks) = secrets(&env);
+    let config = env.configure_with("1h", AUTO, MANUAL, "", &webhooks);
+    let daemon = Daemon::start(&config, env.dir.path().join("daemon.log"));
+    let address = daemon.address().await;
+    let bearer = format!("Authorization: Bearer {SECRET}\r\n");
+    let refused = [
+        ("/webhooks/distribution", ""),
+        ("/webhooks/distribution", "Authorization: Bearer nope\r\n"),
+        ("/webhooks/harbor", "Authorization: nope\r\n"),
+        ("/webhooks/dockerhub?token=nope", ""),
+        // GitHub's proof covers the body, but a request without one need not be read either.
+        ("/webhooks/github", ""),
+    ];
+    for (path, header) in refused {
+        let started = Instant::now();
+        let status = partial_webhook(address, path, header, Duration::from_secs(5)).await;
+        assert_eq!(
+            status.as_deref(),
+            Some("HTTP/1.1 401 Unauthorized"),
+            "{path} {header:?}"
+        );
+        eprintln!("{path}: 401 after {:?}", started.elapsed());
+    }
+    // With a proof the body is awaited: the quick 401s above were not the server giving up on
+    // every request with a short body.
+    let signature = format!("X-Hub-Signature-256: sha256={}\r\n", "00".repeat(32));
+    let waiting = [
+        ("/webhooks/distribution", bearer.as_str()),
+        ("/webhooks/github", signature.as_str()),
+    ];
+    for (path, header) in waiting {
+        let status = partial_webhook(address, path, header, Duration::from_secs(1)).await;
+        assert_eq!(status, None, "{path} answered before its body arrived");
+    }
+    // And once read, the body is still bounded.
+    let (code, body) = Api::new(address)
+        .post(
+            "/webhooks/distribution",
+            Some(&format!("Bearer {SECRET}")),
+            vec![b' '; 1024 * 1024 + 1],
+        )
+        .await;
+    assert_eq!(code, 413, "{body}");
+}
+
 /// Picks a free loopback port for a server that must be named before it starts.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -11,7 +11,8 @@
 //! `Authorization: Bearer <token>` with the token in `server.api_token_file`; webhooks need the
 //! secret in `webhooks.secret_file`, proven the way each registry can. Both files are read at each
 //! request so a rotated Kubernetes Secret takes effect without a restart, and both comparisons
-//! are constant-time. Bodies are bounded before they are parsed.
+//! are constant-time. Bodies are bounded before they are parsed, and a webhook whose proof is in
+//! a header or the query is refused before its body is read.
 
 // The helpers return the refusal as a ready `Response`, which is what a handler answers either
 // way; boxing it for the lint would only add an allocation to every refusal.
@@ -25,7 +26,9 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path as UrlPath, RawQuery, State};
+use axum::extract::{
+    DefaultBodyLimit, FromRequest as _, Path as UrlPath, RawQuery, Request, State,
+};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -159,17 +162,16 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
+/// Everything that can refuse a webhook without its body (unknown source, webhooks off, a missing
+/// or wrong header or query proof) runs before the body is read: taking the `Request` instead of
+/// `Bytes` keeps axum from buffering up to [`WEBHOOK_BODY_LIMIT`] for a client without the secret.
 async fn webhook(
     State(shared): State<Arc<Shared>>,
     UrlPath(source): UrlPath<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Response {
-    let body = match body_or_answer(body, WEBHOOK_BODY_LIMIT) {
-        Ok(b) => b,
-        Err(answer) => return answer,
-    };
     let Some(source) = webhooks::Source::from_path(&source) else {
         return error(
             StatusCode::NOT_FOUND,
@@ -188,6 +190,17 @@ async fn webhook(
         Err(answer) => return answer,
     };
     let label = source.as_str();
+    if let Err(refusal) = webhooks::pre_authenticate(source, &headers, query.as_deref(), &secret) {
+        return refused(&shared, label, refusal);
+    }
+    // The route's `DefaultBodyLimit` travels in the request's extensions, so this read is bounded.
+    let body = match body_or_answer(
+        Bytes::from_request(request, &shared).await,
+        WEBHOOK_BODY_LIMIT,
+    ) {
+        Ok(b) => b,
+        Err(answer) => return answer,
+    };
     match webhooks::receive(source, &headers, query.as_deref(), &body, &secret) {
         Ok(received) => {
             shared.metrics.webhook(label, "accepted");
@@ -217,16 +230,19 @@ async fn webhook(
             )
                 .into_response()
         }
-        Err(refusal) => {
-            let result = match refusal {
-                webhooks::Refusal::Unauthorized(_) => "unauthorized",
-                webhooks::Refusal::BadRequest(_) => "invalid",
-            };
-            shared.metrics.webhook(label, result);
-            tracing::warn!(source = label, "webhook refused: {refusal}");
-            error(refusal.status(), refusal.to_string())
-        }
+        Err(refusal) => refused(&shared, label, refusal),
     }
+}
+
+/// Counts, logs and answers a refused webhook.
+fn refused(shared: &Shared, label: &str, refusal: webhooks::Refusal) -> Response {
+    let result = match refusal {
+        webhooks::Refusal::Unauthorized(_) => "unauthorized",
+        webhooks::Refusal::BadRequest(_) => "invalid",
+    };
+    shared.metrics.webhook(label, result);
+    tracing::warn!(source = label, "webhook refused: {refusal}");
+    error(refusal.status(), refusal.to_string())
 }
 
 /// Checks `Authorization: Bearer <token>` against `server.api_token_file`.

@@ -1,14 +1,17 @@
 //! Registry push webhooks: the proof of the shared secret, then the tag pushes a payload carries.
 //!
-//! The server routes `POST /webhooks/{source}` to [`receive`] and reconciles the pipelines that
-//! watch each [`Push`]'s repository; the webhook only says "look now", so a webhook and a poll
+//! The server routes `POST /webhooks/{source}` to [`pre_authenticate`] before it reads the body,
+//! then to [`receive`], and reconciles the pipelines that watch each [`Push`]'s repository; the webhook only says "look now", so a webhook and a poll
 //! give the same plan. Everything taken from a payload passes the [`crate::reference`] grammar
 //! before it leaves this module, so no path trick (`..`, `/` in a tag, `%2F`) reaches a URL.
 //!
 //! # Refused, skipped, ignored
 //!
-//! - A missing or wrong proof of the secret: [`Refusal::Unauthorized`] (401), checked before the
-//!   body is parsed.
+//! - A missing or wrong proof of the secret: [`Refusal::Unauthorized`] (401). A proof in a header
+//!   or the query (distribution, Harbor, Docker Hub) is checked before the body is read, so a
+//!   client without the secret cannot make the server buffer a body; GitHub's HMAC covers the
+//!   body, so only its header's presence is checked first, the HMAC after the (bounded) read and
+//!   before parsing.
 //! - A body that is not this source's JSON shape, or more than [`MAX_ENTRIES`] entries:
 //!   [`Refusal::BadRequest`] (400) naming the field and position.
 //! - One entry whose repository, tag or host fails the grammar: skipped, counted in
@@ -170,7 +173,9 @@ impl Received {
 /// `Authorization`, either `Bearer <secret>` or `<secret>`; GitHub `X-Hub-Signature-256:
 /// sha256=<hex HMAC-SHA256 of the body>`; Docker Hub the query parameter `token=<secret>`
 /// (form-encoded), because its webhooks can carry neither a header nor a signature. The server
-/// must therefore never log the query string.
+/// must therefore never log the query string. The server calls [`pre_authenticate`] first, before
+/// reading the body; `receive` checks the whole proof again, so it never parses an unproven body
+/// whoever calls it.
 pub fn receive(
     source: Source,
     headers: &HeaderMap,
@@ -189,13 +194,18 @@ pub fn receive(
     Ok(received)
 }
 
-fn authenticate(
+/// Checks the part of the proof of `secret` that is not in the body; the server calls it before
+/// reading the body, so a client that cannot prove the secret is refused without sending one.
+///
+/// `Ok(true)`: the proof is complete (distribution, Harbor, Docker Hub). `Ok(false)`: the proof
+/// is an HMAC of the body (GitHub); its header is there and well-formed, and [`receive`] checks it
+/// against the body. A missing or wrong proof, or an empty `secret`, is an `Err`.
+pub fn pre_authenticate(
     source: Source,
     headers: &HeaderMap,
     query: Option<&str>,
-    body: &[u8],
     secret: &[u8],
-) -> Result<(), Refusal> {
+) -> Result<bool, Refusal> {
     use Refusal::Unauthorized;
     if secret.is_empty() {
         // An empty secret is proved by an empty header: fail closed instead.
@@ -216,16 +226,8 @@ fn authenticate(
             same_secret(value, secret) | strip_bearer(value).is_some_and(|t| same_secret(t, secret))
         }
         Source::GitHub => {
-            let signature = headers
-                .get("x-hub-signature-256")
-                .ok_or(Unauthorized("missing X-Hub-Signature-256 header"))?;
-            let signature = (signature.as_bytes().strip_prefix(b"sha256="))
-                .and_then(decode_hex)
-                .ok_or(Unauthorized("X-Hub-Signature-256 is not sha256=<hex>"))?;
-            let mut mac = Hmac::<Sha256>::new_from_slice(secret)
-                .map_err(|_| Unauthorized("the webhook secret cannot key an HMAC"))?;
-            mac.update(body);
-            mac.verify_slice(&signature).is_ok()
+            github_signature(headers)?;
+            return Ok(false);
         }
         Source::DockerHub => {
             let token = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
@@ -235,11 +237,43 @@ fn authenticate(
         }
     };
     if !proved {
-        return Err(Unauthorized(
-            "the proof of the webhook secret does not match",
-        ));
+        return Err(mismatch());
     }
-    Ok(())
+    Ok(true)
+}
+
+/// [`pre_authenticate`], then the HMAC of `body` where the proof is one (GitHub).
+fn authenticate(
+    source: Source,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    body: &[u8],
+    secret: &[u8],
+) -> Result<(), Refusal> {
+    if pre_authenticate(source, headers, query, secret)? {
+        return Ok(());
+    }
+    let signature = github_signature(headers)?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret)
+        .map_err(|_| Refusal::Unauthorized("the webhook secret cannot key an HMAC"))?;
+    mac.update(body);
+    mac.verify_slice(&signature).map_err(|_| mismatch())
+}
+
+/// The bytes of `X-Hub-Signature-256: sha256=<hex>`.
+fn github_signature(headers: &HeaderMap) -> Result<Vec<u8>, Refusal> {
+    let signature = headers
+        .get("x-hub-signature-256")
+        .ok_or(Refusal::Unauthorized("missing X-Hub-Signature-256 header"))?;
+    (signature.as_bytes().strip_prefix(b"sha256="))
+        .and_then(decode_hex)
+        .ok_or(Refusal::Unauthorized(
+            "X-Hub-Signature-256 is not sha256=<hex>",
+        ))
+}
+
+fn mismatch() -> Refusal {
+    Refusal::Unauthorized("the proof of the webhook secret does not match")
 }
 
 /// The credentials of `Bearer <credentials>`; the scheme is case-insensitive (RFC 9110 11.1).
@@ -654,6 +688,57 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn pre_authentication_settles_header_and_query_proofs_and_leaves_github_to_the_body() {
+        let bearer = format!("Bearer {SECRET}");
+        let right = [
+            (Distribution, headers(&[("authorization", &bearer)]), None),
+            (Harbor, headers(&[("authorization", SECRET)]), None),
+            (DockerHub, HeaderMap::new(), Some(SECRET_QUERY)),
+        ];
+        for (source, h, query) in right {
+            let complete = pre_authenticate(source, &h, query, SECRET.as_bytes());
+            assert!(matches!(complete, Ok(true)), "{source:?}: {complete:?}");
+        }
+        // Any well-formed signature passes for now: only the body can tell.
+        let signature = headers(&[("x-hub-signature-256", &sign("other", GITHUB))]);
+        let pending = pre_authenticate(GitHub, &signature, None, SECRET.as_bytes());
+        assert!(matches!(pending, Ok(false)), "{pending:?}");
+        let refused = receive(
+            GitHub,
+            &signature,
+            None,
+            GITHUB.as_bytes(),
+            SECRET.as_bytes(),
+        );
+        assert!(unauthorized(&refused), "{refused:?}");
+
+        let wrong = [
+            (
+                Distribution,
+                headers(&[("authorization", "Bearer nope")]),
+                None,
+            ),
+            (Distribution, HeaderMap::new(), None),
+            (Harbor, headers(&[("authorization", "nope")]), None),
+            (DockerHub, HeaderMap::new(), Some("token=nope")),
+            (GitHub, HeaderMap::new(), None),
+            (GitHub, headers(&[("x-hub-signature-256", "sha1=00")]), None),
+        ];
+        for (source, h, query) in wrong {
+            let result = pre_authenticate(source, &h, query, SECRET.as_bytes());
+            assert!(
+                matches!(result, Err(Refusal::Unauthorized(_))),
+                "{source:?}: {result:?}"
+            );
+        }
+        let result = pre_authenticate(GitHub, &signature, None, b"");
+        assert!(
+            matches!(result, Err(Refusal::Unauthorized(_))),
+            "{result:?}"
+        );
     }
 
     #[test]
