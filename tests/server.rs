@@ -403,19 +403,10 @@ async fn a_webhook_without_its_header_or_query_proof_is_refused_before_its_body_
     assert_eq!(code, 413, "{body}");
 }
 
-/// Picks a free loopback port for a server that must be named before it starts.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn a_push_reported_by_the_registry_is_promoted_at_once() {
     // The registry must know where retagd listens before retagd starts.
-    let port = free_port();
+    let port = support::free_port();
     let registry = Registry::start(RegistryOptions::anonymous().with_notifications(
         &format!("http://127.0.0.1:{port}/webhooks/distribution"),
         SECRET,

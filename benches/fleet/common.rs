@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::support::images::skopeo_command;
 use crate::support::pipeline::{pipeline_toml, AUTO, MANUAL};
 
 /// The release (under `cargo bench`) or debug (under `cargo test`) retagd binary.
@@ -365,7 +366,7 @@ pub const SERVER: &str = "\n[server]\nlisten = \"127.0.0.1:0\"\n";
 /// `skopeo copy` from `src` to `dst` (`HOST/REPO:TAG`) over plain HTTP, anonymously, with an
 /// empty auth file and no proxy from the environment.
 pub fn skopeo_copy(src: &str, dst: &str, preserve_digests: bool, auth_file: &Path) -> Command {
-    let mut command = Command::new("skopeo");
+    let mut command = skopeo_command(auth_file);
     command.args([
         "--insecure-policy",
         "copy",
@@ -380,14 +381,6 @@ pub fn skopeo_copy(src: &str, dst: &str, preserve_digests: bool, auth_file: &Pat
     command
         .arg(format!("docker://{src}"))
         .arg(format!("docker://{dst}"))
-        .env("REGISTRY_AUTH_FILE", auth_file)
-        .env_remove("HTTP_PROXY")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .env_remove("ALL_PROXY")
-        .env_remove("all_proxy")
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     command

@@ -17,20 +17,12 @@ const REPO: &str = "hooks/app";
 /// Longest wait for one promotion before the benchmark gives up.
 const DEADLINE: Duration = Duration::from_secs(10);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Runs `pushes` pushes; returns the latencies and what they cost.
 pub async fn run(pushes: usize, work: &std::path::Path) -> Value {
     // The registry must know where retagd listens before retagd starts. HEADs are pull events:
     // the registry is told not to send those (a real setup wants pushes only), so the polling
     // below does not queue events ahead of the next push.
-    let port = free_port();
+    let port = crate::support::free_port();
     let registry = Registry::start(
         RegistryOptions::anonymous()
             .with_notifications(

@@ -644,8 +644,24 @@ fn docker_ref(reference: &str) -> String {
     }
 }
 
-/// Runs skopeo without proxies from the environment and with an empty auth file, so nothing from
-/// the machine leaks in; panics with its stderr (credentials masked) on failure.
+/// `skopeo` with no proxy from the environment and `auth_file` (an empty `{}` one, normally) as
+/// its only credentials, so nothing from the machine leaks in; stdin is closed.
+pub fn skopeo_command(auth_file: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new("skopeo");
+    command
+        .env("REGISTRY_AUTH_FILE", auth_file)
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .env_remove("ALL_PROXY")
+        .env_remove("all_proxy")
+        .stdin(std::process::Stdio::null());
+    command
+}
+
+/// Runs [`skopeo_command`] with an empty auth file; panics with its stderr (credentials
+/// masked) on failure.
 async fn skopeo(args: &[String]) -> Vec<u8> {
     let auth_dir = tempfile::Builder::new()
         .prefix("retagd-skopeo-auth-")
@@ -653,16 +669,8 @@ async fn skopeo(args: &[String]) -> Vec<u8> {
         .expect("create the skopeo auth temp dir");
     let auth_file = auth_dir.path().join("auth.json");
     std::fs::write(&auth_file, "{}").expect("write the empty skopeo auth file");
-    let output = tokio::process::Command::new("skopeo")
+    let output = tokio::process::Command::from(skopeo_command(&auth_file))
         .args(args)
-        .env("REGISTRY_AUTH_FILE", &auth_file)
-        .env_remove("HTTP_PROXY")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .env_remove("ALL_PROXY")
-        .env_remove("all_proxy")
-        .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output()
         .await

@@ -66,6 +66,17 @@ pub fn spawn_watchdog(pid: u32) -> Option<Child> {
         .ok()
 }
 
+/// A loopback port that was free a moment ago, for a server that must be named before it starts
+/// (Prometheus, or a daemon a registry's webhooks are configured to reach).
+pub fn free_port() -> u16 {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to pick a port");
+    listener
+        .local_addr()
+        .expect("local address of the port picker")
+        .port()
+}
+
 /// A plain HTTP client for tests: no proxy from the environment, no automatic redirects (a
 /// test must see a 307 itself), HTTP/1.1 only.
 pub fn http_client() -> reqwest::Client {

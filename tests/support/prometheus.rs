@@ -9,14 +9,14 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::{http_client, spawn_watchdog, STARTUP_DEADLINE};
+use super::{free_port, http_client, spawn_watchdog, STARTUP_DEADLINE};
 
 /// The Prometheus server binary, as installed by Debian's `prometheus` package.
 pub const PROMETHEUS_BIN: &str = "prometheus";
@@ -333,15 +333,6 @@ fn spawn(config: &Path, storage: &Path, port: u16, log_path: &Path) -> (Child, O
         });
     let watchdog = spawn_watchdog(child.id());
     (child, watchdog)
-}
-
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to pick a port");
-    listener
-        .local_addr()
-        .expect("local address of the port picker")
-        .port()
 }
 
 fn config_yaml(targets: &[SocketAddr]) -> String {
