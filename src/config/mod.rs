@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::providers::{Env, Format as _, Toml, Yaml};
-use figment::Figment;
+use figment::value::{Tag, Value};
+use figment::{Figment, Profile, Provider as _};
 use url::Url;
 
 use crate::policy::Selector;
@@ -372,12 +373,12 @@ pub fn load(path: &Path) -> Result<Loaded, Error> {
         })
         .collect();
     let figment = base(&text, format).merge(env);
-    from_figment(&figment, &path.display().to_string(), &overrides)
+    from_figment(figment, &path.display().to_string(), &overrides)
 }
 
 /// Parses configuration text without environment overrides; `origin` names it in messages.
 pub fn parse(text: &str, format: Format, origin: &str) -> Result<Loaded, Error> {
-    from_figment(&base(text, format), origin, &[])
+    from_figment(base(text, format), origin, &[])
 }
 
 fn base(text: &str, format: Format) -> Figment {
@@ -389,15 +390,24 @@ fn base(text: &str, format: Format) -> Figment {
 
 /// `overrides` pairs each overriding variable with the key path it sets.
 fn from_figment(
-    figment: &Figment,
+    figment: Figment,
     origin: &str,
     overrides: &[(String, String)],
 ) -> Result<Loaded, Error> {
     let describe = |path: &str| describe_origin(origin, path, overrides);
-    let value: figment::value::Value = figment.extract().map_err(|e| Error::Syntax {
+    // The merged file and environment as one tree. `Figment::extract` would clone it twice more
+    // (merging profiles, then rebuilding it as the target), so a 1,000-pipeline config peaked at
+    // three times its size. Neither provider uses profiles, so all of it is in the default one,
+    // and the figment is dropped as soon as its data is copied out.
+    let mut data = figment.data().map_err(|e| Error::Syntax {
         origin: origin.to_string(),
         message: syntax_message(&e),
     })?;
+    drop(figment);
+    let value = Value::Dict(
+        Tag::Default,
+        data.remove(&Profile::Default).unwrap_or_default(),
+    );
     let file: raw::File = serde_path_to_error::deserialize(&value).map_err(|e| {
         let problem = shape_problem(&e);
         Error::Shape {
