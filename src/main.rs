@@ -6,8 +6,8 @@ use clap::Parser;
 use retagd::cli::{self, Cli};
 
 /// jemalloc rather than glibc's malloc, with its background thread returning freed pages
-/// within seconds. Loading a large configuration peaks at about 65 MB of short-lived heap
-/// (figment's value trees), and reconciles parse tag lists of thousands of tags; glibc kept
+/// within seconds. Loading a large configuration makes short-lived heap (the parser's and
+/// figment's value trees), and reconciles parse tag lists of thousands of tags; glibc kept
 /// that high-water mark and per-thread arenas in the daemon's RSS (97 MiB at 1,000 pipelines
 /// of 1,000 tags, about 20 MB of it live), jemalloc without the thread 75 MiB, with it 38 MiB,
 /// and with the shorter decay of `.cargo/config.toml` 37 MiB. See docs/benchmarks.md.
