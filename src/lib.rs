@@ -39,4 +39,5 @@ pub mod policy;
 pub mod reference;
 pub mod registry;
 pub mod server;
+pub mod status;
 pub mod template;

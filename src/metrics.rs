@@ -19,6 +19,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::engine::{Action, Outcome};
 use crate::registry::{Observer, RetryReason};
 
 /// Seconds; registry requests on loopback take a millisecond, a blob upload over a WAN minutes.
@@ -114,8 +115,8 @@ impl Metrics {
             )?,
             promotions: counter_vec(
                 "retagd_promotions_total",
-                "Promotions by result: success (copied or found done), failure, conflict (target tag holds another digest; counted once per conflict).",
-                &["pipeline", "stage", "result"],
+                "Promotions by result: success (copied or found done), failure, conflict (target tag holds another digest; counted once per conflict); reason says why a failure failed.",
+                &["pipeline", "stage", "result", "reason"],
             )?,
             reconcile_duration: histogram_vec(
                 "retagd_reconcile_duration_seconds",
@@ -126,8 +127,8 @@ impl Metrics {
             last_success,
             reconcile_errors: counter_vec(
                 "retagd_reconcile_errors_total",
-                "Reconciles that could not plan (a registry failed) or whose promotions failed.",
-                &["pipeline"],
+                "Reconciles that could not plan (a registry failed) or whose promotions failed, by reason.",
+                &["pipeline", "reason"],
             )?,
             registry_requests: counter_vec(
                 "retagd_registry_requests_total",
@@ -269,30 +270,65 @@ impl Metrics {
         });
     }
 
-    /// Counts one promotion result: `success`, `failure` or `conflict`.
-    pub fn promotion(&self, pipeline: &str, stage: &str, result: &str) {
+    /// Records what one reconcile saw and did: its duration and success, each stage's version
+    /// and pending promotion, and each promotion tried.
+    pub fn record(&self, outcome: &Outcome) {
+        let name = outcome.pipeline.as_str();
+        self.reconciled(name, outcome.duration, outcome.error_reason(), outcome.at);
+        if let Ok(plan) = &outcome.plan {
+            for st in &plan.stages {
+                let current = st
+                    .current
+                    .as_ref()
+                    .map(|c| (c.tag.as_str(), c.digest.as_str()));
+                self.stage_version(name, &st.stage, &st.registry, &st.repository, current);
+                let pending = match &st.action {
+                    Action::Pending(p) => {
+                        Some((p.from_tag.as_str(), p.to_tag.as_str(), p.digest.as_str()))
+                    }
+                    _ => None,
+                };
+                self.pending(name, &st.stage, pending);
+            }
+        }
+        for a in &outcome.applied {
+            match &a.result {
+                Ok(_) => self.promotion(name, &a.stage, "success", ""),
+                Err(e) => self.promotion(name, &a.stage, "failure", e.reason()),
+            }
+        }
+    }
+
+    /// Counts one promotion result (`success`, `failure` or `conflict`) with its reason (empty
+    /// for a success).
+    pub fn promotion(&self, pipeline: &str, stage: &str, result: &str, reason: &str) {
         self.promotions
-            .with_label_values(&[pipeline, stage, result])
+            .with_label_values(&[pipeline, stage, result, reason])
             .inc();
     }
 
-    /// Records one finished reconcile.
-    pub fn reconciled(&self, pipeline: &str, duration: Duration, ok: bool, at: SystemTime) {
+    /// Records one finished reconcile; `error` is the reason it did not succeed.
+    fn reconciled(&self, pipeline: &str, duration: Duration, error: Option<&str>, at: SystemTime) {
         self.reconcile_duration
             .with_label_values(&[pipeline])
             .observe(duration.as_secs_f64());
-        if ok {
-            self.pipelines
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(pipeline.to_string());
-            let secs = at
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0);
-            self.last_success.with_label_values(&[pipeline]).set(secs);
-        } else {
-            self.reconcile_errors.with_label_values(&[pipeline]).inc();
+        match error {
+            None => {
+                self.pipelines
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(pipeline.to_string());
+                let secs = at
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0);
+                self.last_success.with_label_values(&[pipeline]).set(secs);
+            }
+            Some(reason) => {
+                self.reconcile_errors
+                    .with_label_values(&[pipeline, reason])
+                    .inc();
+            }
         }
     }
 
@@ -348,7 +384,7 @@ mod tests {
         let m = Metrics::new().unwrap();
         m.stage_version("gone", "dev", "r", "a", Some(("1", "sha256:a")));
         m.pending("gone", "prod", Some(("1-rc.1", "1", "sha256:a")));
-        m.reconciled("gone", Duration::from_millis(5), true, SystemTime::now());
+        m.reconciled("gone", Duration::from_millis(5), None, SystemTime::now());
         m.stage_version("kept", "dev", "r", "b", Some(("2", "sha256:b")));
         m.stage_version("kept", "qa", "r", "b", Some(("2", "sha256:b")));
         let keep = BTreeSet::from([("kept".to_string(), "dev".to_string())]);

@@ -7,15 +7,18 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, ValueEnum};
-use futures_util::future::join_all;
+use futures_util::future::{join_all, BoxFuture};
 use serde_json::{json, Value};
 
 use super::{io_failure, Failure};
 use crate::config::{self, Config};
 use crate::daemon::{self, Signal};
 use crate::engine::describe::{action_text, plan_json, short};
-use crate::engine::{self, Action, Approved, Engine, Intent, PipelinePlan};
+use crate::engine::{self, Approved, Engine, Intent, PipelinePlan};
+use crate::metrics::Metrics;
 use crate::registry::NoObserver;
+use crate::server;
+use crate::status::Status;
 
 /// `--config` and the logging flags, shared by the pipeline commands.
 #[derive(Debug, Args)]
@@ -181,48 +184,33 @@ pub fn reconcile(
 ) -> Result<(), Failure> {
     let config = load(&args.common, err)?;
     let engine = engine(&config)?;
-    let results = runtime()?.block_on(join_all(config.pipelines.iter().map(|p| async {
-        (
-            p.name.clone(),
-            engine.reconcile(p, &Intent::default(), &|| false).await,
-        )
-    })));
+    let intent = Intent::default();
+    let outcomes = runtime()?.block_on(join_all(
+        config
+            .pipelines
+            .iter()
+            .map(|p| engine.reconcile(p, &intent, &|| false)),
+    ));
     let now = SystemTime::now();
     let mut problems = Vec::new();
-    for (name, r) in &results {
-        match r {
-            Ok((plan, applied)) => {
-                out.write_all(plan_text(plan, now).as_bytes())
-                    .map_err(io_failure)?;
-                for a in applied {
-                    match &a.result {
-                        Ok(_) => writeln!(
-                            out,
-                            "promoted {}/{}: {} -> {} ({})",
-                            name,
-                            a.stage,
-                            a.promotion.from_tag,
-                            a.promotion.to_tag,
-                            a.promotion.digest
-                        ),
-                        Err(e) => {
-                            problems.push(format!("{name}/{}: {e}", a.stage));
-                            writeln!(out, "failed {}/{}: {e}", name, a.stage)
-                        }
-                    }
-                    .map_err(io_failure)?;
-                }
-                for s in &plan.stages {
-                    if let Action::Conflict { promotion, .. } = &s.action {
-                        problems.push(format!(
-                            "{name}/{}: conflict: {} exists with another digest",
-                            s.stage, promotion.to_tag
-                        ));
-                    }
-                }
-            }
-            Err(e) => problems.push(format!("{name}: {}", e.chain())),
+    for outcome in &outcomes {
+        let name = &outcome.pipeline;
+        if let Ok(plan) = &outcome.plan {
+            out.write_all(plan_text(plan, now).as_bytes())
+                .map_err(io_failure)?;
         }
+        for a in &outcome.applied {
+            match &a.result {
+                Ok(_) => writeln!(
+                    out,
+                    "promoted {}/{}: {} -> {} ({})",
+                    name, a.stage, a.promotion.from_tag, a.promotion.to_tag, a.promotion.digest
+                ),
+                Err(e) => writeln!(out, "failed {}/{}: {}", name, a.stage, e.chain()),
+            }
+            .map_err(io_failure)?;
+        }
+        problems.extend(outcome.problems());
     }
     if problems.is_empty() {
         Ok(())
@@ -253,12 +241,13 @@ pub fn promote(
         approve: Some(index),
         source_tag: args.approval.tag.clone(),
     };
-    let (plan, applied) = runtime()?
+    let approved = runtime()?
         .block_on(engine.reconcile(pipeline, &intent, &|| false))
+        .approved(index)
         .map_err(|e| Failure::Work(e.into()))?;
     let name = &pipeline.name;
     let stage = &args.approval.stage;
-    match Approved::of(&plan, &applied, index) {
+    match approved {
         Approved::Promoted { promotion: p, .. } => writeln!(
             out,
             "promoted {name}/{stage}: {} -> {} ({})",
@@ -266,7 +255,8 @@ pub fn promote(
         )
         .map_err(io_failure),
         Approved::Failed { error, .. } => Err(Failure::Work(anyhow::anyhow!(
-            "promotion into {stage} failed: {error}"
+            "promotion into {stage} failed: {}",
+            error.chain()
         ))),
         Approved::UpToDate { tag } => {
             writeln!(out, "already up to date: {name}/{stage} has it as {tag}").map_err(io_failure)
@@ -298,10 +288,47 @@ pub fn run(args: &RunArgs, err: &mut dyn Write) -> Result<(), Failure> {
     runtime()?.block_on(async {
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         forward_signals(tx).map_err(|e| Failure::Work(e.into()))?;
-        daemon::run(config, options, rx)
+        let wiring = daemon::Wiring {
+            connect: Box::new(|config, observer| {
+                daemon::connect(config, observer).map(|r| r as Arc<dyn engine::Backend>)
+            }),
+            serve: Box::new(|listener, shared, stop| {
+                Box::pin(server::serve(listener, shared, stop))
+            }),
+        };
+        daemon::run(config, options, wiring, rx)
             .await
             .map_err(Failure::Usage)
     })
+}
+
+/// The daemon as the HTTP server reaches it: this is where `retagd run` wires the two together,
+/// so neither module imports the other.
+impl server::Handle for daemon::Shared {
+    fn status(&self) -> &Status {
+        &self.status
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn config(&self) -> Arc<Config> {
+        self.routes().config.clone()
+    }
+
+    fn approve(
+        self: Arc<Self>,
+        pipeline: String,
+        stage: String,
+        tag: Option<String>,
+    ) -> BoxFuture<'static, Result<Approved, engine::ApproveError>> {
+        Box::pin(async move { daemon::Shared::approve(&self, &pipeline, &stage, tag).await })
+    }
+
+    fn pushed(&self, host: Option<&str>, repository: &str) -> Vec<String> {
+        daemon::Shared::pushed(self, host, repository)
+    }
 }
 
 /// SIGTERM and SIGINT stop, SIGHUP reloads.

@@ -17,23 +17,21 @@
 //! (one follow-up reconcile, so the status and metrics show the new version at once). Wake-ups
 //! during a reconcile coalesce into one more reconcile.
 
-pub mod status;
-
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 
 use crate::config::{self, Config, EventKind, Pipeline};
-use crate::engine::{self, Action, Applied, Approved, Engine, Intent, PipelinePlan, State};
+use crate::engine::{self, ApproveError, Approved, Backend, Engine, Intent, Next, Outcome, State};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::registry::{Observer, Registries};
-pub use status::Status;
+use crate::status::Status;
 
 /// What the process was told to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,16 +65,50 @@ pub fn build(
     config: &Config,
     observer: Arc<dyn Observer>,
 ) -> anyhow::Result<(Arc<Registries>, State)> {
-    let registries = Registries::new(
-        &config.registries,
-        Registries::default_docker_config(),
-        observer,
-    )?;
+    let registries = connect(config, observer)?;
     let state = match &config.server.state_dir {
         Some(dir) => State::load(dir)?,
         None => State::in_memory(),
     };
-    Ok((Arc::new(registries), state))
+    Ok((registries, state))
+}
+
+/// The registry clients of `config` (at start and at each reload).
+pub fn connect(config: &Config, observer: Arc<dyn Observer>) -> anyhow::Result<Arc<Registries>> {
+    Ok(Arc::new(Registries::new(
+        &config.registries,
+        Registries::default_docker_config(),
+        observer,
+    )?))
+}
+
+/// Builds the registry backend for a configuration (at start and at each reload).
+pub type Connect =
+    Box<dyn Fn(&Config, Arc<dyn Observer>) -> anyhow::Result<Arc<dyn Backend>> + Send + Sync>;
+
+/// Serves HTTP on the bound listener until its stop signal turns true; `retagd run` passes the
+/// `server` module's, which the daemon does not know.
+pub type Serve = Box<
+    dyn FnOnce(
+            tokio::net::TcpListener,
+            Arc<Shared>,
+            watch::Receiver<bool>,
+        ) -> futures_util::future::BoxFuture<'static, std::io::Result<()>>
+        + Send,
+>;
+
+/// What the command line plugs into the daemon: how to reach registries and how to serve HTTP.
+pub struct Wiring {
+    /// The registry backend for a configuration.
+    pub connect: Connect,
+    /// The HTTP side.
+    pub serve: Serve,
+}
+
+impl std::fmt::Debug for Wiring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wiring").finish_non_exhaustive()
+    }
 }
 
 /// The running daemon as its pipeline tasks and the HTTP server see it.
@@ -133,23 +165,6 @@ impl Routes {
     }
 }
 
-/// Why an approval was not carried out.
-#[derive(Debug, thiserror::Error)]
-pub enum ApproveError {
-    /// It names no promotable stage.
-    #[error(transparent)]
-    Target(#[from] engine::TargetError),
-    /// The pipeline could not be planned.
-    #[error("{}", .0.chain())]
-    Plan(#[from] engine::Error),
-    /// The daemon is stopping.
-    #[error("retagd is stopping; approve again once it is back")]
-    Stopping,
-    /// The approval's task ended without an answer (a bug; the log has it).
-    #[error("the approval failed inside retagd; see its log")]
-    Internal,
-}
-
 impl Shared {
     /// The daemon's shared part, with an empty status for `config`'s pipelines.
     pub fn new(config: Config, engine: Arc<Engine>, metrics: Arc<Metrics>) -> Shared {
@@ -188,86 +203,29 @@ impl Shared {
         *self.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Routes::new(config));
     }
 
-    /// One reconcile, recorded in the status, the metrics and the notifications; pipelines
-    /// reading a repository it wrote to are woken.
+    /// One reconcile, recorded (see [`Shared::record`]).
     pub async fn reconcile(
         &self,
         pipeline: &Pipeline,
         intent: &Intent,
         stopping: &(dyn Fn() -> bool + Sync),
-    ) -> Result<(PipelinePlan, Vec<Applied>), engine::Error> {
-        let started = Instant::now();
+    ) -> Outcome {
         let outcome = self.engine.reconcile(pipeline, intent, stopping).await;
-        self.record(pipeline, &outcome, started.elapsed());
-        if let Ok((plan, applied)) = &outcome {
-            let routes = self.routes();
-            for a in applied {
-                let wrote = matches!(&a.result, Ok(r) if !r.up_to_date);
-                let Some(st) = plan.stages.iter().find(|s| s.stage == a.stage) else {
-                    continue;
-                };
-                if wrote {
-                    for p in &routes.config.pipelines {
-                        if p.name != pipeline.name
-                            && p.stages
-                                .iter()
-                                .any(|s| s.registry == st.registry && s.repository == st.repository)
-                        {
-                            wake(&routes, &p.name);
-                        }
-                    }
-                }
-            }
-        }
+        self.record(&outcome);
         outcome
     }
 
-    fn record(
-        &self,
-        pipeline: &Pipeline,
-        outcome: &Result<(PipelinePlan, Vec<Applied>), engine::Error>,
-        duration: Duration,
-    ) {
-        if !self
-            .routes()
-            .config
-            .pipelines
-            .iter()
-            .any(|p| p.name == pipeline.name)
-        {
-            // An approval that finished after a reload removed its pipeline.
+    /// The one place a reconcile's outcome goes: the status (and the events it is the first to
+    /// show, to the notifier), the metrics, and the wake-ups of pipelines that read a
+    /// repository it wrote to. A pipeline that a reload removed meanwhile (an approval that
+    /// finished late) is not recorded.
+    fn record(&self, outcome: &Outcome) {
+        let routes = self.routes();
+        if !routes.wake.contains_key(&outcome.pipeline) {
             return;
         }
-        let at = SystemTime::now();
-        let events = self.status.record(pipeline, outcome, at);
-        let m = &self.metrics;
-        let name = pipeline.name.as_str();
-        let ok = matches!(outcome, Ok((_, applied)) if applied.iter().all(|a| a.result.is_ok()));
-        m.reconciled(name, duration, ok, at);
-        if let Ok((plan, applied)) = outcome {
-            for st in &plan.stages {
-                let current = st
-                    .current
-                    .as_ref()
-                    .map(|c| (c.tag.as_str(), c.digest.as_str()));
-                m.stage_version(name, &st.stage, &st.registry, &st.repository, current);
-                let pending = match &st.action {
-                    Action::Pending(p) => {
-                        Some((p.from_tag.as_str(), p.to_tag.as_str(), p.digest.as_str()))
-                    }
-                    _ => None,
-                };
-                m.pending(name, &st.stage, pending);
-            }
-            for a in applied {
-                let result = if a.result.is_ok() {
-                    "success"
-                } else {
-                    "failure"
-                };
-                m.promotion(name, &a.stage, result);
-            }
-        }
+        let events = self.status.record(outcome);
+        self.metrics.record(outcome);
         let notifier = self
             .notifier
             .read()
@@ -275,9 +233,21 @@ impl Shared {
             .clone();
         for event in events {
             if event.kind == EventKind::Conflict {
-                m.promotion(name, &event.stage, "conflict");
+                self.metrics
+                    .promotion(&event.pipeline, &event.stage, "conflict", "conflict");
             }
             notifier.send(event);
+        }
+        for written in outcome.written() {
+            for p in &routes.config.pipelines {
+                let reads = p
+                    .stages
+                    .iter()
+                    .any(|s| s.registry == written.registry && s.repository == written.repository);
+                if p.name != outcome.pipeline && reads {
+                    wake(&routes, &p.name);
+                }
+            }
         }
     }
 
@@ -316,10 +286,10 @@ impl Shared {
             approve: Some(index),
             source_tag: tag,
         };
-        let (plan, applied) = self
+        let approved = self
             .reconcile(pipeline, &intent, &move || *stop.borrow())
-            .await?;
-        let approved = Approved::of(&plan, &applied, index);
+            .await
+            .approved(index)?;
         if matches!(approved, Approved::Promoted { .. }) {
             // The pipeline's own task refreshes the status with the new version.
             wake(&routes, &pipeline.name);
@@ -421,23 +391,24 @@ fn same_host(url: &url::Url, host: &str) -> bool {
 pub async fn run(
     config: Config,
     options: Options,
+    wiring: Wiring,
     mut signals: mpsc::Receiver<Signal>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new().context("cannot set up the metrics")?);
-    let (registries, state) = build(&config, metrics.clone())?;
+    let backend = (wiring.connect)(&config, metrics.clone())?;
     check_secret_files(&config)?;
+    let state = match &config.server.state_dir {
+        Some(dir) => State::load(dir)?,
+        None => State::in_memory(),
+    };
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
     let address = listener.local_addr()?;
-    let engine = Arc::new(Engine::new(registries, state).with_parallel(options.parallel));
+    let engine = Arc::new(Engine::new(backend, state).with_parallel(options.parallel));
     let shared = Arc::new(Shared::new(config, engine.clone(), metrics.clone()));
     let (server_stop, server_stopped) = watch::channel(false);
-    let mut server = tokio::spawn(crate::server::serve(
-        listener,
-        shared.clone(),
-        server_stopped,
-    ));
+    let mut server = tokio::spawn((wiring.serve)(listener, shared.clone(), server_stopped));
     let mut generation = Generation::start(&shared);
     tracing::info!(
         pipelines = shared.routes().config.pipelines.len(),
@@ -455,31 +426,10 @@ pub async fn run(
         };
         match signal {
             Some(Signal::Reload) => {
-                let loaded = match config::load(&options.config_path) {
-                    Ok(l) => l.config,
-                    Err(e) => {
-                        tracing::error!(
-                            error = %format!("{:#}", anyhow::Error::new(e)),
-                            "configuration reload failed; keeping the running configuration"
-                        );
-                        continue;
-                    }
+                let Some((loaded, backend)) = reload(&options, &wiring.connect, &metrics, address)
+                else {
+                    continue;
                 };
-                let registries = match build_registries(&loaded, metrics.clone())
-                    .and_then(|r| check_secret_files(&loaded).map(|()| r))
-                {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!(error = %format!("{e:#}"), "configuration reload failed; keeping the running configuration");
-                        continue;
-                    }
-                };
-                if loaded.server.listen != address && loaded.server.listen.port() != 0 {
-                    tracing::warn!(
-                        listen = %loaded.server.listen,
-                        "server.listen changed; it takes effect at the next restart"
-                    );
-                }
                 // In-flight reconciles finish first; a stop meanwhile still gets its grace.
                 let stopped = tokio::select! {
                     _ = generation.stop_and_wait(None) => false,
@@ -488,7 +438,7 @@ pub async fn run(
                 if stopped {
                     break;
                 }
-                engine.set_registries(registries);
+                engine.set_backend(backend);
                 let pipelines = loaded.pipelines.len();
                 shared.reconfigure(loaded);
                 generation = Generation::start(&shared);
@@ -526,15 +476,43 @@ pub async fn run(
     Ok(())
 }
 
-fn build_registries(
-    config: &Config,
-    observer: Arc<dyn Observer>,
-) -> anyhow::Result<Arc<Registries>> {
-    Ok(Arc::new(Registries::new(
-        &config.registries,
-        Registries::default_docker_config(),
-        observer,
-    )?))
+/// Loads the configuration file again and connects its registries; `None` (logged) when either
+/// fails, and the running configuration stays.
+fn reload(
+    options: &Options,
+    connect: &Connect,
+    metrics: &Arc<Metrics>,
+    address: std::net::SocketAddr,
+) -> Option<(Config, Arc<dyn Backend>)> {
+    let failed = |error: String| {
+        tracing::error!(
+            error = %error,
+            "configuration reload failed; keeping the running configuration"
+        );
+    };
+    let loaded = match config::load(&options.config_path) {
+        Ok(l) => l.config,
+        Err(e) => {
+            failed(format!("{:#}", anyhow::Error::new(e)));
+            return None;
+        }
+    };
+    let backend = match connect(&loaded, metrics.clone())
+        .and_then(|b| check_secret_files(&loaded).map(|()| b))
+    {
+        Ok(b) => b,
+        Err(e) => {
+            failed(format!("{e:#}"));
+            return None;
+        }
+    };
+    if loaded.server.listen != address && loaded.server.listen.port() != 0 {
+        tracing::warn!(
+            listen = %loaded.server.listen,
+            "server.listen changed; it takes effect at the next restart"
+        );
+    }
+    Some((loaded, backend))
 }
 
 /// The API token and webhook secret files are read at each request (so a rotated Secret takes
@@ -552,6 +530,7 @@ fn check_secret_files(config: &Config) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
 /// Stops the pipelines and waits at most `grace` (or until a second stop); true when every
 /// reconcile in flight finished.
 async fn shut_down(
@@ -706,38 +685,21 @@ async fn pipeline_loop(
         let stopping = stop.clone();
         // Boxed: the reconcile's state machine is about 6 KB, and inline it would make every
         // pipeline task that size while it sleeps (6 MB at 1,000 pipelines).
-        let result =
+        let outcome =
             Box::pin(shared.reconcile(&pipeline, &Intent::default(), &move || *stopping.borrow()))
                 .await;
-        let wrote = matches!(&result, Ok((_, applied))
-            if applied.iter().any(|a| matches!(&a.result, Ok(r) if !r.up_to_date)));
-        delay = match result {
-            Ok((_, applied)) if applied.iter().all(|a| a.result.is_ok()) => {
-                failures = 0;
-                jittered(pipeline.interval)
-            }
-            Ok(_) => {
-                failures += 1;
-                backoff(failures, pipeline.interval)
-            }
-            Err(e) => {
-                failures += 1;
-                let wait = backoff(failures, pipeline.interval);
-                tracing::error!(
-                    pipeline = %pipeline.name,
-                    error = %e.chain(),
-                    retry_in_s = wait.as_secs(),
-                    "reconcile failed"
-                );
-                wait
-            }
-        };
+        failures = if outcome.succeeded() { 0 } else { failures + 1 };
+        let next = outcome.next();
         // A promotion changed what the stages select: look again at once, so the status and
         // metrics show it (a few times at most, whatever a registry does).
-        follow_ups = if wrote { follow_ups + 1 } else { 0 };
-        if wrote && follow_ups <= MAX_FOLLOW_UPS {
-            delay = Duration::ZERO;
-        }
+        follow_ups = if next == Next::Now { follow_ups + 1 } else { 0 };
+        delay = if next == Next::Now && follow_ups <= MAX_FOLLOW_UPS {
+            Duration::ZERO
+        } else if failures == 0 {
+            jittered(pipeline.interval)
+        } else {
+            backoff(failures, pipeline.interval)
+        };
     }
 }
 

@@ -16,7 +16,10 @@
 //!   source GET is verified against it and the PUT's answer must confirm it.
 //! - One pipeline's failure is its own: the caller reconciles pipelines independently.
 
+pub mod approval;
+pub mod backend;
 pub mod describe;
+pub mod outcome;
 pub mod plan;
 pub mod state;
 
@@ -27,8 +30,11 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::{stream, StreamExt as _};
 
 use crate::config::Pipeline;
-use crate::reference::{Digest, Reference};
-use crate::registry::{self, Registries};
+use crate::reference::Digest;
+use crate::registry;
+pub use approval::{approval_target, ApproveError, Approved, TargetError};
+pub use backend::Backend;
+pub use outcome::{Applied, Next, Outcome, PromotionError};
 pub use plan::{Action, Intent, Observed, PipelinePlan, Planned, Promotion, StagePlan};
 pub use state::State;
 
@@ -53,9 +59,6 @@ const UNREADABLE_DELAY: Duration = Duration::from_millis(10);
 /// Why a pipeline could not be planned.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A registry named by a stage has no client (cannot happen with a validated config).
-    #[error("registry {0} is not configured")]
-    UnknownRegistry(String),
     /// Listing a repository failed.
     #[error("cannot list tags of {registry}/{repository}")]
     List {
@@ -88,155 +91,22 @@ pub enum Error {
 impl Error {
     /// The error and its causes on one line, as `{:#}` prints an `anyhow` error.
     pub fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
-        text
+        outcome::chain(self)
     }
-}
 
-/// One promotion applied (or refused) by [`Engine::apply`].
-#[derive(Debug)]
-pub struct Applied {
-    /// The stage promoted into.
-    pub stage: String,
-    /// What was promoted.
-    pub promotion: Promotion,
-    /// The copy's report, or why it failed.
-    pub result: Result<registry::Report, String>,
-    /// How long it took.
-    pub duration: Duration,
-}
-
-/// Why an approval names nothing that can be approved.
-#[derive(Debug, thiserror::Error)]
-pub enum TargetError {
-    /// No such pipeline.
-    #[error("no pipeline {name:?} (pipelines: {known})")]
-    NoPipeline {
-        /// The name asked for.
-        name: String,
-        /// The configured ones, comma-separated.
-        known: String,
-    },
-    /// No such stage in the pipeline.
-    #[error("pipeline {pipeline} has no stage {name:?} (stages: {known})")]
-    NoStage {
-        /// The pipeline.
-        pipeline: String,
-        /// The name asked for.
-        name: String,
-        /// Its stages, comma-separated.
-        known: String,
-    },
-    /// The stage is the pipeline's source: nothing promotes into it.
-    #[error("stage {0} is not promoted into (it has no promote = {{...}})")]
-    NotPromoted(String),
-}
-
-/// Finds the pipeline and the index of the stage an approval names.
-pub fn approval_target<'a>(
-    pipelines: &'a [Pipeline],
-    pipeline: &str,
-    stage: &str,
-) -> Result<(&'a Pipeline, usize), TargetError> {
-    let join = |names: Vec<&str>| names.join(", ");
-    let p = pipelines
-        .iter()
-        .find(|p| p.name == pipeline)
-        .ok_or_else(|| TargetError::NoPipeline {
-            name: pipeline.to_string(),
-            known: join(pipelines.iter().map(|p| p.name.as_str()).collect()),
-        })?;
-    let index = p
-        .stages
-        .iter()
-        .position(|s| s.name == stage)
-        .ok_or_else(|| TargetError::NoStage {
-            pipeline: p.name.clone(),
-            name: stage.to_string(),
-            known: join(p.stages.iter().map(|s| s.name.as_str()).collect()),
-        })?;
-    if p.stages[index].promote.is_none() {
-        return Err(TargetError::NotPromoted(stage.to_string()));
-    }
-    Ok((p, index))
-}
-
-/// What an approval did to the stage it named; shared by `retagd promote` and the HTTP API.
-#[derive(Debug)]
-pub enum Approved {
-    /// Copied, or found copied already (`up_to_date`: an earlier run wrote it).
-    Promoted {
-        /// What was promoted.
-        promotion: Promotion,
-        /// Whether the target already had it.
-        up_to_date: bool,
-    },
-    /// The copy failed.
-    Failed {
-        /// What was tried.
-        promotion: Promotion,
-        /// Why it failed.
-        error: String,
-    },
-    /// The stage already holds the candidate, as `tag`.
-    UpToDate {
-        /// The stage's tag for it.
-        tag: String,
-    },
-    /// The target tag exists with another digest and the stage does not allow moving it.
-    Conflict {
-        /// What would have been promoted.
-        promotion: Promotion,
-        /// The digest the target tag holds.
-        existing: Digest,
-    },
-    /// Nothing was promoted; the stage's action says why.
-    NotPromoted(Action),
-}
-
-impl Approved {
-    /// The outcome for stage `index` of a reconcile made with [`Intent::approve`].
-    pub fn of(plan: &PipelinePlan, applied: &[Applied], index: usize) -> Approved {
-        let Some(stage) = plan.stages.get(index) else {
-            return Approved::NotPromoted(Action::Invalid {
-                reason: format!("the plan has no stage {index}"),
-            });
-        };
-        if let Some(a) = applied.iter().find(|a| a.stage == stage.stage) {
-            return match &a.result {
-                Ok(report) => Approved::Promoted {
-                    promotion: a.promotion.clone(),
-                    up_to_date: report.up_to_date,
-                },
-                Err(e) => Approved::Failed {
-                    promotion: a.promotion.clone(),
-                    error: e.clone(),
-                },
-            };
-        }
-        match &stage.action {
-            Action::UpToDate { tag } => Approved::UpToDate { tag: tag.clone() },
-            Action::Conflict {
-                promotion,
-                existing,
-            } => Approved::Conflict {
-                promotion: promotion.clone(),
-                existing: existing.clone(),
-            },
-            other => Approved::NotPromoted(other.clone()),
+    /// The bounded `reason` label of `retagd_reconcile_errors_total`: the registry's reason, or
+    /// `unsettled`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::List { source, .. } | Error::Resolve { source, .. } => source.reason().as_str(),
+            Error::Unsettled(_) => "unsettled",
         }
     }
 }
 
 /// Observes, plans and applies; shared by `plan`, `reconcile`, `promote` and `run`.
 pub struct Engine {
-    registries: std::sync::RwLock<Arc<Registries>>,
+    backend: std::sync::RwLock<Arc<dyn Backend>>,
     state: Mutex<State>,
     /// Digests of tags that are not a stage's current tag, from earlier reconciles. Deciding a
     /// promotion needs the digest of every tag of the target stage; re-reading them on every
@@ -259,10 +129,11 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// An engine over these clients and state.
-    pub fn new(registries: Arc<Registries>, state: State) -> Engine {
+    /// An engine over these registries ([`registry::Registries`], or an in-memory backend in
+    /// tests) and state.
+    pub fn new(backend: Arc<dyn Backend>, state: State) -> Engine {
         Engine {
-            registries: std::sync::RwLock::new(registries),
+            backend: std::sync::RwLock::new(backend),
             state: Mutex::new(state),
             known: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
@@ -286,21 +157,15 @@ impl Engine {
 
     /// Swaps in new clients (after a configuration reload); reconciles in flight finish with
     /// the old ones, and the state stays.
-    pub fn set_registries(&self, registries: Arc<Registries>) {
-        *self.registries.write().unwrap_or_else(|e| e.into_inner()) = registries;
+    pub fn set_backend(&self, backend: Arc<dyn Backend>) {
+        *self.backend.write().unwrap_or_else(|e| e.into_inner()) = backend;
     }
 
-    fn registries(&self) -> Arc<Registries> {
-        self.registries
+    fn backend(&self) -> Arc<dyn Backend> {
+        self.backend
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-    }
-
-    fn client(&self, name: &str) -> Result<Arc<registry::Client>, Error> {
-        self.registries()
-            .get(name)
-            .ok_or_else(|| Error::UnknownRegistry(name.to_string()))
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -409,9 +274,8 @@ impl Engine {
     }
 
     async fn list_one(&self, key: plan::RepoKey) -> Result<(plan::RepoKey, Vec<String>), Error> {
-        let client = self.client(&key.0)?;
-        match client.list_tags(&key.1).await {
-            Ok(list) => Ok((key, list.tags)),
+        match self.backend().list_tags(&key.0, &key.1).await {
+            Ok(tags) => Ok((key, tags)),
             // A repository nobody pushed to yet has no tags.
             Err(e) if e.is_not_found() => Ok((key, Vec::new())),
             Err(source) => Err(Error::List {
@@ -428,17 +292,17 @@ impl Engine {
         key: plan::RepoKey,
         tag: String,
     ) -> Result<((plan::RepoKey, String), Option<Digest>), Error> {
-        let client = self.client(&key.0)?;
+        let backend = self.backend();
         // Every tag the planner asks about was in the listing (see `UNREADABLE_RETRIES`).
         let (mut delay, mut retries) = (UNREADABLE_DELAY, 0);
         loop {
-            match client.head_manifest(&key.1, &tag).await {
+            match backend.head(&key.0, &key.1, &tag).await {
                 Ok(None) if retries < UNREADABLE_RETRIES => {
                     retries += 1;
                     tokio::time::sleep(delay).await;
                     delay *= 2;
                 }
-                Ok(head) => return Ok(((key, tag), head.map(|h| h.digest))),
+                Ok(head) => return Ok(((key, tag), head)),
                 Err(source) => {
                     return Err(Error::Resolve {
                         registry: key.0,
@@ -512,102 +376,70 @@ impl Engine {
                 ));
             let started = Instant::now();
             let result = if failed.contains(p.from_stage.as_str()) {
-                Err(format!(
-                    "skipped: the promotion into {} failed in this pass",
-                    p.from_stage
-                ))
+                Err(PromotionError::Skipped {
+                    from_stage: p.from_stage.clone(),
+                })
             } else {
-                self.copy(stage, p)
+                self.backend()
+                    .copy(p, stage)
                     .await
-                    .map_err(|e| format!("{:#}", anyhow::Error::new(e)))
+                    .map_err(PromotionError::Copy)
             };
-            let duration = started.elapsed();
-            match &result {
-                Ok(report) => {
-                    tracing::info!(
-                        pipeline = %pipeline.name,
-                        stage = %stage.stage,
-                        from_tag = %p.from_tag,
-                        to_tag = %p.to_tag,
-                        digest = %p.digest,
-                        registry = %stage.registry,
-                        repository = %stage.repository,
-                        duration_ms = duration.as_millis() as u64,
-                        result = if report.up_to_date { "up_to_date" } else { "success" },
-                        "promoted {} -> {}",
-                        p.from_tag,
-                        p.to_tag
-                    );
-                    let now = SystemTime::now();
-                    self.state()
-                        .observe(&pipeline.name, &stage.stage, &p.digest, now);
-                }
-                Err(error) => {
-                    failed.insert(stage.stage.as_str());
-                    tracing::error!(
-                        pipeline = %pipeline.name,
-                        stage = %stage.stage,
-                        from_tag = %p.from_tag,
-                        to_tag = %p.to_tag,
-                        digest = %p.digest,
-                        registry = %stage.registry,
-                        repository = %stage.repository,
-                        duration_ms = duration.as_millis() as u64,
-                        result = "failure",
-                        error = %error,
-                        "promotion {} -> {} failed",
-                        p.from_tag,
-                        p.to_tag
-                    );
-                }
-            }
-            applied.push(Applied {
+            let done = Applied {
                 stage: stage.stage.clone(),
                 promotion: p.clone(),
                 result,
-                duration,
-            });
+                duration: started.elapsed(),
+            };
+            log_applied(&pipeline.name, stage, &done);
+            match &done.result {
+                Ok(_) => {
+                    self.state()
+                        .observe(&pipeline.name, &stage.stage, &p.digest, SystemTime::now())
+                }
+                Err(_) => {
+                    failed.insert(stage.stage.as_str());
+                }
+            }
+            applied.push(done);
         }
         applied
     }
 
-    async fn copy(
-        &self,
-        stage: &StagePlan,
-        p: &Promotion,
-    ) -> Result<registry::Report, registry::Error> {
-        let unknown =
-            |name: &str| registry::Error::Refused(format!("registry {name} is not configured"));
-        let registries = self.registries();
-        let src = registries
-            .get(&p.from_registry)
-            .ok_or_else(|| unknown(&p.from_registry))?;
-        let dst = registries
-            .get(&stage.registry)
-            .ok_or_else(|| unknown(&stage.registry))?;
-        let src_ref = Reference {
-            registry: src.host().to_string(),
-            repository: p.from_repository.clone(),
-            tag: Some(p.from_tag.clone()),
-            digest: Some(p.digest.clone()),
-        };
-        let dst_ref = Reference {
-            registry: dst.host().to_string(),
-            repository: stage.repository.clone(),
-            tag: Some(p.to_tag.clone()),
-            digest: None,
-        };
-        registry::copy(&src, &src_ref, &dst, &dst_ref, p.overwrite).await
-    }
-
     /// One reconcile: plan (recording first-seen times), apply, save the state, log a summary.
+    /// Never fails as a call: a pipeline that cannot be planned is an [`Outcome`] too.
     pub async fn reconcile(
         &self,
         pipeline: &Pipeline,
         intent: &Intent,
         stopping: &(dyn Fn() -> bool + Sync),
-    ) -> Result<(PipelinePlan, Vec<Applied>), Error> {
+    ) -> Outcome {
         let started = Instant::now();
+        let (plan, applied) = {
+            let _held = self.lock_targets(pipeline).await;
+            match self.plan_holding_slots(pipeline, intent, true).await {
+                Ok(plan) => {
+                    let applied = self.apply(pipeline, &plan, stopping).await;
+                    (Ok(plan), applied)
+                }
+                Err(e) => (Err(e), Vec::new()),
+            }
+        };
+        self.save_state();
+        let outcome = Outcome {
+            pipeline: pipeline.name.clone(),
+            plan,
+            applied,
+            duration: started.elapsed(),
+            at: SystemTime::now(),
+        };
+        outcome.log();
+        outcome
+    }
+
+    /// Takes the pipeline's registry slots, then the locks of the repositories it promotes into;
+    /// both in name order, so two pipelines sharing registries or repositories cannot deadlock.
+    async fn lock_targets(&self, pipeline: &Pipeline) -> Held {
         let targets: BTreeSet<plan::RepoKey> = pipeline
             .stages
             .iter()
@@ -621,45 +453,15 @@ impl Engine {
                 .map(|k| all.entry(k).or_default().clone())
                 .collect()
         };
-        // Slots before locks, and each in key order, so two pipelines sharing registries or
-        // repositories cannot deadlock.
-        let _slots = self.slots(pipeline).await;
-        let mut _held = Vec::with_capacity(locks.len());
+        let slots = self.slots(pipeline).await;
+        let mut held = Vec::with_capacity(locks.len());
         for lock in locks {
-            _held.push(lock.lock_owned().await);
+            held.push(lock.lock_owned().await);
         }
-        let plan = self.plan_holding_slots(pipeline, intent, true).await?;
-        let applied = self.apply(pipeline, &plan, stopping).await;
-        self.save_state();
-        let count = |f: fn(&Action) -> bool| plan.stages.iter().filter(|s| f(&s.action)).count();
-        tracing::info!(
-            pipeline = %pipeline.name,
-            promoted = applied.iter().filter(|a| a.result.is_ok()).count(),
-            failed = applied.iter().filter(|a| a.result.is_err()).count(),
-            pending = count(|a| matches!(a, Action::Pending(_))),
-            waiting = count(|a| matches!(a, Action::Waiting { .. })),
-            conflicts = count(|a| matches!(a, Action::Conflict { .. })),
-            duration_ms = started.elapsed().as_millis() as u64,
-            "reconciled"
-        );
-        for s in &plan.stages {
-            if let Action::Conflict {
-                promotion,
-                existing,
-            } = &s.action
-            {
-                tracing::warn!(
-                    pipeline = %pipeline.name,
-                    stage = %s.stage,
-                    to_tag = %promotion.to_tag,
-                    digest = %promotion.digest,
-                    existing = %existing,
-                    "conflict: {} exists with another digest; not overwriting",
-                    promotion.to_tag
-                );
-            }
+        Held {
+            _slots: slots,
+            _locks: held,
         }
-        Ok((plan, applied))
     }
 
     /// Writes the state file if anything changed; a failure is logged, not fatal (it only
@@ -668,5 +470,49 @@ impl Engine {
         if let Err(e) = self.state().save() {
             tracing::warn!(error = %e, "cannot save state");
         }
+    }
+}
+
+/// The slots and repository locks one reconcile holds until it ends.
+struct Held {
+    _slots: Vec<tokio::sync::OwnedSemaphorePermit>,
+    _locks: Vec<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+/// One log event per promotion tried.
+fn log_applied(pipeline: &str, stage: &StagePlan, a: &Applied) {
+    let p = &a.promotion;
+    let duration_ms = a.duration.as_millis() as u64;
+    match &a.result {
+        Ok(report) => tracing::info!(
+            pipeline = %pipeline,
+            stage = %stage.stage,
+            from_tag = %p.from_tag,
+            to_tag = %p.to_tag,
+            digest = %p.digest,
+            registry = %stage.registry,
+            repository = %stage.repository,
+            duration_ms,
+            result = if report.up_to_date { "up_to_date" } else { "success" },
+            "promoted {} -> {}",
+            p.from_tag,
+            p.to_tag
+        ),
+        Err(error) => tracing::error!(
+            pipeline = %pipeline,
+            stage = %stage.stage,
+            from_tag = %p.from_tag,
+            to_tag = %p.to_tag,
+            digest = %p.digest,
+            registry = %stage.registry,
+            repository = %stage.repository,
+            duration_ms,
+            result = "failure",
+            reason = error.reason(),
+            error = %error.chain(),
+            "promotion {} -> {} failed",
+            p.from_tag,
+            p.to_tag
+        ),
     }
 }

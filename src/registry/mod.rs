@@ -17,6 +17,8 @@ mod auth;
 mod copy;
 pub mod manifest;
 mod observe;
+mod reason_shim;
+pub use reason_shim::Reason;
 mod tls;
 mod transport;
 

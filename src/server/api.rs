@@ -16,12 +16,11 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{authorize, body_or_answer, error, API_BODY_LIMIT};
-use crate::daemon::status::PipelineStatus;
-use crate::daemon::{ApproveError, Shared};
+use super::{authorize, body_or_answer, error, Shared, API_BODY_LIMIT};
 use crate::engine::describe::{action_json, action_text, promotion_json, stage_json};
-use crate::engine::{Approved, TargetError};
+use crate::engine::{ApproveError, Approved, TargetError};
 use crate::reference;
+use crate::status::PipelineStatus;
 
 fn time(t: Option<SystemTime>) -> Value {
     t.map_or(Value::Null, |t| {
@@ -76,7 +75,7 @@ fn pipeline_json(name: &str, status: &PipelineStatus) -> Value {
 
 pub(super) async fn list(State(shared): State<Arc<Shared>>) -> Response {
     let pipelines: Vec<Value> = shared
-        .status
+        .status()
         .all()
         .iter()
         .map(|(name, status)| pipeline_json(name, status))
@@ -88,7 +87,7 @@ pub(super) async fn one(
     State(shared): State<Arc<Shared>>,
     Path(pipeline): Path<String>,
 ) -> Response {
-    match shared.status.get(&pipeline) {
+    match shared.status().get(&pipeline) {
         Some(status) => Json(pipeline_json(&pipeline, &status)).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no pipeline {pipeline:?}")),
     }
@@ -127,7 +126,7 @@ pub(super) async fn promote(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(answer) = authorize(&shared, &headers) {
+    if let Err(answer) = authorize(&*shared, &headers) {
         return answer;
     }
     let body = match body_or_answer(body, API_BODY_LIMIT).map(|b| parse_body(&b)) {
@@ -138,7 +137,11 @@ pub(super) async fn promote(
         Ok(b) => b,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    let approved = match shared.approve(&pipeline, &stage, body.tag).await {
+    let approved = match shared
+        .clone()
+        .approve(pipeline.clone(), stage.clone(), body.tag)
+        .await
+    {
         Ok(a) => a,
         Err(ApproveError::Target(e @ TargetError::NotPromoted(_))) => {
             return error(StatusCode::BAD_REQUEST, e.to_string())
@@ -176,7 +179,7 @@ pub(super) async fn promote(
         ),
         Approved::Failed { promotion, error } => (
             StatusCode::BAD_GATEWAY,
-            json!({"result": "failure", "promotion": promotion_json(&promotion), "error": error}),
+            json!({"result": "failure", "promotion": promotion_json(&promotion), "reason": error.reason(), "error": error.chain()}),
         ),
         Approved::NotPromoted(action) => (
             StatusCode::UNPROCESSABLE_ENTITY,

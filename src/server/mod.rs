@@ -1,8 +1,9 @@
 //! The HTTP side of `retagd run`: metrics, health, the status and approval API, and registry
 //! webhooks, on one listener (`server.listen`).
 //!
-//! Handlers only translate HTTP: what happens is up to [`daemon::Shared`], so the API promotes
-//! exactly as a reconcile does. Every answer that is not `/metrics` is JSON; errors are
+//! Handlers only translate HTTP: what happens is up to the running daemon, reached through the
+//! small [`Handle`] that `retagd run` plugs in, so the API promotes exactly as a reconcile does
+//! and this module knows nothing of the daemon's internals. Every answer that is not `/metrics` is JSON; errors are
 //! `{"error": "..."}` naming what was wrong.
 //!
 //! # Security
@@ -38,7 +39,34 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 use tokio::sync::watch;
 
-use crate::daemon::{self, Shared};
+use crate::config::Config;
+use crate::engine::{ApproveError, Approved};
+use crate::metrics::Metrics;
+use crate::status::Status;
+
+/// What the HTTP side needs of the running daemon.
+pub trait Handle: Send + Sync + 'static {
+    /// What each pipeline last showed.
+    fn status(&self) -> &Status;
+    /// The metrics served on `/metrics`, counting webhooks too.
+    fn metrics(&self) -> &Metrics;
+    /// The configuration in force (token and secret files, read at each request).
+    fn config(&self) -> Arc<Config>;
+    /// Approves the promotion into `stage` (of `tag` of the source stage, when given) and
+    /// carries it out to its end even if the client goes away.
+    fn approve(
+        self: Arc<Self>,
+        pipeline: String,
+        stage: String,
+        tag: Option<String>,
+    ) -> futures_util::future::BoxFuture<'static, Result<Approved, ApproveError>>;
+    /// A registry reported a push of `repository` (on `host`, when it said): wakes the
+    /// pipelines with a stage there and returns their names.
+    fn pushed(&self, host: Option<&str>, repository: &str) -> Vec<String>;
+}
+
+/// The daemon as the handlers see it.
+type Shared = dyn Handle;
 
 /// Largest API request body: `{"tag": "..."}` needs a few hundred bytes.
 pub const API_BODY_LIMIT: usize = 16 * 1024;
@@ -48,7 +76,7 @@ pub const WEBHOOK_BODY_LIMIT: usize = 1024 * 1024;
 /// Serves until `stop` turns true, then finishes the requests in flight.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
+    shared: Arc<dyn Handle>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     axum::serve(listener, router(shared))
@@ -59,7 +87,7 @@ pub async fn serve(
 }
 
 /// Every route.
-pub fn router(shared: Arc<Shared>) -> Router {
+pub fn router(shared: Arc<dyn Handle>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -142,7 +170,7 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    let waiting = shared.status.not_ready();
+    let waiting = shared.status().not_ready();
     if waiting.is_empty() {
         Json(json!({"status": "ready"})).into_response()
     } else {
@@ -157,7 +185,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     (
         [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-        shared.metrics.encode(),
+        shared.metrics().encode(),
     )
         .into_response()
 }
@@ -178,8 +206,8 @@ async fn webhook(
             format!("no webhook source {source:?} (distribution, harbor, github, dockerhub)"),
         );
     };
-    let routes = shared.routes();
-    let Some(file) = &routes.config.webhooks.secret_file else {
+    let config = shared.config();
+    let Some(file) = &config.webhooks.secret_file else {
         return error(
             StatusCode::NOT_FOUND,
             "webhooks are off (set webhooks.secret_file)".to_string(),
@@ -191,7 +219,7 @@ async fn webhook(
     };
     let label = source.as_str();
     if let Err(refusal) = webhooks::pre_authenticate(source, &headers, query.as_deref(), &secret) {
-        return refused(&shared, label, refusal);
+        return refused(&*shared, label, refusal);
     }
     // The route's `DefaultBodyLimit` travels in the request's extensions, so this read is bounded.
     let body = match body_or_answer(
@@ -203,7 +231,7 @@ async fn webhook(
     };
     match webhooks::receive(source, &headers, query.as_deref(), &body, &secret) {
         Ok(received) => {
-            shared.metrics.webhook(label, "accepted");
+            shared.metrics().webhook(label, "accepted");
             let mut woken: Vec<String> = Vec::new();
             for push in &received.pushes {
                 for name in shared.pushed(push.host.as_deref(), &push.repository) {
@@ -230,7 +258,7 @@ async fn webhook(
             )
                 .into_response()
         }
-        Err(refusal) => refused(&shared, label, refusal),
+        Err(refusal) => refused(&*shared, label, refusal),
     }
 }
 
@@ -240,15 +268,15 @@ fn refused(shared: &Shared, label: &str, refusal: webhooks::Refusal) -> Response
         webhooks::Refusal::Unauthorized(_) => "unauthorized",
         webhooks::Refusal::BadRequest(_) => "invalid",
     };
-    shared.metrics.webhook(label, result);
+    shared.metrics().webhook(label, result);
     tracing::warn!(source = label, "webhook refused: {refusal}");
     error(refusal.status(), refusal.to_string())
 }
 
 /// Checks `Authorization: Bearer <token>` against `server.api_token_file`.
-fn authorize(shared: &daemon::Shared, headers: &HeaderMap) -> Result<(), Response> {
-    let routes = shared.routes();
-    let Some(file) = &routes.config.server.api_token_file else {
+fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+    let config = shared.config();
+    let Some(file) = &config.server.api_token_file else {
         return Err(error(
             StatusCode::FORBIDDEN,
             "the write API is off (set server.api_token_file)".to_string(),

@@ -11,7 +11,7 @@ use std::sync::RwLock;
 use std::time::SystemTime;
 
 use crate::config::{EventKind, Pipeline};
-use crate::engine::{self, Action, Applied, PipelinePlan, Promotion, StagePlan};
+use crate::engine::{Action, Outcome, Promotion, StagePlan};
 use crate::notify::Event;
 
 /// One pipeline as last seen.
@@ -126,26 +126,22 @@ impl Status {
     /// Records one reconcile's outcome and returns the events it is the first to show. A
     /// pipeline no longer configured (an approval that finished after a reload) is not brought
     /// back.
-    pub fn record(
-        &self,
-        pipeline: &Pipeline,
-        outcome: &Result<(PipelinePlan, Vec<Applied>), engine::Error>,
-        at: SystemTime,
-    ) -> Vec<Event> {
+    pub fn record(&self, outcome: &Outcome) -> Vec<Event> {
         let mut all = self.pipelines.write().unwrap_or_else(|e| e.into_inner());
-        let Some(entry) = all.get_mut(&pipeline.name) else {
+        let Some(entry) = all.get_mut(&outcome.pipeline) else {
             return Vec::new();
         };
+        let at = outcome.at;
         entry.status.last_reconcile = Some(at);
-        let (plan, applied) = match outcome {
+        let plan = match &outcome.plan {
             Err(e) => {
                 entry.status.last_error = Some(e.chain());
                 return Vec::new();
             }
-            Ok(done) => done,
+            Ok(plan) => plan,
         };
         entry.status.last_error = None;
-        if applied.iter().all(|a| a.result.is_ok()) {
+        if outcome.succeeded() {
             entry.status.last_success = Some(at);
         }
         let mut events = Vec::new();
@@ -158,7 +154,7 @@ impl Status {
             let mut now = Announced::default();
             let event = |kind, p: &Promotion| Event {
                 kind,
-                pipeline: pipeline.name.clone(),
+                pipeline: outcome.pipeline.clone(),
                 stage: st.stage.clone(),
                 registry: st.registry.clone(),
                 repository: st.repository.clone(),
@@ -204,7 +200,7 @@ impl Status {
             if now.failure.is_none() {
                 stage.last_error = None;
             }
-            if let Some(a) = applied.iter().find(|a| a.stage == st.stage) {
+            if let Some(a) = outcome.applied.iter().find(|a| a.stage == st.stage) {
                 match &a.result {
                     Ok(_) => {
                         stage.last_promotion = Some((a.promotion.clone(), at));
@@ -213,6 +209,7 @@ impl Status {
                         events.push(event(EventKind::Success, &a.promotion));
                     }
                     Err(error) => {
+                        let error = error.chain();
                         stage.last_error = Some(error.clone());
                         let key = (
                             a.promotion.to_tag.clone(),
@@ -220,7 +217,7 @@ impl Status {
                         );
                         if now.failure.as_ref() != Some(&key) {
                             events.push(Event {
-                                error: Some(error.clone()),
+                                error: Some(error),
                                 ..event(EventKind::Failure, &a.promotion)
                             });
                         }
@@ -266,10 +263,12 @@ mod tests {
     use super::*;
     use crate::config::{self, Format};
     use crate::engine::plan::Current;
+    use crate::engine::{Applied, PipelinePlan, PromotionError};
     use crate::reference::Digest;
+    use crate::registry;
 
     fn pipeline() -> Pipeline {
-        let text = include_str!("../../config/retagd.toml");
+        let text = include_str!("../config/retagd.toml");
         let loaded = config::parse(text, Format::Toml, "example").unwrap();
         loaded.config.pipelines[0].clone()
     }
@@ -287,7 +286,7 @@ mod tests {
     }
 
     /// A plan whose production stage has `action`, and a failed copy of it when `failed`.
-    fn outcome(action: Action, failed: Option<&str>) -> (PipelinePlan, Vec<Applied>) {
+    fn outcome(action: Action, failed: Option<&str>) -> Outcome {
         let stage = |name: &str, action: Action| StagePlan {
             stage: name.into(),
             registry: "local".into(),
@@ -303,7 +302,10 @@ mod tests {
             (Action::Promote(p), Some(error)) => vec![Applied {
                 stage: "production".into(),
                 promotion: p.clone(),
-                result: Err(error.into()),
+                result: Err(PromotionError::Copy(registry::Error::Protocol {
+                    registry: "local".into(),
+                    what: error.into(),
+                })),
                 duration: Duration::ZERO,
             }],
             _ => Vec::new(),
@@ -316,7 +318,13 @@ mod tests {
                 stage("production", action),
             ],
         };
-        (plan, applied)
+        Outcome {
+            pipeline: plan.pipeline.clone(),
+            plan: Ok(plan),
+            applied,
+            duration: Duration::ZERO,
+            at: SystemTime::now(),
+        }
     }
 
     fn kinds(events: &[Event]) -> Vec<&'static str> {
@@ -328,10 +336,8 @@ mod tests {
         let p = pipeline();
         let status = Status::default();
         status.configure(std::slice::from_ref(&p));
-        let now = SystemTime::now();
-        let record = |action: Action, failed: Option<&str>| {
-            kinds(&status.record(&p, &Ok(outcome(action, failed)), now))
-        };
+        let record =
+            |action: Action, failed: Option<&str>| kinds(&status.record(&outcome(action, failed)));
         let a = promotion("v1.2.0", "a");
         assert_eq!(record(Action::Pending(a.clone()), None), ["pending"]);
         assert!(record(Action::Pending(a.clone()), None).is_empty());
@@ -345,7 +351,7 @@ mod tests {
             status.get("api-gateway").unwrap().stages[2]
                 .last_error
                 .as_deref(),
-            Some("upload 2 failed")
+            Some("registry local: upload 2 failed")
         );
         // Another candidate fails: announced; once nothing is promoted, the error is gone.
         let b = promotion("v1.2.1", "b");
@@ -374,10 +380,9 @@ mod tests {
 
     #[test]
     fn a_pipeline_removed_by_a_reload_is_not_brought_back() {
-        let p = pipeline();
         let status = Status::default();
         status.configure(&[]);
-        let events = status.record(&p, &Ok(outcome(Action::Source, None)), SystemTime::now());
+        let events = status.record(&outcome(Action::Source, None));
         assert!(events.is_empty());
         assert!(status.get("api-gateway").is_none());
     }

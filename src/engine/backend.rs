@@ -1,0 +1,99 @@
+//! The registry operations the engine drives, as a trait: the real implementation is
+//! [`Registries`]; the engine's unit tests use an in-memory one, so the driver's logic (digest
+//! cache, re-checks of unreadable tags, lock and slot ordering) is tested without a registry.
+//! Integration tests still run the engine against the real CNCF registry.
+
+use futures_util::future::BoxFuture;
+
+use super::plan::{Promotion, StagePlan};
+use crate::reference::{Digest, Reference};
+use crate::registry::{self, Registries};
+
+/// What one registry operation answers.
+pub type Result<T> = std::result::Result<T, registry::Error>;
+
+/// The three things a reconcile asks of registries, by configured registry name.
+pub trait Backend: Send + Sync {
+    /// Every tag of `repository`; a repository that does not exist is an error that
+    /// [`registry::Error::is_not_found`] recognises.
+    fn list_tags<'a>(
+        &'a self,
+        registry: &'a str,
+        repository: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>>>;
+
+    /// The digest `tag` names, or `None` when it does not exist.
+    fn head<'a>(
+        &'a self,
+        registry: &'a str,
+        repository: &'a str,
+        tag: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Digest>>>;
+
+    /// Copies `promotion.digest` from its source stage to `to`'s repository as
+    /// `promotion.to_tag`.
+    fn copy<'a>(
+        &'a self,
+        promotion: &'a Promotion,
+        to: &'a StagePlan,
+    ) -> BoxFuture<'a, Result<registry::Report>>;
+}
+
+impl Registries {
+    fn client(&self, name: &str) -> Result<std::sync::Arc<registry::Client>> {
+        self.get(name)
+            .ok_or_else(|| registry::Error::Refused(format!("registry {name} is not configured")))
+    }
+}
+
+impl Backend for Registries {
+    fn list_tags<'a>(
+        &'a self,
+        registry: &'a str,
+        repository: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>>> {
+        Box::pin(async move {
+            let client = self.client(registry)?;
+            Ok(client.list_tags(repository).await?.tags)
+        })
+    }
+
+    fn head<'a>(
+        &'a self,
+        registry: &'a str,
+        repository: &'a str,
+        tag: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Digest>>> {
+        Box::pin(async move {
+            let client = self.client(registry)?;
+            Ok(client
+                .head_manifest(repository, tag)
+                .await?
+                .map(|h| h.digest))
+        })
+    }
+
+    fn copy<'a>(
+        &'a self,
+        p: &'a Promotion,
+        to: &'a StagePlan,
+    ) -> BoxFuture<'a, Result<registry::Report>> {
+        Box::pin(async move {
+            let src = self.client(&p.from_registry)?;
+            let dst = self.client(&to.registry)?;
+            let src_ref = Reference {
+                registry: src.host().to_string(),
+                repository: p.from_repository.clone(),
+                tag: Some(p.from_tag.clone()),
+                digest: Some(p.digest.clone()),
+            };
+            let dst_ref = Reference {
+                registry: dst.host().to_string(),
+                repository: to.repository.clone(),
+                tag: Some(p.to_tag.clone()),
+                digest: None,
+            };
+            registry::copy(&src, &src_ref, &dst, &dst_ref, p.overwrite).await
+        })
+    }
+}
