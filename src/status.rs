@@ -11,7 +11,7 @@ use std::sync::RwLock;
 use std::time::SystemTime;
 
 use crate::config::{EventKind, Pipeline};
-use crate::engine::{Action, Outcome, Promotion, StagePlan};
+use crate::engine::{Action, Applied, Outcome, Promotion, StagePlan};
 use crate::notify::Event;
 
 /// One pipeline as last seen.
@@ -44,7 +44,82 @@ pub struct StageStatus {
     pub last_error: Option<String>,
 }
 
+/// A candidate as announcements key it: target tag and digest.
+fn candidate(p: &Promotion) -> (String, String) {
+    (p.to_tag.clone(), p.digest.as_str().to_string())
+}
+
 impl StageStatus {
+    /// Takes on the stage's plan and its promotion's result (if one was tried); returns the
+    /// events that differ from what `was` last announced, and updates `was`.
+    fn record(
+        &mut self,
+        st: &StagePlan,
+        applied: Option<&Applied>,
+        was: &mut Announced,
+        at: SystemTime,
+        event: impl Fn(EventKind, &Promotion) -> Event,
+    ) -> Vec<Event> {
+        self.plan = Some(st.clone());
+        let mut events = Vec::new();
+        let mut now = Announced::default();
+        match &st.action {
+            Action::Pending(p) => {
+                now.pending = Some(candidate(p));
+                if was.pending != now.pending {
+                    events.push(event(EventKind::Pending, p));
+                }
+            }
+            Action::Conflict {
+                promotion,
+                existing,
+            } => {
+                now.conflict = Some(candidate(promotion));
+                if was.conflict != now.conflict {
+                    events.push(Event {
+                        existing_digest: Some(existing.as_str().to_string()),
+                        ..event(EventKind::Conflict, promotion)
+                    });
+                }
+            }
+            _ => {}
+        }
+        // A failure stays current while the stage still means to promote that candidate.
+        let wanted = match &st.action {
+            Action::Promote(p) | Action::Pending(p) | Action::Waiting { promotion: p, .. } => {
+                Some(candidate(p))
+            }
+            _ => None,
+        };
+        now.failure = was.failure.take().filter(|k| Some(k) == wanted.as_ref());
+        if now.failure.is_none() {
+            self.last_error = None;
+        }
+        match applied.map(|a| (a, &a.result)) {
+            Some((a, Ok(_))) => {
+                self.last_promotion = Some((a.promotion.clone(), at));
+                self.last_error = None;
+                now.failure = None;
+                events.push(event(EventKind::Success, &a.promotion));
+            }
+            Some((a, Err(error))) => {
+                let error = error.chain();
+                self.last_error = Some(error.clone());
+                let key = candidate(&a.promotion);
+                if now.failure.as_ref() != Some(&key) {
+                    events.push(Event {
+                        error: Some(error),
+                        ..event(EventKind::Failure, &a.promotion)
+                    });
+                }
+                now.failure = Some(key);
+            }
+            None => {}
+        }
+        *was = now;
+        events
+    }
+
     /// The promotion waiting for approval, if any.
     pub fn pending(&self) -> Option<&Promotion> {
         match self.plan.as_ref().map(|p| &p.action) {
@@ -149,9 +224,8 @@ impl Status {
             let Some(stage) = entry.status.stages.iter_mut().find(|s| s.name == st.stage) else {
                 continue;
             };
-            stage.plan = Some(st.clone());
             let was = entry.announced.entry(st.stage.clone()).or_default();
-            let mut now = Announced::default();
+            let applied = outcome.applied.iter().find(|a| a.stage == st.stage);
             let event = |kind, p: &Promotion| Event {
                 kind,
                 pipeline: outcome.pipeline.clone(),
@@ -165,67 +239,7 @@ impl Status {
                 error: None,
                 time: at,
             };
-            match &st.action {
-                Action::Pending(p) => {
-                    now.pending = Some((p.to_tag.clone(), p.digest.as_str().to_string()));
-                    if was.pending != now.pending {
-                        events.push(event(EventKind::Pending, p));
-                    }
-                }
-                Action::Conflict {
-                    promotion,
-                    existing,
-                } => {
-                    now.conflict = Some((
-                        promotion.to_tag.clone(),
-                        promotion.digest.as_str().to_string(),
-                    ));
-                    if was.conflict != now.conflict {
-                        events.push(Event {
-                            existing_digest: Some(existing.as_str().to_string()),
-                            ..event(EventKind::Conflict, promotion)
-                        });
-                    }
-                }
-                _ => {}
-            }
-            // A failure stays current while the stage still means to promote that candidate.
-            let wanted = match &st.action {
-                Action::Promote(p) | Action::Pending(p) | Action::Waiting { promotion: p, .. } => {
-                    Some((p.to_tag.clone(), p.digest.as_str().to_string()))
-                }
-                _ => None,
-            };
-            now.failure = was.failure.clone().filter(|k| Some(k) == wanted.as_ref());
-            if now.failure.is_none() {
-                stage.last_error = None;
-            }
-            if let Some(a) = outcome.applied.iter().find(|a| a.stage == st.stage) {
-                match &a.result {
-                    Ok(_) => {
-                        stage.last_promotion = Some((a.promotion.clone(), at));
-                        stage.last_error = None;
-                        now.failure = None;
-                        events.push(event(EventKind::Success, &a.promotion));
-                    }
-                    Err(error) => {
-                        let error = error.chain();
-                        stage.last_error = Some(error.clone());
-                        let key = (
-                            a.promotion.to_tag.clone(),
-                            a.promotion.digest.as_str().to_string(),
-                        );
-                        if now.failure.as_ref() != Some(&key) {
-                            events.push(Event {
-                                error: Some(error),
-                                ..event(EventKind::Failure, &a.promotion)
-                            });
-                        }
-                        now.failure = Some(key);
-                    }
-                }
-            }
-            *was = now;
+            events.extend(stage.record(st, applied, was, at, event));
         }
         events
     }
@@ -263,7 +277,7 @@ mod tests {
     use super::*;
     use crate::config::{self, Format};
     use crate::engine::plan::Current;
-    use crate::engine::{Applied, PipelinePlan, PromotionError};
+    use crate::engine::{PipelinePlan, PromotionError};
     use crate::reference::Digest;
     use crate::registry;
 
