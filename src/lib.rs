@@ -22,6 +22,9 @@
 //! - [`registry`]: the registry client: tag lists, manifests, and copies with the fewest requests
 //!   (retries, rate limits, auth, TLS).
 //! - [`cli`]: the `retagd` command line; `main.rs` only maps its result to an exit code.
+//! - [`secret`]: secret files (passwords, tokens, webhook secrets, notification URLs), all read
+//!   by one rule, and the [`Secret`](secret::Secret) type that never prints. It imports nothing
+//!   of retagd's.
 //!
 //! Dependencies point one way: `policy`, `template` and `reference` know nothing of
 //! configuration files, the command line or the network; `registry` knows configuration only
@@ -38,5 +41,6 @@ pub mod notify;
 pub mod policy;
 pub mod reference;
 pub mod registry;
+pub mod secret;
 pub mod server;
 pub mod template;

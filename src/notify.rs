@@ -18,8 +18,8 @@
 //! - Transport errors, 429 and 5xx are retried with exponential backoff and jitter
 //!   ([`Backoff::default`]: 5 attempts, 1 s doubling up to 30 s); a `Retry-After` replaces the
 //!   delay, up to the same cap. Any other status is final.
-//! - A `url_file` is read and trimmed at each delivery, so a rotated Secret takes effect without
-//!   a reload. An unreadable file or a bad URL fails that delivery; it is not retried.
+//! - A `url_file` is read at each delivery (by the rule of [`secret`]), so a rotated Secret
+//!   takes effect without a reload. An unreadable file or a bad URL fails that delivery; it is not retried.
 //! - Each event's outcome per endpoint is counted on the `outcomes` counter passed to
 //!   [`Notifier::start`], labelled with the endpoint's host (for a `url_file`, the host of the
 //!   URL last read, `unknown` before one could be) and `result`: `delivered`, `failed` (final
@@ -94,6 +94,7 @@ use url::Url;
 
 use crate::config::{self, EventKind, NotifyFormat, NotifyTarget};
 use crate::reference::short_digest;
+use crate::secret::{self, Secret};
 
 /// Events queued per endpoint before new ones are dropped: a few reconciles' worth of
 /// promotions, small enough that a dead endpoint holds little memory.
@@ -105,8 +106,6 @@ pub const JSON_VERSION: u32 = 1;
 
 /// The host label of an endpoint whose host is not known (a `url_file` not read yet).
 const UNKNOWN_HOST: &str = "unknown";
-/// A `url_file` longer than this is not a URL; the limit keeps `/dev/zero` from eating memory.
-const MAX_URL_FILE: u64 = 8 << 10;
 /// Slack's limits: 3000 characters of section text, 2000 per field.
 const SLACK_TEXT_MAX: usize = 3000;
 const SLACK_FIELD_MAX: usize = 2000;
@@ -302,7 +301,7 @@ impl Notifier {
             let host = match &n.target {
                 NotifyTarget::Url(url) => host_of(url),
                 // Read now so that drops before the first delivery carry the right host.
-                NotifyTarget::File(path) => read_url_file_blocking(path)
+                NotifyTarget::File(path) => read_url_file_blocking(index, path)
                     .map_or_else(|_| UNKNOWN_HOST.to_string(), |url| host_of(&url)),
             };
             let endpoint = Arc::new(Endpoint {
@@ -502,7 +501,9 @@ impl Worker {
         };
         let url = match &endpoint.target {
             NotifyTarget::Url(url) => Ok(url.clone()),
-            NotifyTarget::File(path) => read_url_file(path).await.map_err(|e| (path, e)),
+            NotifyTarget::File(path) => read_url_file(endpoint.index, path)
+                .await
+                .map_err(|e| (path, e)),
         };
         let (url, body) = match (url, body) {
             (Ok(url), Ok(body)) => (url, Bytes::from(body)),
@@ -689,41 +690,31 @@ fn host_of(url: &Url) -> String {
 /// Why a `url_file` gave no URL. The messages never include the file's content.
 #[derive(Debug, thiserror::Error)]
 enum UrlFileError {
-    #[error("cannot read it: {0}")]
-    Read(#[from] std::io::Error),
-    #[error("it is longer than {MAX_URL_FILE} bytes")]
-    TooLong,
-    #[error("it is not UTF-8")]
-    NotUtf8,
+    #[error(transparent)]
+    Read(#[from] secret::Error),
     #[error("it holds no valid URL: {0}")]
     Invalid(url::ParseError),
     #[error("its URL must be http or https, with a host")]
     Unsupported,
 }
 
-async fn read_url_file(path: &Path) -> Result<Url, UrlFileError> {
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || read_url_file_blocking(&path))
-        .await
-        .map_err(|e| UrlFileError::Read(std::io::Error::other(e)))?
+/// The `config::Notification` key of a `url_file`, for errors.
+fn url_file_key(index: usize) -> String {
+    format!("notifications[{index}].url_file")
 }
 
-fn read_url_file_blocking(path: &Path) -> Result<Url, UrlFileError> {
-    use std::io::Read as _;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_URL_FILE + 1)
-        .read_to_end(&mut bytes)?;
-    parse_url_file(&bytes)
+async fn read_url_file(index: usize, path: &Path) -> Result<Url, UrlFileError> {
+    parse_url(&secret::read_async(&url_file_key(index), path).await?)
 }
 
-/// The URL in a `url_file`, with the checks the configuration applies to `url`.
-fn parse_url_file(bytes: &[u8]) -> Result<Url, UrlFileError> {
-    if bytes.len() as u64 > MAX_URL_FILE {
-        return Err(UrlFileError::TooLong);
-    }
-    let text = std::str::from_utf8(bytes).map_err(|_| UrlFileError::NotUtf8)?;
-    let url = Url::parse(text.trim()).map_err(UrlFileError::Invalid)?;
+fn read_url_file_blocking(index: usize, path: &Path) -> Result<Url, UrlFileError> {
+    parse_url(&secret::read(&url_file_key(index), path)?)
+}
+
+/// The URL in a `url_file`, with the checks the configuration applies to `url`. Surrounding
+/// spaces are no part of a URL (the URL standard drops them too).
+fn parse_url(text: &Secret) -> Result<Url, UrlFileError> {
+    let url = Url::parse(text.expose().trim()).map_err(UrlFileError::Invalid)?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(UrlFileError::Unsupported);
     }
@@ -991,19 +982,25 @@ mod tests {
 
     #[test]
     fn url_files_are_trimmed_checked_and_never_echoed() {
-        let url = parse_url_file(b"  https://hooks.slack.com/services/T/B/SECRET\n").unwrap();
+        let url = parse_url(&Secret::new(
+            "  https://hooks.slack.com/services/T/B/SECRET ",
+        ))
+        .unwrap();
         assert_eq!(url.path(), "/services/T/B/SECRET");
         for bad in [
-            &b"hooks.slack.com/services/T/B/SECRET"[..],
-            b"ftp://hooks.slack.com/SECRET",
-            b"\xffSECRET",
-            b"",
+            "hooks.slack.com/services/T/B/SECRET",
+            "ftp://hooks.slack.com/SECRET",
+            "mailto:SECRET@hooks.slack.com",
         ] {
-            let e = parse_url_file(bad).unwrap_err().to_string();
+            let e = parse_url(&Secret::new(bad)).unwrap_err().to_string();
             assert!(!e.contains("SECRET") && !e.contains("slack"), "{e}");
         }
-        let long = vec![b'a'; MAX_URL_FILE as usize + 1];
-        assert!(matches!(parse_url_file(&long), Err(UrlFileError::TooLong)));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("url");
+        std::fs::write(&path, "https://hooks.slack.com/SECRET\nSECRET\n").unwrap();
+        let e = read_url_file_blocking(3, &path).unwrap_err().to_string();
+        assert!(e.starts_with("notifications[3].url_file "), "{e}");
+        assert!(!e.contains("SECRET"), "{e}");
     }
 
     #[test]
