@@ -7,7 +7,9 @@
 //! Modules in layers, lowest first; each imports only modules of lower layers (the `layers` unit
 //! test below checks every `crate::` path in `src/`, so this map stays true):
 //!
-//! 1. [`reference`](mod@reference): image references and digests by the OCI grammar; the gate
+//! 1. [`secret`]: secret files (passwords, tokens, webhook secrets, notification URLs), all read
+//!    by one rule, and the [`Secret`](secret::Secret) type that never prints.
+//!    [`reference`](mod@reference): image references and digests by the OCI grammar; the gate
 //!    every name passes before it reaches a URL. [`policy`]: tag selection (`filter_tags` +
 //!    `semver` / `alphabetical` / `numerical`) with Flux's semantics, including the Masterminds
 //!    range language. Pure: no I/O.
@@ -40,6 +42,7 @@ pub mod notify;
 pub mod policy;
 pub mod reference;
 pub mod registry;
+pub mod secret;
 pub mod server;
 pub mod status;
 pub mod template;
@@ -53,7 +56,7 @@ mod layers {
     /// Lowest first; `fuzzing` is the property-test helper every layer may use in tests.
     const LAYERS: &[&[&str]] = &[
         &["fuzzing"],
-        &["reference", "policy"],
+        &["secret", "reference", "policy"],
         &["template"],
         &["config"],
         &["registry", "notify"],

@@ -191,9 +191,10 @@ pub fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<(), Failure> {
 fn token(args: &ApproveArgs) -> Result<String, Failure> {
     let usage = |m: String| Failure::Usage(anyhow::anyhow!(m));
     let token = match &args.token_file {
-        Some(path) => crate::server::read_secret(path)
-            .map_err(|e| usage(format!("--token-file {}: {e}", path.display())))
-            .map(|b| String::from_utf8_lossy(&b).into_owned())?,
+        Some(path) => crate::secret::read("--token-file", path)
+            .map_err(|e| usage(e.to_string()))?
+            .expose()
+            .to_string(),
         None => std::env::var("RETAGD_API_TOKEN")
             .map_err(|_| {
                 usage("no API token: pass --token-file FILE or set RETAGD_API_TOKEN".into())

@@ -524,8 +524,7 @@ fn check_secret_files(config: &Config) -> anyhow::Result<()> {
     ];
     for (key, file) in files {
         if let Some(path) = file {
-            crate::server::read_secret(path)
-                .with_context(|| format!("{key}: cannot use {}", path.display()))?;
+            crate::secret::read(key, path)?;
         }
     }
     Ok(())

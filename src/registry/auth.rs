@@ -5,7 +5,6 @@
 //! and `Display`), the scheme the registry asked for, and tokens per scope set with their expiry.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,28 +13,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use url::Url;
 
-/// A credential. Its text is only reachable through [`Secret::expose`], so it cannot end up in
-/// a log line or an error by accident.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a credential.
-    pub fn new(text: impl Into<String>) -> Secret {
-        Secret(text.into())
-    }
-
-    /// The credential itself, for the one place that puts it on the wire.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+pub use crate::secret::Secret;
 
 /// What a registry (or its token server) is given to prove who we are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,12 +81,13 @@ impl Source {
         let (path, server, required) = match self {
             Source::Known(c) => return Ok(c.clone()),
             Source::PasswordFile { username, path } => {
-                return read_password(path)
+                return crate::secret::read_async("password_file", path)
                     .await
                     .map(|password| Credentials::Basic {
                         username: username.clone(),
                         password,
                     })
+                    .map_err(|e| e.to_string())
             }
             Source::DockerConfig {
                 path,
@@ -174,18 +153,6 @@ impl Source {
             )),
         }
     }
-}
-
-/// Reads a password file: the first line, without its line ending; empty is an error.
-pub async fn read_password(path: &std::path::Path) -> Result<Secret, String> {
-    let text = tokio::fs::read_to_string(path)
-        .await
-        .map_err(|e| format!("cannot read password_file {}: {e}", path.display()))?;
-    let password = text.lines().next().unwrap_or("");
-    if password.is_empty() {
-        return Err(format!("password_file {} is empty", path.display()));
-    }
-    Ok(Secret::new(password))
 }
 
 /// One challenge from a `WWW-Authenticate` header.

@@ -42,6 +42,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::engine::{ApproveError, Approved};
 use crate::metrics::Metrics;
+use crate::secret::{self, Secret};
 use crate::status::Status;
 
 /// What the HTTP side needs of the running daemon.
@@ -130,22 +131,6 @@ fn error(status: StatusCode, message: String) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
-/// Reads a token or secret file by the rule of `password_file`: its first line (so the trailing
-/// newline editors leave is not part of it). An empty one is refused, since it would let an
-/// empty `Bearer` through.
-pub fn read_secret(path: &Path) -> std::io::Result<Vec<u8>> {
-    let bytes = std::fs::read(path)?;
-    let line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    if line.is_empty() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "its first line is empty",
-        ));
-    }
-    Ok(line.to_vec())
-}
-
 /// Compares in time independent of where the inputs differ and of their lengths (both are
 /// hashed first).
 pub fn same_secret(given: &[u8], expected: &[u8]) -> bool {
@@ -155,9 +140,9 @@ pub fn same_secret(given: &[u8], expected: &[u8]) -> bool {
 }
 
 /// The secret of `file` (`key` names the setting), or the answer to give when it is unusable.
-fn secret_of(key: &str, file: &Path) -> Result<Vec<u8>, Response> {
-    read_secret(file).map_err(|e| {
-        tracing::error!(file = %file.display(), error = %e, "cannot read {key}");
+fn secret_of(key: &str, file: &Path) -> Result<Secret, Response> {
+    secret::read(key, file).map_err(|e| {
+        tracing::error!(error = %e, "cannot use {key}");
         error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("{key} cannot be read; see the daemon's log"),
@@ -218,7 +203,12 @@ async fn webhook(
         Err(answer) => return answer,
     };
     let label = source.as_str();
-    if let Err(refusal) = webhooks::pre_authenticate(source, &headers, query.as_deref(), &secret) {
+    if let Err(refusal) = webhooks::pre_authenticate(
+        source,
+        &headers,
+        query.as_deref(),
+        secret.expose().as_bytes(),
+    ) {
         return refused(&*shared, label, refusal);
     }
     // The route's `DefaultBodyLimit` travels in the request's extensions, so this read is bounded.
@@ -229,7 +219,13 @@ async fn webhook(
         Ok(b) => b,
         Err(answer) => return answer,
     };
-    match webhooks::receive(source, &headers, query.as_deref(), &body, &secret) {
+    match webhooks::receive(
+        source,
+        &headers,
+        query.as_deref(),
+        &body,
+        secret.expose().as_bytes(),
+    ) {
         Ok(received) => {
             shared.metrics().webhook(label, "accepted");
             let mut woken: Vec<String> = Vec::new();
@@ -287,7 +283,7 @@ fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
         .get(header::AUTHORIZATION)
         .and_then(|v| webhooks::strip_bearer(v.as_bytes()));
     match given {
-        Some(given) if same_secret(given.trim_ascii(), &token) => Ok(()),
+        Some(given) if same_secret(given.trim_ascii(), token.expose().as_bytes()) => Ok(()),
         _ => Err((
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer realm=\"retagd\"")],

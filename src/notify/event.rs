@@ -1,0 +1,146 @@
+//! The event model: what the notifier is told about one promotion, and its one-line summary.
+//! Who builds events is up to the caller (the daemon's status); the formats read them.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Serialize, Serializer};
+
+use crate::config::EventKind;
+use crate::reference::short_digest;
+
+/// One promotion event.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// What happened; serialized as `event` (`success`, ...).
+    #[serde(rename = "event", serialize_with = "kind_str")]
+    pub kind: EventKind,
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// The target stage's name.
+    pub stage: String,
+    /// The target stage's registry, by its name in the configuration (not a URL).
+    pub registry: String,
+    /// The target stage's repository.
+    pub repository: String,
+    /// The source stage's tag.
+    pub from_tag: String,
+    /// The target tag.
+    pub to_tag: String,
+    /// The manifest digest promoted, or that would be.
+    pub digest: String,
+    /// For a conflict: what the target tag holds.
+    pub existing_digest: Option<String>,
+    /// For a failure: why.
+    pub error: Option<String>,
+    /// When it happened; serialized as RFC 3339 UTC.
+    #[serde(serialize_with = "rfc3339")]
+    pub time: SystemTime,
+}
+
+fn kind_str<S: Serializer>(kind: &EventKind, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(kind.as_str())
+}
+
+fn rfc3339<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    // humantime panics before 1970 and fails after 9999: a wrong clock must not lose the event.
+    let last = UNIX_EPOCH + Duration::from_secs(253_402_300_799);
+    let time = (*time).clamp(UNIX_EPOCH, last);
+    s.collect_str(&humantime::format_rfc3339_seconds(time))
+}
+
+impl Event {
+    /// One line for people, as in the JSON `summary` and the Slack text.
+    pub fn summary(&self) -> String {
+        let Event {
+            pipeline,
+            stage,
+            from_tag,
+            to_tag,
+            ..
+        } = self;
+        let digest = short_digest(&self.digest);
+        match self.kind {
+            EventKind::Success => {
+                format!("{pipeline}/{stage}: promoted {from_tag} -> {to_tag} ({digest})")
+            }
+            EventKind::Failure => format!(
+                "{pipeline}/{stage}: promoting {from_tag} -> {to_tag} ({digest}) failed: {}",
+                self.error.as_deref().unwrap_or("unknown error")
+            ),
+            EventKind::Conflict => format!(
+                "{pipeline}/{stage}: cannot promote {from_tag} -> {to_tag} ({digest}): \
+                 {to_tag} already holds {}",
+                self.existing_digest
+                    .as_deref()
+                    .map_or_else(|| "another digest".to_string(), short_digest)
+            ),
+            EventKind::Pending => format!(
+                "{pipeline}/{stage}: {from_tag} -> {to_tag} ({digest}) is waiting for approval"
+            ),
+        }
+    }
+}
+
+/// An event as the tests of every notify module use it.
+#[cfg(test)]
+pub(super) fn example(kind: EventKind) -> Event {
+    Event {
+        kind,
+        pipeline: "api-gateway".into(),
+        stage: "staging".into(),
+        registry: "ghcr".into(),
+        repository: "myorg/api-gateway".into(),
+        from_tag: "v1.2.0-dev.3".into(),
+        to_tag: "v1.2.0-rc.1".into(),
+        digest: "sha256:abcd1234ef567890abcd1234ef567890abcd1234ef567890abcd1234ef567890".into(),
+        existing_digest: None,
+        error: None,
+        time: UNIX_EPOCH + Duration::from_secs(1_777_887_000),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::example as event;
+    use super::*;
+
+    #[test]
+    fn summaries_name_the_stage_the_tags_and_the_short_digest() {
+        assert_eq!(
+            event(EventKind::Success).summary(),
+            "api-gateway/staging: promoted v1.2.0-dev.3 -> v1.2.0-rc.1 (sha256:abcd1234ef56)"
+        );
+        let mut failure = event(EventKind::Failure);
+        failure.error = Some("registry ghcr: HTTP 500".into());
+        assert_eq!(
+            failure.summary(),
+            "api-gateway/staging: promoting v1.2.0-dev.3 -> v1.2.0-rc.1 (sha256:abcd1234ef56) \
+             failed: registry ghcr: HTTP 500"
+        );
+        let mut conflict = event(EventKind::Conflict);
+        conflict.existing_digest = Some("sha256:0123456789abcdef".into());
+        assert_eq!(
+            conflict.summary(),
+            "api-gateway/staging: cannot promote v1.2.0-dev.3 -> v1.2.0-rc.1 \
+             (sha256:abcd1234ef56): v1.2.0-rc.1 already holds sha256:0123456789ab"
+        );
+        assert_eq!(
+            event(EventKind::Pending).summary(),
+            "api-gateway/staging: v1.2.0-dev.3 -> v1.2.0-rc.1 (sha256:abcd1234ef56) is waiting \
+             for approval"
+        );
+    }
+
+    #[test]
+    fn times_outside_rfc3339_are_clamped_not_panicked_on() {
+        let mut e = event(EventKind::Success);
+        e.time = UNIX_EPOCH - Duration::from_secs(10);
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["time"], "1970-01-01T00:00:00Z");
+        e.time = UNIX_EPOCH + Duration::from_secs(300_000_000_000);
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["time"], "9999-12-31T23:59:59Z");
+    }
+}
