@@ -409,14 +409,14 @@ impl Engine {
     }
 
     async fn list_one(&self, key: plan::RepoKey) -> Result<(plan::RepoKey, Vec<String>), Error> {
-        let client = self.client(&key.0)?;
-        match client.list_tags(&key.1).await {
+        let client = self.client(&key.registry)?;
+        match client.list_tags(&key.repository).await {
             Ok(list) => Ok((key, list.tags)),
             // A repository nobody pushed to yet has no tags.
             Err(e) if e.is_not_found() => Ok((key, Vec::new())),
             Err(source) => Err(Error::List {
-                registry: key.0,
-                repository: key.1,
+                registry: key.registry,
+                repository: key.repository,
                 source: Box::new(source),
             }),
         }
@@ -428,11 +428,11 @@ impl Engine {
         key: plan::RepoKey,
         tag: String,
     ) -> Result<((plan::RepoKey, String), Option<Digest>), Error> {
-        let client = self.client(&key.0)?;
+        let client = self.client(&key.registry)?;
         // Every tag the planner asks about was in the listing (see `UNREADABLE_RETRIES`).
         let (mut delay, mut retries) = (UNREADABLE_DELAY, 0);
         loop {
-            match client.head_manifest(&key.1, &tag).await {
+            match client.head_manifest(&key.repository, &tag).await {
                 Ok(None) if retries < UNREADABLE_RETRIES => {
                     retries += 1;
                     tokio::time::sleep(delay).await;
@@ -441,8 +441,8 @@ impl Engine {
                 Ok(head) => return Ok(((key, tag), head.map(|h| h.digest))),
                 Err(source) => {
                     return Err(Error::Resolve {
-                        registry: key.0,
-                        repository: key.1,
+                        registry: key.registry,
+                        repository: key.repository,
                         tag,
                         source: Box::new(source),
                     })

@@ -20,6 +20,7 @@
 //!   the next stage in the same plan.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use crate::config::{Approval, Pipeline, Stage};
@@ -27,8 +28,21 @@ use crate::policy::Selected;
 use crate::reference::{self, Digest};
 use crate::template::{Template, Values};
 
-/// A repository: registry name and repository path.
-pub type RepoKey = (String, String);
+/// A repository: registry name (a key of the configuration's registries) and repository path.
+/// Ordered by registry, then repository, so a plan's [`Planned::Needs`] are in a stable order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RepoKey {
+    /// The registry's name in the configuration.
+    pub registry: String,
+    /// The repository path in that registry.
+    pub repository: String,
+}
+
+impl fmt::Display for RepoKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.registry, self.repository)
+    }
+}
 
 /// What the registry showed so far.
 #[derive(Debug, Clone, Default)]
@@ -258,7 +272,10 @@ pub fn repo_key(stage: &Stage) -> RepoKey {
 
 /// The key of `registry`'s `repository`.
 pub fn repo_key_of(registry: &str, repository: &str) -> RepoKey {
-    (registry.to_string(), repository.to_string())
+    RepoKey {
+        registry: registry.to_string(),
+        repository: repository.to_string(),
+    }
 }
 
 /// Plans one pipeline; see the module docs. `first_seen` gives when a digest was first
@@ -386,10 +403,7 @@ fn chosen_tag(
     let invalid = |reason: String| Ok(Err(Action::Invalid { reason }));
     let key = repo_key(source);
     if !pass.tags(&key).contains(&tag) {
-        return invalid(format!(
-            "tag {tag} does not exist in {}/{}",
-            source.registry, source.repository
-        ));
+        return invalid(format!("tag {tag} does not exist in {key}"));
     }
     let selected = match source.selector.select([tag]) {
         Ok(s) => s,
@@ -565,7 +579,7 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
 
     /// All tags of `REPO` with their digests, all known.
     fn observed(tags: &[(&str, u8)]) -> Observed {
-        let key: RepoKey = ("local".into(), REPO.into());
+        let key = repo_key_of("local", REPO);
         let mut o = Observed::default();
         o.tags.insert(
             key.clone(),
