@@ -60,23 +60,19 @@ const UNREADABLE_DELAY: Duration = Duration::from_millis(10);
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Listing a repository failed.
-    #[error("cannot list tags of {registry}/{repository}")]
+    #[error("cannot list tags of {repo}")]
     List {
-        /// Registry name.
-        registry: String,
-        /// Repository.
-        repository: String,
+        /// The repository.
+        repo: plan::RepoKey,
         /// The cause.
         #[source]
         source: Box<registry::Error>,
     },
     /// Resolving a tag's digest failed.
-    #[error("cannot resolve {registry}/{repository}:{tag}")]
+    #[error("cannot resolve {repo}:{tag}")]
     Resolve {
-        /// Registry name.
-        registry: String,
-        /// Repository.
-        repository: String,
+        /// The repository.
+        repo: plan::RepoKey,
         /// Tag.
         tag: String,
         /// The cause.
@@ -274,29 +270,28 @@ impl Engine {
     }
 
     async fn list_one(&self, key: plan::RepoKey) -> Result<(plan::RepoKey, Vec<String>), Error> {
-        match self.backend().list_tags(&key.0, &key.1).await {
+        match self
+            .backend()
+            .list_tags(&key.registry, &key.repository)
+            .await
+        {
             Ok(tags) => Ok((key, tags)),
             // A repository nobody pushed to yet has no tags.
             Err(e) if e.is_not_found() => Ok((key, Vec::new())),
             Err(source) => Err(Error::List {
-                registry: key.0,
-                repository: key.1,
+                repo: key,
                 source: Box::new(source),
             }),
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    async fn resolve_one(
-        &self,
-        key: plan::RepoKey,
-        tag: String,
-    ) -> Result<((plan::RepoKey, String), Option<Digest>), Error> {
+    /// The digest `tag` names now (`None`: absent), keyed as the planner asked.
+    async fn resolve_one(&self, key: plan::RepoKey, tag: String) -> Result<Resolved, Error> {
         let backend = self.backend();
         // Every tag the planner asks about was in the listing (see `UNREADABLE_RETRIES`).
         let (mut delay, mut retries) = (UNREADABLE_DELAY, 0);
         loop {
-            match backend.head(&key.0, &key.1, &tag).await {
+            match backend.head(&key.registry, &key.repository, &tag).await {
                 Ok(None) if retries < UNREADABLE_RETRIES => {
                     retries += 1;
                     tokio::time::sleep(delay).await;
@@ -305,8 +300,7 @@ impl Engine {
                 Ok(head) => return Ok(((key, tag), head)),
                 Err(source) => {
                     return Err(Error::Resolve {
-                        registry: key.0,
-                        repository: key.1,
+                        repo: key,
                         tag,
                         source: Box::new(source),
                     })
@@ -472,6 +466,9 @@ impl Engine {
         }
     }
 }
+
+/// A tag of a repository and the digest it names (`None`: absent).
+type Resolved = ((plan::RepoKey, String), Option<Digest>);
 
 /// The slots and repository locks one reconcile holds until it ends.
 struct Held {

@@ -20,15 +20,29 @@
 //!   the next stage in the same plan.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use crate::config::{Approval, Pipeline, Stage};
+use crate::config::{self, Approval, Pipeline, Stage};
 use crate::policy::Selected;
 use crate::reference::{self, Digest};
 use crate::template::{Template, Values};
 
-/// A repository: registry name and repository path.
-pub type RepoKey = (String, String);
+/// A repository: registry name (a key of the configuration's registries) and repository path.
+/// Ordered by registry, then repository, so a plan's [`Planned::Needs`] are in a stable order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RepoKey {
+    /// The registry's name in the configuration.
+    pub registry: String,
+    /// The repository path in that registry.
+    pub repository: String,
+}
+
+impl fmt::Display for RepoKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.registry, self.repository)
+    }
+}
 
 /// What the registry showed so far.
 #[derive(Debug, Clone, Default)]
@@ -193,12 +207,116 @@ fn parts(s: Selected<'_>) -> Parts {
     (s.tag.to_string(), s.value, s.version)
 }
 
+/// The planner's one "not yet": a digest it needs is not in the snapshot, and has been added to
+/// the round's [`Planned::Needs`]. `?` carries it up to [`plan`], which then returns the needs
+/// instead of a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NeedDigest;
+
+/// What a stage holds now.
+enum Held {
+    /// The tag its policy selects, with its digest.
+    Tag(Chosen),
+    /// Nothing qualifies: why.
+    Nothing(String),
+}
+
+/// What a promoted stage would copy.
+enum Candidate {
+    /// A tag of the source stage, with its digest.
+    Chosen(Chosen),
+    /// The source stage has no current tag: why.
+    Absent(String),
+    /// The source tag a human named cannot be promoted: why.
+    Unusable(String),
+}
+
+/// Where a candidate stands in the stage it would be promoted into.
+enum Target {
+    /// Its digest already carries this tag there.
+    Carries(String),
+    /// The template renders no valid tag for it: why.
+    Unrenderable(String),
+    /// The tag to create does not exist yet.
+    Free(String),
+    /// The tag to create exists with another digest.
+    Taken {
+        /// The tag to create.
+        to_tag: String,
+        /// The digest it has now.
+        existing: Digest,
+    },
+}
+
+/// What one planning pass reads and never changes.
+struct Context<'a> {
+    pipeline: &'a Pipeline,
+    /// When a digest was first observed as a stage's current (by stage index); unknown means now.
+    first_seen: &'a dyn Fn(usize, &Digest) -> Option<SystemTime>,
+    now: SystemTime,
+    intent: &'a Intent,
+}
+
+/// A promoted stage, as its decision sees it.
+struct Step<'a> {
+    stage: &'a Stage,
+    rule: &'a config::Promotion,
+    /// The stage promoted from.
+    source: &'a Stage,
+    key: RepoKey,
+    current: Option<&'a Chosen>,
+    /// A human approved this stage's promotion in this request.
+    approved: bool,
+}
+
+impl Step<'_> {
+    /// When the target stage can take `promotion`: now if approved, on approval if manual, once
+    /// the candidate has been seen for `min_age` otherwise.
+    fn gate(&self, cx: &Context<'_>, promotion: Promotion) -> Action {
+        if self.approved {
+            return Action::Promote(promotion);
+        }
+        match self.rule.approval {
+            Approval::Manual => Action::Pending(promotion),
+            Approval::Auto => {
+                let until = self.rule.min_age.map(|min_age| {
+                    (cx.first_seen)(self.rule.from, &promotion.digest).unwrap_or(cx.now) + min_age
+                });
+                match until {
+                    Some(until) if cx.now < until => Action::Waiting { promotion, until },
+                    _ => Action::Promote(promotion),
+                }
+            }
+        }
+    }
+
+    /// The promotion of `candidate` to `to_tag` out of the source stage.
+    fn promotion(&self, candidate: &Chosen, to_tag: String, overwrite: bool) -> Promotion {
+        Promotion {
+            from_stage: self.source.name.clone(),
+            from_registry: self.source.registry.clone(),
+            from_repository: self.source.repository.clone(),
+            from_tag: candidate.tag.clone(),
+            digest: candidate.digest.clone(),
+            to_tag,
+            overwrite,
+        }
+    }
+}
+
 /// State threaded through one planning pass.
 struct Pass<'a> {
     observed: &'a Observed,
     /// Tags this plan creates, by repository, with their digests.
     created: BTreeMap<RepoKey, Vec<(String, Digest)>>,
+    /// Digests asked for. Non-empty exactly when a lookup in this pass returned [`NeedDigest`]:
+    /// from then on the pass only collects what the next round needs.
     needs: BTreeSet<(RepoKey, String)>,
+    /// Each planned stage's current as observed: what an approver saw.
+    seen: Vec<Option<Chosen>>,
+    /// Each planned stage's current after this pass's promotion into it: what the stages after
+    /// it promote.
+    chained: Vec<Option<Chosen>>,
 }
 
 impl Pass<'_> {
@@ -215,8 +333,8 @@ impl Pass<'_> {
         tags
     }
 
-    /// The digest of `tag`: `Ok(None)` absent, `Err(())` not known yet (and now asked for).
-    fn digest(&mut self, key: &RepoKey, tag: &str) -> Result<Option<Digest>, ()> {
+    /// The digest of `tag`, `None` when it is absent.
+    fn digest(&mut self, key: &RepoKey, tag: &str) -> Result<Option<Digest>, NeedDigest> {
         if let Some((_, d)) = self
             .created
             .get(key)
@@ -228,26 +346,208 @@ impl Pass<'_> {
             Some(d) => Ok(d.clone()),
             None => {
                 self.needs.insert((key.clone(), tag.to_string()));
-                Err(())
+                Err(NeedDigest)
             }
         }
     }
 
-    /// The stage's current selection; `Ok(Err(reason))` when nothing qualifies.
-    fn current(&mut self, stage: &Stage) -> Result<Result<Chosen, String>, ()> {
+    /// Stage `index`: what it holds and what to do. Every stage asks for its current tag's
+    /// digest, even after another was missing, so that one round asks for them all; decisions
+    /// stop at the first missing digest.
+    fn stage(&mut self, cx: &Context<'_>, index: usize) -> Result<StagePlan, NeedDigest> {
+        let stage = &cx.pipeline.stages[index];
+        let (current, no_current) = match self.current(stage) {
+            Ok(Held::Tag(c)) => (Some(c), None),
+            Ok(Held::Nothing(reason)) => (None, Some(reason)),
+            Err(NeedDigest) => (None, None),
+        };
+        self.seen.push(current.clone());
+        let action = if self.needs.is_empty() {
+            self.action(cx, index, current.as_ref())
+        } else {
+            Err(NeedDigest)
+        };
+        // A promotion decided now makes its tag this stage's current for the stages after it.
+        let promoted = match &action {
+            Ok(Action::Promote(p)) => self.create(stage, p),
+            _ => None,
+        };
+        self.chained.push(promoted.or_else(|| current.clone()));
+        Ok(StagePlan {
+            stage: stage.name.clone(),
+            registry: stage.registry.clone(),
+            repository: stage.repository.clone(),
+            current: current.map(|c| Current {
+                tag: c.tag,
+                digest: c.digest,
+            }),
+            no_current,
+            action: action?,
+        })
+    }
+
+    /// The stage's current selection.
+    fn current(&mut self, stage: &Stage) -> Result<Held, NeedDigest> {
         let key = repo_key(stage);
         let tags = self.tags(&key);
         let selected = match stage.selector.select(tags.iter().copied()) {
             Ok(s) => parts(s),
-            Err(e) => return Ok(Err(e.to_string())),
+            Err(e) => return Ok(Held::Nothing(e.to_string())),
         };
         let tag = selected.0.clone();
-        match self.digest(&key, &tag)? {
-            Some(digest) => Ok(Ok(Chosen::from_parts(selected, digest))),
-            None => Ok(Err(format!(
-                "selected tag {tag} disappeared from the registry"
-            ))),
+        Ok(match self.digest(&key, &tag)? {
+            Some(digest) => Held::Tag(Chosen::from_parts(selected, digest)),
+            None => Held::Nothing(format!("selected tag {tag} disappeared from the registry")),
+        })
+    }
+
+    /// Records `promotion`'s new tag in `stage`; the stage's new selection if it is that tag.
+    fn create(&mut self, stage: &Stage, promotion: &Promotion) -> Option<Chosen> {
+        let key = repo_key(stage);
+        self.created
+            .entry(key.clone())
+            .or_default()
+            .push((promotion.to_tag.clone(), promotion.digest.clone()));
+        let tags = self.tags(&key);
+        let selected = stage.selector.select(tags.iter().copied()).ok()?;
+        (selected.tag == promotion.to_tag)
+            .then(|| Chosen::from_selected(selected, promotion.digest.clone()))
+    }
+
+    /// The action for stage `index`, whose current selection is `current`.
+    fn action(
+        &mut self,
+        cx: &Context<'_>,
+        index: usize,
+        current: Option<&Chosen>,
+    ) -> Result<Action, NeedDigest> {
+        let stage = &cx.pipeline.stages[index];
+        let Some(rule) = &stage.promote else {
+            return Ok(Action::Source);
+        };
+        let step = Step {
+            stage,
+            rule,
+            source: &cx.pipeline.stages[rule.from],
+            key: repo_key(stage),
+            current,
+            approved: cx.intent.approve == Some(index),
+        };
+        let candidate = match self.candidate(cx, &step)? {
+            Candidate::Chosen(c) => c,
+            Candidate::Absent(reason) => return Ok(Action::NoCandidate { reason }),
+            Candidate::Unusable(reason) => return Ok(Action::Invalid { reason }),
+        };
+        Ok(match self.target(&step, &candidate)? {
+            Target::Carries(tag) => Action::UpToDate { tag },
+            Target::Unrenderable(reason) => Action::Invalid { reason },
+            Target::Taken { to_tag, existing } if !rule.overwrite => Action::Conflict {
+                promotion: step.promotion(&candidate, to_tag, false),
+                existing,
+            },
+            Target::Taken { to_tag, .. } => step.gate(cx, step.promotion(&candidate, to_tag, true)),
+            Target::Free(to_tag) => step.gate(cx, step.promotion(&candidate, to_tag, false)),
+        })
+    }
+
+    /// What `step` would copy: the source tag a human named, else the source stage's current.
+    fn candidate(&mut self, cx: &Context<'_>, step: &Step<'_>) -> Result<Candidate, NeedDigest> {
+        if let (true, Some(tag)) = (step.approved, &cx.intent.source_tag) {
+            return self.named(step.source, tag);
         }
+        // A human approves what they saw: the source stage's observed current, never a tag this
+        // same pass is about to create.
+        let held = if step.approved {
+            &self.seen[step.rule.from]
+        } else {
+            &self.chained[step.rule.from]
+        };
+        Ok(match held {
+            Some(c) => Candidate::Chosen(c.clone()),
+            None => Candidate::Absent(format!("stage {} has no current tag", step.source.name)),
+        })
+    }
+
+    /// The source stage's tag a human named, with what templates need.
+    fn named(&mut self, source: &Stage, tag: &str) -> Result<Candidate, NeedDigest> {
+        let key = repo_key(source);
+        if !self.tags(&key).contains(&tag) {
+            return Ok(Candidate::Unusable(format!(
+                "tag {tag} does not exist in {key}"
+            )));
+        }
+        let selected = match source.selector.select([tag]) {
+            Ok(s) => s,
+            Err(e) => {
+                return Ok(Candidate::Unusable(format!(
+                    "tag {tag} is not one stage {} would select: {e}",
+                    source.name
+                )))
+            }
+        };
+        Ok(match self.digest(&key, tag)? {
+            Some(digest) => Candidate::Chosen(Chosen::from_selected(selected, digest)),
+            None => Candidate::Unusable(format!("tag {tag} disappeared from the registry")),
+        })
+    }
+
+    /// Where `candidate` stands in `step`'s stage.
+    fn target(&mut self, step: &Step<'_>, candidate: &Chosen) -> Result<Target, NeedDigest> {
+        if let Some(c) = step.current.filter(|c| c.digest == candidate.digest) {
+            return Ok(Target::Carries(c.tag.clone()));
+        }
+        let values = candidate.values();
+        let tags: Vec<String> = self
+            .tags(&step.key)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        if let Some(tag) = self.carrier(step, &values, &tags, &candidate.digest)? {
+            return Ok(Target::Carries(tag));
+        }
+        let template = &step.rule.tag;
+        let n = template.next_counter(&values, tags.iter().map(String::as_str));
+        let to_tag = template.render(&values, n);
+        if !reference::is_valid_tag(&to_tag) {
+            return Ok(Target::Unrenderable(format!(
+                "template {template} renders {to_tag:?} for {}, which is not a valid tag",
+                candidate.tag
+            )));
+        }
+        if !tags.contains(&to_tag) {
+            return Ok(Target::Free(to_tag));
+        }
+        Ok(match self.digest(&step.key, &to_tag)? {
+            Some(existing) if existing == candidate.digest => Target::Carries(to_tag),
+            Some(existing) => Target::Taken { to_tag, existing },
+            None => Target::Free(to_tag),
+        })
+    }
+
+    /// A tag of `step`'s stage already carrying `digest`: any its filter passes, or one the
+    /// template could have made for this candidate even if the filter does not pass it (a
+    /// template/filter mismatch must not mint a new tag every pass). Every unknown digest among
+    /// them is asked for in the same round.
+    fn carrier(
+        &mut self,
+        step: &Step<'_>,
+        values: &Values<'_>,
+        tags: &[String],
+        digest: &Digest,
+    ) -> Result<Option<String>, NeedDigest> {
+        let family = family(&step.rule.tag, values, tags);
+        let mut missing = Ok(None);
+        for tag in tags
+            .iter()
+            .filter(|t| step.stage.selector.filter().apply(t).is_some() || family.contains(t))
+        {
+            match self.digest(&step.key, tag) {
+                Ok(Some(d)) if d == *digest => return Ok(Some(tag.clone())),
+                Ok(_) => {}
+                Err(need) => missing = Err(need),
+            }
+        }
+        missing
     }
 }
 
@@ -258,7 +558,10 @@ pub fn repo_key(stage: &Stage) -> RepoKey {
 
 /// The key of `registry`'s `repository`.
 pub fn repo_key_of(registry: &str, repository: &str) -> RepoKey {
-    (registry.to_string(), repository.to_string())
+    RepoKey {
+        registry: registry.to_string(),
+        repository: repository.to_string(),
+    }
 }
 
 /// Plans one pipeline; see the module docs. `first_seen` gives when a digest was first
@@ -270,104 +573,28 @@ pub fn plan(
     now: SystemTime,
     intent: &Intent,
 ) -> Planned {
+    let cx = Context {
+        pipeline,
+        first_seen,
+        now,
+        intent,
+    };
+    let count = pipeline.stages.len();
     let mut pass = Pass {
         observed,
         created: BTreeMap::new(),
         needs: BTreeSet::new(),
+        seen: Vec::with_capacity(count),
+        chained: Vec::with_capacity(count),
     };
-    let mut currents: Vec<Option<Chosen>> = Vec::with_capacity(pipeline.stages.len());
-    let mut observed_currents: Vec<Option<Chosen>> = Vec::with_capacity(pipeline.stages.len());
-    let mut stages = Vec::with_capacity(pipeline.stages.len());
-    let mut complete = true;
-    for (index, stage) in pipeline.stages.iter().enumerate() {
-        let (current, no_current) = match pass.current(stage) {
-            Ok(Ok(c)) => (Some(c), None),
-            Ok(Err(reason)) => (None, Some(reason)),
-            Err(()) => {
-                complete = false;
-                (None, None)
-            }
-        };
-        let shown = current.as_ref().map(|c| Current {
-            tag: c.tag.clone(),
-            digest: c.digest.clone(),
-        });
-        let action = match &stage.promote {
-            None => Action::Source,
-            Some(_) if !complete => Action::Source,
-            Some(promote) => {
-                let approved = intent.approve == Some(index);
-                // A human approves what they saw: the source stage's observed current, never a
-                // tag this same pass is about to create.
-                let source_current = if approved {
-                    &observed_currents[promote.from]
-                } else {
-                    &currents[promote.from]
-                };
-                let candidate = match (&intent.source_tag, approved) {
-                    (Some(tag), true) => chosen_tag(&mut pass, &pipeline.stages[promote.from], tag),
-                    _ => match source_current {
-                        Some(c) => Ok(Ok(c.clone())),
-                        None => Ok(Err(Action::NoCandidate {
-                            reason: format!(
-                                "stage {} has no current tag",
-                                pipeline.stages[promote.from].name
-                            ),
-                        })),
-                    },
-                };
-                match candidate {
-                    Err(()) => {
-                        complete = false;
-                        Action::Source
-                    }
-                    Ok(Err(action)) => action,
-                    Ok(Ok(candidate)) => match decide(
-                        &mut pass,
-                        pipeline,
-                        index,
-                        current.as_ref(),
-                        &candidate,
-                        first_seen,
-                        now,
-                        approved,
-                    ) {
-                        Ok(action) => action,
-                        Err(()) => {
-                            complete = false;
-                            Action::Source
-                        }
-                    },
-                }
-            }
-        };
-        observed_currents.push(current.clone());
-        // A promotion decided now makes its tag this stage's current for the stages after it.
-        let mut next_current = current;
-        if let Action::Promote(p) = &action {
-            let key = repo_key(stage);
-            pass.created
-                .entry(key.clone())
-                .or_default()
-                .push((p.to_tag.clone(), p.digest.clone()));
-            let tags = pass.tags(&key);
-            if let Ok(sel) = stage.selector.select(tags.iter().copied()) {
-                if sel.tag == p.to_tag {
-                    next_current = Some(Chosen::from_selected(sel, p.digest.clone()));
-                }
-            }
+    let mut stages = Vec::with_capacity(count);
+    for index in 0..count {
+        // Not `collect`: a missing digest must not stop the stages after it from asking.
+        if let Ok(stage) = pass.stage(&cx, index) {
+            stages.push(stage);
         }
-        currents.push(next_current);
-        stages.push(StagePlan {
-            stage: stage.name.clone(),
-            registry: stage.registry.clone(),
-            repository: stage.repository.clone(),
-            current: shown,
-            no_current,
-            action,
-        });
     }
-    if complete && pass.needs.is_empty() {
+    if pass.needs.is_empty() {
         Planned::Complete(PipelinePlan {
             pipeline: pipeline.name.clone(),
             stages,
@@ -375,130 +602,6 @@ pub fn plan(
     } else {
         Planned::Needs(pass.needs)
     }
-}
-
-/// The source stage's tag a human named, with what templates need.
-fn chosen_tag(
-    pass: &mut Pass<'_>,
-    source: &Stage,
-    tag: &str,
-) -> Result<Result<Chosen, Action>, ()> {
-    let invalid = |reason: String| Ok(Err(Action::Invalid { reason }));
-    let key = repo_key(source);
-    if !pass.tags(&key).contains(&tag) {
-        return invalid(format!(
-            "tag {tag} does not exist in {}/{}",
-            source.registry, source.repository
-        ));
-    }
-    let selected = match source.selector.select([tag]) {
-        Ok(s) => s,
-        Err(e) => {
-            return invalid(format!(
-                "tag {tag} is not one stage {} would select: {e}",
-                source.name
-            ))
-        }
-    };
-    match pass.digest(&key, tag)? {
-        Some(digest) => Ok(Ok(Chosen::from_selected(selected, digest))),
-        None => invalid(format!("tag {tag} disappeared from the registry")),
-    }
-}
-
-/// The action for a promoted stage with a known candidate.
-#[allow(clippy::too_many_arguments)]
-fn decide(
-    pass: &mut Pass<'_>,
-    pipeline: &Pipeline,
-    index: usize,
-    current: Option<&Chosen>,
-    candidate: &Chosen,
-    first_seen: &dyn Fn(usize, &Digest) -> Option<SystemTime>,
-    now: SystemTime,
-    approved: bool,
-) -> Result<Action, ()> {
-    let stage = &pipeline.stages[index];
-    let Some(promote) = &stage.promote else {
-        return Ok(Action::Source);
-    };
-    if let Some(c) = current.filter(|c| c.digest == candidate.digest) {
-        return Ok(Action::UpToDate { tag: c.tag.clone() });
-    }
-    let key = repo_key(stage);
-    let values = candidate.values();
-    let tags: Vec<String> = pass.tags(&key).into_iter().map(str::to_string).collect();
-    // Already promoted? Any tag of this stage (one its filter passes) carrying the digest, or
-    // one the template could have made for this candidate even if the filter does not pass it
-    // (a template/filter mismatch must not mint a new tag every pass).
-    let family = family(&promote.tag, &values, &tags);
-    let mut unknown = false;
-    for tag in tags
-        .iter()
-        .filter(|t| stage.selector.filter().apply(t).is_some() || family.contains(t))
-    {
-        match pass.digest(&key, tag) {
-            Ok(Some(d)) if d == candidate.digest => {
-                return Ok(Action::UpToDate { tag: tag.clone() })
-            }
-            Ok(_) => {}
-            Err(()) => unknown = true,
-        }
-    }
-    if unknown {
-        return Err(());
-    }
-    let n = promote
-        .tag
-        .next_counter(&values, tags.iter().map(String::as_str));
-    let to_tag = promote.tag.render(&values, n);
-    if !reference::is_valid_tag(&to_tag) {
-        return Ok(Action::Invalid {
-            reason: format!(
-                "template {} renders {to_tag:?} for {}, which is not a valid tag",
-                promote.tag, candidate.tag
-            ),
-        });
-    }
-    let source = &pipeline.stages[promote.from];
-    let mut promotion = Promotion {
-        from_stage: source.name.clone(),
-        from_registry: source.registry.clone(),
-        from_repository: source.repository.clone(),
-        from_tag: candidate.tag.clone(),
-        digest: candidate.digest.clone(),
-        to_tag: to_tag.clone(),
-        overwrite: false,
-    };
-    if tags.contains(&to_tag) {
-        match pass.digest(&key, &to_tag)? {
-            Some(existing) if existing == candidate.digest => {
-                return Ok(Action::UpToDate { tag: to_tag });
-            }
-            Some(existing) if !promote.overwrite => {
-                return Ok(Action::Conflict {
-                    promotion,
-                    existing,
-                });
-            }
-            Some(_) => promotion.overwrite = true,
-            None => {}
-        }
-    }
-    if approved {
-        return Ok(Action::Promote(promotion));
-    }
-    if promote.approval == Approval::Manual {
-        return Ok(Action::Pending(promotion));
-    }
-    if let Some(min_age) = promote.min_age {
-        let seen = first_seen(promote.from, &candidate.digest).unwrap_or(now);
-        let until = seen + min_age;
-        if now < until {
-            return Ok(Action::Waiting { promotion, until });
-        }
-    }
-    Ok(Action::Promote(promotion))
 }
 
 /// The existing tags `template` could have rendered for `values` with any counter (or the one
@@ -565,7 +668,7 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
 
     /// All tags of `REPO` with their digests, all known.
     fn observed(tags: &[(&str, u8)]) -> Observed {
-        let key: RepoKey = ("local".into(), REPO.into());
+        let key = repo_key_of("local", REPO);
         let mut o = Observed::default();
         o.tags.insert(
             key.clone(),
