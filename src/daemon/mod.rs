@@ -703,6 +703,9 @@ async fn pipeline_loop(
 }
 
 #[cfg(test)]
+mod run_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

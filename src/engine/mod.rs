@@ -19,9 +19,13 @@
 pub mod approval;
 pub mod backend;
 pub mod describe;
+#[cfg(test)]
+pub(crate) mod memory;
 pub mod outcome;
 pub mod plan;
 pub mod state;
+#[cfg(test)]
+pub(crate) mod tests;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
