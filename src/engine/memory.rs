@@ -142,7 +142,7 @@ impl Memory {
         self.inner()
             .heads
             .iter()
-            .map(|((key, tag), n)| (format!("{}:{tag}", key.1), *n))
+            .map(|((key, tag), n)| (format!("{}:{tag}", key.repository), *n))
             .collect()
     }
 
@@ -210,7 +210,10 @@ impl Memory {
         if !has_source {
             return Err(http(&p.from_registry, 404));
         }
-        let path = match (source.0 == target.0, source.1 == target.1) {
+        let path = match (
+            source.registry == target.registry,
+            source.repository == target.repository,
+        ) {
             (true, true) => registry::Path::SameRepository,
             (true, false) => registry::Path::Mount,
             (false, _) => registry::Path::Transfer,

@@ -222,7 +222,7 @@ async fn a_listing_failure_is_the_plan_error_with_the_registry_reason_and_nothin
     let pipeline = app("auto");
     let outcome = reconcile(&engine(&backend), &pipeline).await;
     match &outcome.plan {
-        Err(Error::List { repository, .. }) => assert_eq!(repository, "app/rc"),
+        Err(Error::List { repo, .. }) => assert_eq!(repo.repository, "app/rc"),
         other => panic!("expected a listing error, got {other:?}"),
     }
     assert_eq!(outcome.error_reason(), Some("auth"));
