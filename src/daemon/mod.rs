@@ -408,7 +408,7 @@ pub async fn run(
     let engine = Arc::new(Engine::new(backend, state).with_parallel(options.parallel));
     let shared = Arc::new(Shared::new(config, engine.clone(), metrics.clone()));
     let (server_stop, server_stopped) = watch::channel(false);
-    let mut server = tokio::spawn((wiring.serve)(listener, shared.clone(), server_stopped));
+    let server = tokio::spawn((wiring.serve)(listener, shared.clone(), server_stopped));
     let mut generation = Generation::start(&shared);
     tracing::info!(
         pipelines = shared.routes().config.pipelines.len(),
@@ -424,35 +424,45 @@ pub async fn run(
                 continue;
             }
         };
-        match signal {
-            Some(Signal::Reload) => {
-                let Some((loaded, backend)) = reload(&options, &wiring.connect, &metrics, address)
-                else {
-                    continue;
-                };
-                // In-flight reconciles finish first; a stop meanwhile still gets its grace.
-                let stopped = tokio::select! {
-                    _ = generation.stop_and_wait(None) => false,
-                    _ = second_stop(&mut signals) => true,
-                };
-                if stopped {
-                    break;
-                }
-                engine.set_backend(backend);
-                let pipelines = loaded.pipelines.len();
-                shared.reconfigure(loaded);
-                generation = Generation::start(&shared);
-                tracing::info!(pipelines, "configuration reloaded");
-            }
-            Some(Signal::Stop) | None => break,
+        if signal != Some(Signal::Reload) {
+            break;
         }
+        let Some((loaded, backend)) = reload(&options, &wiring.connect, &metrics, address) else {
+            continue;
+        };
+        // In-flight reconciles finish first; a stop meanwhile still gets its grace.
+        let stopped = tokio::select! {
+            _ = generation.stop_and_wait(None) => false,
+            _ = second_stop(&mut signals) => true,
+        };
+        if stopped {
+            break;
+        }
+        engine.set_backend(backend);
+        let pipelines = loaded.pipelines.len();
+        shared.reconfigure(loaded);
+        generation = Generation::start(&shared);
+        tracing::info!(pipelines, "configuration reloaded");
     }
-    // One grace period for everything: reconciles, HTTP requests in flight (approvals) and
-    // queued notifications. New connections and approvals are refused from now on.
-    let deadline = tokio::time::Instant::now() + options.grace;
-    let _ = shared.stopping.send(true);
     let _ = server_stop.send(true);
-    let finished = shut_down(&mut generation, options.grace, &mut signals).await;
+    drain(&shared, generation, server, options.grace, &mut signals).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// One grace period for everything in flight: reconciles, HTTP requests (approvals) and queued
+/// notifications. New approvals are refused from the start (the server stopped accepting
+/// connections already); the state is saved whatever finished.
+async fn drain(
+    shared: &Shared,
+    mut generation: Generation,
+    mut server: tokio::task::JoinHandle<std::io::Result<()>>,
+    grace: Duration,
+    signals: &mut mpsc::Receiver<Signal>,
+) {
+    let deadline = tokio::time::Instant::now() + grace;
+    let _ = shared.stopping.send(true);
+    let finished = shut_down(&mut generation, grace, signals).await;
     let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
     let server_left = if finished { left() } else { Duration::ZERO };
     match tokio::time::timeout(server_left, &mut server).await {
@@ -464,7 +474,7 @@ pub async fn run(
             tracing::warn!("stopped before HTTP requests in flight finished");
         }
     }
-    engine.save_state();
+    shared.engine.save_state();
     let notifier = std::mem::replace(
         &mut *shared.notifier.write().unwrap_or_else(|e| e.into_inner()),
         Arc::new(Notifier::disabled()),
@@ -472,8 +482,6 @@ pub async fn run(
     if let Ok(notifier) = Arc::try_unwrap(notifier) {
         notifier.close(left()).await;
     }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Loads the configuration file again and connects its registries; `None` (logged) when either
