@@ -42,7 +42,7 @@ pub trait Backend: Send + Sync {
 impl Registries {
     fn client(&self, name: &str) -> Result<std::sync::Arc<registry::Client>> {
         self.get(name)
-            .ok_or_else(|| registry::Error::Refused(format!("registry {name} is not configured")))
+            .ok_or_else(|| registry::Error::NotConfigured(name.to_string()))
     }
 }
 

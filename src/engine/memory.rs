@@ -222,10 +222,11 @@ impl Memory {
         let up_to_date = match tags.get(&p.to_tag) {
             Some(existing) if *existing == p.digest => true,
             Some(existing) if !p.overwrite => {
-                return Err(registry::Error::Refused(format!(
-                    "{}:{} exists with digest {existing}; not moving it to {} (overwrite is off)",
-                    to.repository, p.to_tag, p.digest
-                )));
+                return Err(registry::Error::TagHoldsOtherDigest {
+                    reference: format!("{}:{}", to.repository, p.to_tag),
+                    existing: existing.clone(),
+                    wanted: p.digest.clone(),
+                });
             }
             _ => false,
         };

@@ -96,7 +96,7 @@ enum BlobOutcome {
 
 /// Copies `src_ref` (resolved by `src`) to `dst_ref` (on `dst`); see the module docs. A `dst_ref`
 /// with a digest must name the source's digest. Without `overwrite`, a destination tag that
-/// exists with another digest is refused ([`Error::Refused`]) and left alone.
+/// exists with another digest is refused ([`Error::TagHoldsOtherDigest`]) and left alone.
 pub async fn copy(
     src: &Client,
     src_ref: &Reference,
@@ -135,7 +135,7 @@ pub async fn copy(
         (None, Some(_)) => Some(
             src.head_manifest_with(src_repo, src_ref.manifest_ref(), &src_scopes)
                 .await?
-                .ok_or_else(|| Error::Refused(format!("source {src_ref} does not exist")))?
+                .ok_or_else(|| Error::SourceMissing(src_ref.to_string()))?
                 .digest,
         ),
         (None, None) => None,
@@ -147,9 +147,11 @@ pub async fn copy(
     }
     if let (Some(w), Some(e), false) = (&wanted, &existing, overwrite) {
         if w != e {
-            return Err(Error::Refused(format!(
-                "{dst_ref} exists with digest {e}; not moving it to {w} (overwrite is off)"
-            )));
+            return Err(Error::TagHoldsOtherDigest {
+                reference: dst_ref.to_string(),
+                existing: e.clone(),
+                wanted: w.clone(),
+            });
         }
     }
     if let (Some(w), Some(e)) = (&wanted, &existing) {
@@ -166,7 +168,7 @@ pub async fn copy(
         .get_manifest_with(src_repo, &root_ref, wanted.as_ref(), &src_scopes)
         .await
         .map_err(|e| match e {
-            e if e.is_not_found() => Error::Refused(format!("source {src_ref} does not exist")),
+            e if e.is_not_found() => Error::SourceMissing(src_ref.to_string()),
             e => e,
         })?;
     if let Some(d) = &dst_ref.digest {
@@ -230,9 +232,11 @@ pub async fn copy(
 }
 
 fn digest_conflict(dst_ref: &Reference, named: &Digest, source: &Digest) -> Error {
-    Error::Refused(format!(
-        "destination {dst_ref} names digest {named}, but the source is {source}"
-    ))
+    Error::DestinationDigest {
+        reference: dst_ref.to_string(),
+        named: named.clone(),
+        source_digest: source.clone(),
+    }
 }
 
 fn contents(client: &Client, m: &Manifest) -> Result<Contents, Error> {
@@ -263,27 +267,29 @@ async fn children(
             }
         }
         if seen.len() > manifest::MAX_CHILDREN {
-            return Err(Error::Refused(format!(
-                "{}: more than {} child manifests in all",
-                root.digest,
-                manifest::MAX_CHILDREN
-            )));
+            return Err(Error::IndexTooLarge {
+                digest: root.digest.clone(),
+                limit: format!(
+                    "more than {} child manifests in all",
+                    manifest::MAX_CHILDREN
+                ),
+            });
         }
         if wanted.is_empty() {
             break;
         }
         if depth == MAX_DEPTH {
-            return Err(Error::Refused(format!(
-                "{}: indexes nested deeper than {MAX_DEPTH} levels",
-                root.digest
-            )));
+            return Err(Error::IndexTooLarge {
+                digest: root.digest.clone(),
+                limit: format!("indexes nested deeper than {MAX_DEPTH} levels"),
+            });
         }
         total = wanted.iter().fold(total, |t, d| t.saturating_add(d.size));
         if total > MAX_CHILDREN_BYTES {
-            return Err(Error::Refused(format!(
-                "{}: child manifests add up to more than {MAX_CHILDREN_BYTES} bytes",
-                root.digest
-            )));
+            return Err(Error::IndexTooLarge {
+                digest: root.digest.clone(),
+                limit: format!("child manifests add up to more than {MAX_CHILDREN_BYTES} bytes"),
+            });
         }
         let width = src.transport.max_concurrency();
         let fetched: Vec<Manifest> = stream::iter(wanted)
@@ -309,12 +315,11 @@ async fn child(
         .get_manifest_with(repository, d.digest.as_str(), Some(&d.digest), scopes)
         .await?;
     if m.bytes.len() as u64 != d.size {
-        return Err(Error::Refused(format!(
-            "child manifest {} is {} bytes, its index says {}",
-            d.digest,
-            m.bytes.len(),
-            d.size
-        )));
+        return Err(Error::SizeMismatch {
+            registry: src.name().to_string(),
+            what: format!("child manifest {} ({} bytes)", d.digest, m.bytes.len()),
+            expected: d.size,
+        });
     }
     Ok(m)
 }
@@ -534,10 +539,11 @@ fn verified(
                     Some(Ok(chunk)) => {
                         s.seen += chunk.len() as u64;
                         if s.seen > blob.size {
-                            let e = Error::Refused(format!(
-                                "registry {registry}: blob {} is longer than its {} bytes",
-                                blob.digest, blob.size
-                            ));
+                            let e = Error::SizeMismatch {
+                                registry: registry.to_string(),
+                                what: format!("blob {} (longer)", blob.digest),
+                                expected: blob.size,
+                            };
                             let item = fail(&mut s, e);
                             return item.map(|i| (i, s));
                         }
@@ -629,6 +635,6 @@ mod tests {
         assert!(error && matches!(failure, Some(Error::DigestMismatch { .. })));
         let (bytes, error, failure) =
             run(vec![b"hello world", b"!"], descriptor(b"hello world")).await;
-        assert!(bytes.is_empty() && error && matches!(failure, Some(Error::Refused(_))));
+        assert!(bytes.is_empty() && error && matches!(failure, Some(Error::SizeMismatch { .. })));
     }
 }

@@ -15,17 +15,15 @@
 
 mod auth;
 mod copy;
+mod error;
 pub mod manifest;
 mod observe;
-mod reason_shim;
-pub use reason_shim::Reason;
 mod tls;
 mod transport;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE, LINK};
 use reqwest::{Method, StatusCode};
@@ -33,6 +31,7 @@ use url::Url;
 
 pub use auth::Secret;
 pub use copy::{copy, Path, Report};
+pub use error::{Error, HttpStatus, Reason};
 pub use manifest::{Manifest, ManifestHead};
 pub use observe::{NoObserver, Observer, RetryReason};
 pub use transport::is_loopback;
@@ -53,182 +52,6 @@ const MAX_PAGES: usize = 20_000;
 const MAX_LINK_LEN: usize = 8 << 10;
 /// Docker Hub's API host, for references written `docker.io/...` or without a host.
 const DOCKER_HUB_API: &str = "registry-1.docker.io";
-
-/// What went wrong talking to a registry. Variants are what callers branch on; the registry name
-/// comes first in every message.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The registry answered with a status we did not want.
-    #[error("{0}")]
-    Status(Box<HttpStatus>),
-    /// No answer: connection refused or reset, timeout, truncated body.
-    #[error("registry {registry}: {method} {path}: request failed{}", gave_up(*attempts))]
-    Transport {
-        /// Registry name.
-        registry: String,
-        /// Request method.
-        method: Method,
-        /// Request path.
-        path: String,
-        /// The cause.
-        #[source]
-        source: reqwest::Error,
-        /// Attempts made.
-        attempts: u32,
-    },
-    /// Bytes whose sha256 is not the digest they were asked or announced for.
-    #[error("registry {registry}: {what}: content digest is {actual}, expected {expected}; refusing the bytes")]
-    DigestMismatch {
-        /// Registry name.
-        registry: String,
-        /// What was read.
-        what: String,
-        /// The digest asked for or announced.
-        expected: Digest,
-        /// The sha256 of what arrived.
-        actual: Digest,
-    },
-    /// A body over its limit.
-    #[error("registry {registry}: {what}: body {} exceeds the {limit}-byte limit", size.map(|s| format!("of {s} bytes")).unwrap_or_default())]
-    TooLarge {
-        /// Registry name.
-        registry: String,
-        /// The request.
-        what: String,
-        /// The limit.
-        limit: u64,
-        /// The announced size, when known.
-        size: Option<u64>,
-    },
-    /// A manifest we refuse (schema 1, unknown type, malformed).
-    #[error("registry {registry}: manifest {what}")]
-    Manifest {
-        /// Registry name.
-        registry: String,
-        /// Which manifest.
-        what: String,
-        /// Why.
-        #[source]
-        source: manifest::Error,
-    },
-    /// An answer that breaks the protocol (bad `Link`, missing `Location`, unreadable JSON).
-    #[error("registry {registry}: {what}")]
-    Protocol {
-        /// Registry name.
-        registry: String,
-        /// What was wrong.
-        what: String,
-    },
-    /// Authentication failed or is impossible with what is configured.
-    #[error("registry {registry}: authentication failed: {message}")]
-    Auth {
-        /// Registry name.
-        registry: String,
-        /// Why.
-        message: String,
-    },
-    /// Credentials could not be read (password file, Docker config, credential helper).
-    #[error("registry {registry}: {message}")]
-    Credentials {
-        /// Registry name.
-        registry: String,
-        /// Why.
-        message: String,
-    },
-    /// The client could not be built (CA file, TLS).
-    #[error("registry {registry}: {message}")]
-    Setup {
-        /// Registry name.
-        registry: String,
-        /// Why.
-        message: String,
-    },
-    /// A bad reference or digest.
-    #[error(transparent)]
-    Reference(#[from] reference::Error),
-    /// A copy that must not happen (the destination names another digest).
-    #[error("{0}")]
-    Refused(String),
-}
-
-/// A registry's unwanted answer, with its own words.
-#[derive(Debug, thiserror::Error)]
-#[error("registry {registry}: {method} {path}: HTTP {status}{}{}{}{}",
-    code.as_ref().map(|c| format!(" {c}")).unwrap_or_default(),
-    if message.is_empty() { String::new() } else { format!(": {message}") },
-    retry_after.map(|d| format!(" (asked to retry after {}s)", d.as_secs())).unwrap_or_default(),
-    gave_up(*attempts))]
-pub struct HttpStatus {
-    /// Registry name.
-    pub registry: String,
-    /// Request method.
-    pub method: Method,
-    /// Request path (no query: upload URLs carry state there).
-    pub path: String,
-    /// HTTP status.
-    pub status: u16,
-    /// The registry's error code (`MANIFEST_UNKNOWN`, `TAG_INVALID`, ...).
-    pub code: Option<String>,
-    /// The registry's message, or the start of a non-JSON body.
-    pub message: String,
-    /// What `Retry-After` asked for.
-    pub retry_after: Option<Duration>,
-    /// Attempts made.
-    pub attempts: u32,
-}
-
-fn gave_up(attempts: u32) -> String {
-    if attempts > 1 {
-        format!(" (gave up after {attempts} attempts)")
-    } else {
-        String::new()
-    }
-}
-
-impl Error {
-    /// Why this error is worth another attempt, if it is.
-    pub fn retry_reason(&self) -> Option<RetryReason> {
-        match self {
-            Error::Status(s) => transport::retry_reason_of(StatusCode::from_u16(s.status).ok()?),
-            Error::Transport { source, .. } if !source.is_builder() => {
-                Some(RetryReason::Connection)
-            }
-            _ => None,
-        }
-    }
-
-    /// The wait the registry asked for.
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            Error::Status(s) => s.retry_after,
-            _ => None,
-        }
-    }
-
-    /// Whether the registry said the thing does not exist (404).
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, Error::Status(s) if s.status == 404)
-    }
-
-    /// Attempts made by the request that failed (1 for errors that are not about a request).
-    pub fn attempts(&self) -> u32 {
-        match self {
-            Error::Status(s) => s.attempts,
-            Error::Transport { attempts, .. } => *attempts,
-            _ => 1,
-        }
-    }
-
-    /// Records the attempts of a retry loop; an inner loop's larger count is kept.
-    fn with_attempts(mut self, n: u32) -> Error {
-        match &mut self {
-            Error::Status(s) => s.attempts = s.attempts.max(n),
-            Error::Transport { attempts, .. } => *attempts = (*attempts).max(n),
-            _ => {}
-        }
-        self
-    }
-}
 
 /// All tags of a repository, as the registry listed them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -275,10 +98,9 @@ impl Client {
     fn manifest_url(&self, repository: &str, reference: &str) -> Result<Url, Error> {
         check_repository(repository)?;
         if !reference::is_valid_tag(reference) && reference.parse::<Digest>().is_err() {
-            return Err(Error::Refused(format!(
-                "invalid tag or digest {:?}",
-                reference.chars().take(150).collect::<String>()
-            )));
+            return Err(Error::InvalidReference(
+                reference.chars().take(150).collect::<String>(),
+            ));
         }
         self.url(&format!("/v2/{repository}/manifests/{reference}"))
     }
@@ -581,10 +403,9 @@ fn check_repository(repository: &str) -> Result<(), Error> {
     if reference::is_valid_repository(repository) {
         Ok(())
     } else {
-        Err(Error::Refused(format!(
-            "invalid repository name {:?}",
-            repository.chars().take(300).collect::<String>()
-        )))
+        Err(Error::InvalidRepository(
+            repository.chars().take(300).collect::<String>(),
+        ))
     }
 }
 
@@ -839,7 +660,10 @@ mod tests {
             ("a", "v1?x"),
         ] {
             assert!(
-                matches!(client.manifest_url(repo, reference), Err(Error::Refused(_))),
+                matches!(
+                    client.manifest_url(repo, reference),
+                    Err(Error::InvalidReference(_) | Error::InvalidRepository(_))
+                ),
                 "{repo} {reference}"
             );
         }
