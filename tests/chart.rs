@@ -885,7 +885,7 @@ fn the_dashboard_queries_are_valid_promql_over_retagd_metrics() {
     let version = expr_of("Version per stage");
     assert!(version.contains("retagd_stage_version_info") && version.contains("stage, registry"));
     assert!(expr_of("Promotions by result")
-        .contains("sum by (result) (increase(retagd_promotions_total"));
+        .contains("sum by (result, reason) (increase(retagd_promotions_total"));
     assert!(expr_of("Registry requests by status")
         .contains("sum by (registry, status) (rate(retagd_registry_requests_total"));
     assert!(expr_of("Pending promotions").contains("retagd_pending_promotion_info"));
