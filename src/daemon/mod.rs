@@ -65,12 +65,15 @@ pub fn build(
     config: &Config,
     observer: Arc<dyn Observer>,
 ) -> anyhow::Result<(Arc<Registries>, State)> {
-    let registries = connect(config, observer)?;
-    let state = match &config.server.state_dir {
+    Ok((connect(config, observer)?, load_state(config)?))
+}
+
+/// The first-seen state: `state_dir`'s file, or memory only.
+fn load_state(config: &Config) -> anyhow::Result<State> {
+    Ok(match &config.server.state_dir {
         Some(dir) => State::load(dir)?,
         None => State::in_memory(),
-    };
-    Ok((registries, state))
+    })
 }
 
 /// The registry clients of `config` (at start and at each reload).
@@ -397,10 +400,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new().context("cannot set up the metrics")?);
     let backend = (wiring.connect)(&config, metrics.clone())?;
     check_secret_files(&config)?;
-    let state = match &config.server.state_dir {
-        Some(dir) => State::load(dir)?,
-        None => State::in_memory(),
-    };
+    let state = load_state(&config)?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
