@@ -5,8 +5,10 @@
 //!
 //! - [`Registries`]: one [`Client`] per configured registry, plus implicit ones for hosts that
 //!   only appear on the command line (anonymous or `~/.docker/config.json`).
-//! - `transport`: per registry, the connection pool, limits, auth, redirects and retries.
-//! - `auth`: credentials, challenges, tokens. `manifest`: media types and descriptor walking.
+//! - `transport`: per registry, the connection pool, limits, redirects and retries.
+//! - `auth`: which `Authorization` to send: credentials, challenges, the token flow and cache.
+//! - [`Error`] (`error`): what failed, as named variants, and its bounded [`Reason`].
+//! - `manifest`: media types and descriptor walking.
 //! - [`copy`](copy()): the three copy paths (same repository, mount, transfer).
 //! - [`Observer`]: how requests, retries and rate limits reach the metrics.
 //!
@@ -29,12 +31,12 @@ use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE, LINK};
 use reqwest::{Method, StatusCode};
 use url::Url;
 
+pub use auth::is_loopback;
 pub use auth::Secret;
 pub use copy::{copy, Path, Report};
 pub use error::{Error, HttpStatus, Reason};
 pub use manifest::{Manifest, ManifestHead};
 pub use observe::{NoObserver, Observer, RetryReason};
-pub use transport::is_loopback;
 
 use crate::config;
 use crate::reference::{self, Digest};

@@ -1,6 +1,7 @@
-//! One registry's HTTP side: connection pool, concurrency and rate limits, authentication,
-//! redirects, retries, and the observer calls. Everything above it speaks in requests and typed
-//! errors; nothing above it sees a 401, a 429 or a redirect.
+//! One registry's HTTP side: connection pool, concurrency and rate limits, redirects, retries,
+//! and the observer calls; it asks `auth` for each request's `Authorization` and lends it the
+//! wire for token requests. Everything above it speaks in requests and typed errors; nothing
+//! above it sees a 401, a 429 or a redirect.
 //!
 //! # Guarantees
 //!
@@ -21,15 +22,13 @@ use std::time::{Duration, SystemTime};
 
 use backon::{ExponentialBuilder, Retryable as _};
 use bytes::{Bytes, BytesMut};
-use reqwest::header::{
-    HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE,
-};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, LOCATION, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use url::Url;
 
-use super::auth::{self, Challenge, Credentials, Scheme, Scopes, Source, TokenCache};
+use super::auth::{self, origin, Authenticator, Scopes, Source, TokenAnswer, TokenRequest, Wire};
 use super::observe::{Observer, RetryReason};
 use super::Error;
 
@@ -45,8 +44,6 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 pub const MAX_ERROR_BODY: u64 = 64 << 10;
 /// Redirects followed per request.
 const MAX_REDIRECTS: usize = 5;
-/// How long resolved credentials are used before they are resolved again.
-const CREDENTIALS_TTL: Duration = Duration::from_secs(300);
 
 /// Settings of one registry's transport.
 #[derive(Debug, Clone)]
@@ -131,10 +128,7 @@ pub struct Transport {
     /// `scheme://host[:port]`.
     pub base: Url,
     http: reqwest::Client,
-    source: Source,
-    credentials: tokio::sync::Mutex<Option<(Credentials, Instant)>>,
-    auth: Mutex<(Scheme, TokenCache)>,
-    token_fetch: tokio::sync::Mutex<()>,
+    auth: Authenticator,
     permits: Arc<Semaphore>,
     max_concurrency: usize,
     pacer: Option<Pacer>,
@@ -148,26 +142,6 @@ impl std::fmt::Debug for Transport {
             .field("name", &self.name)
             .field("base", &self.base.as_str())
             .finish_non_exhaustive()
-    }
-}
-
-/// `(scheme, host, port)`: credentials never cross it.
-fn origin(url: &Url) -> (String, Option<String>, Option<u16>) {
-    (
-        url.scheme().to_string(),
-        url.host_str().map(str::to_ascii_lowercase),
-        url.port_or_known_default(),
-    )
-}
-
-/// Whether `url` names a loopback address (`localhost`, 127.0.0.0/8, ::1), where Docker also
-/// allows plain http.
-pub fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
     }
 }
 
@@ -205,13 +179,10 @@ impl Transport {
                 next: Mutex::new(Instant::now()),
             });
         Ok(Transport {
+            auth: Authenticator::new(name.clone(), base.clone(), source),
             name,
             base,
             http,
-            source,
-            credentials: tokio::sync::Mutex::new(None),
-            auth: Mutex::new((Scheme::Unknown, TokenCache::default())),
-            token_fetch: tokio::sync::Mutex::new(()),
             permits: Arc::new(Semaphore::new(settings.max_concurrency.max(1) as usize)),
             max_concurrency: settings.max_concurrency.max(1) as usize,
             pacer,
@@ -290,7 +261,7 @@ impl Transport {
         body: reqwest::Body,
     ) -> Result<reqwest::Response, Error> {
         let authorization = if origin(&req.url) == origin(&self.base) {
-            self.authorization(req.scopes).await?
+            self.auth.header(req.scopes, self).await?
         } else {
             None
         };
@@ -339,7 +310,7 @@ impl Transport {
         loop {
             let own = origin(&url) == origin(&self.base);
             let authorization = if own {
-                self.authorization(req.scopes).await?
+                self.auth.header(req.scopes, self).await?
             } else {
                 None
             };
@@ -350,10 +321,12 @@ impl Transport {
                 if challenged {
                     // Refused even after re-authentication: the next request resolves the
                     // credentials again.
-                    self.forget_credentials().await;
+                    self.auth.forget_credentials().await;
                 } else {
                     challenged = true;
-                    self.challenged(&response, req.scopes).await?;
+                    self.auth
+                        .challenged(response.headers(), req.scopes, self)
+                        .await?;
                     continue;
                 }
             }
@@ -431,214 +404,6 @@ impl Transport {
         }
     }
 
-    /// The credentials, resolved again after [`CREDENTIALS_TTL`] or a refusal: helpers hand out
-    /// short-lived ones (ECR's last 12 h) and password files get rotated.
-    async fn credentials(&self) -> Result<Credentials, Error> {
-        let mut cached = self.credentials.lock().await;
-        if let Some((c, at)) = cached.as_ref() {
-            if at.elapsed() < CREDENTIALS_TTL {
-                return Ok(c.clone());
-            }
-        }
-        let fresh = self
-            .source
-            .resolve()
-            .await
-            .map_err(|message| Error::Credentials {
-                registry: self.name.clone(),
-                message,
-            })?;
-        *cached = Some((fresh.clone(), Instant::now()));
-        Ok(fresh)
-    }
-
-    /// Makes the next request resolve the credentials again.
-    async fn forget_credentials(&self) {
-        *self.credentials.lock().await = None;
-    }
-
-    /// The `Authorization` for a request needing `scopes`, by what the registry asked before.
-    async fn authorization(&self, scopes: &Scopes) -> Result<Option<HeaderValue>, Error> {
-        let scheme = lock(&self.auth).0.clone();
-        match scheme {
-            Scheme::Unknown => Ok(None),
-            Scheme::Basic => Ok(self.credentials().await?.basic_header().and_then(header)),
-            Scheme::Bearer { realm, service } => {
-                let key = auth::scope_key(scopes);
-                if let Some(t) = lock(&self.auth).1.get(&key, Instant::now()) {
-                    return Ok(header(format!("Bearer {}", t.expose())));
-                }
-                // One fetch at a time: concurrent requests wait for it and share the token.
-                let _one = self.token_fetch.lock().await;
-                if let Some(t) = lock(&self.auth).1.get(&key, Instant::now()) {
-                    return Ok(header(format!("Bearer {}", t.expose())));
-                }
-                let asked = lock(&self.auth)
-                    .1
-                    .asked(&key)
-                    .unwrap_or_else(|| scopes.clone());
-                let token = self.fetch_token(&realm, service.as_deref(), &asked).await?;
-                let value = header(format!("Bearer {}", token.value.expose()));
-                lock(&self.auth).1.put(key, token, asked);
-                Ok(value)
-            }
-        }
-    }
-
-    /// Learns from a 401: a new token with the challenge's scopes added, or Basic credentials.
-    async fn challenged(&self, response: &reqwest::Response, scopes: &Scopes) -> Result<(), Error> {
-        let challenges: Vec<Challenge> = response
-            .headers()
-            .get_all(WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(auth::parse_challenges)
-            .collect();
-        let auth_error = |message: String| Error::Auth {
-            registry: self.name.clone(),
-            message,
-        };
-        if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
-            let realm = bearer
-                .param("realm")
-                .and_then(|r| Url::parse(r).ok())
-                .filter(|r| matches!(r.scheme(), "http" | "https"))
-                .ok_or_else(|| auth_error("Bearer challenge without a valid realm URL".into()))?;
-            let service = bearer.param("service").map(str::to_string);
-            let mut wanted = scopes.clone();
-            wanted.extend(
-                bearer
-                    .param("scope")
-                    .unwrap_or("")
-                    .split_whitespace()
-                    .map(str::to_string),
-            );
-            let wanted = auth::merge(&wanted);
-            let _one = self.token_fetch.lock().await;
-            let token = self
-                .fetch_token(&realm, service.as_deref(), &wanted)
-                .await?;
-            let mut state = lock(&self.auth);
-            state.0 = Scheme::Bearer { realm, service };
-            state.1.put(auth::scope_key(scopes), token, wanted);
-            Ok(())
-        } else if challenges.iter().any(|c| c.scheme == "basic") {
-            let was_basic = lock(&self.auth).0 == Scheme::Basic;
-            if self.credentials().await?.basic_header().is_none() {
-                return Err(auth_error(
-                    "the registry asks for a user name and password (Basic auth) and none is configured".into(),
-                ));
-            }
-            if was_basic {
-                // Refused: resolve again (a rotated password file, a helper's new token) and
-                // try once more only if that gave something new.
-                let sent = self.credentials().await?;
-                self.forget_credentials().await;
-                if self.credentials().await? == sent {
-                    return Err(auth_error(
-                        "the registry refused the user name and password".into(),
-                    ));
-                }
-            }
-            lock(&self.auth).0 = Scheme::Basic;
-            Ok(())
-        } else {
-            Err(auth_error("401 without a Bearer or Basic challenge".into()))
-        }
-    }
-
-    /// Asks the token server for `scopes`: GET with Basic credentials, or the OAuth2 refresh
-    /// form when we hold a Docker identity token.
-    async fn fetch_token(
-        &self,
-        realm: &Url,
-        service: Option<&str>,
-        scopes: &Scopes,
-    ) -> Result<auth::Token, Error> {
-        let credentials = self.credentials().await?;
-        let auth_error = |message: String| Error::Auth {
-            registry: self.name.clone(),
-            message,
-        };
-        let realm_host = realm.host_str().unwrap_or("?").to_string();
-        let secure =
-            realm.scheme() == "https" || is_loopback(realm) || origin(realm) == origin(&self.base);
-        if credentials != Credentials::None && !secure {
-            return Err(auth_error(format!(
-                "token realm {realm_host} is plain http; credentials are only sent over https"
-            )));
-        }
-        let mut url = realm.clone();
-        let mut headers = HeaderMap::new();
-        let (method, body) = match &credentials {
-            Credentials::IdentityToken(refresh) => {
-                let mut form = url::form_urlencoded::Serializer::new(String::new());
-                form.append_pair("grant_type", "refresh_token")
-                    .append_pair("refresh_token", refresh.expose())
-                    .append_pair("client_id", "retagd")
-                    .append_pair("scope", &auth::scope_key(scopes));
-                if let Some(s) = service {
-                    form.append_pair("service", s);
-                }
-                headers.insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("application/x-www-form-urlencoded"),
-                );
-                (Method::POST, Some(Bytes::from(form.finish())))
-            }
-            other => {
-                {
-                    let mut query = url.query_pairs_mut();
-                    if let Some(s) = service {
-                        query.append_pair("service", s);
-                    }
-                    for scope in scopes {
-                        query.append_pair("scope", scope);
-                    }
-                }
-                if let Some(basic) = other.basic_header().and_then(header) {
-                    headers.insert(AUTHORIZATION, basic);
-                }
-                (Method::GET, None)
-            }
-        };
-        let none = Scopes::new();
-        let req = Request {
-            method,
-            url,
-            headers,
-            body,
-            scopes: &none,
-        };
-        self.retrying(|| async {
-            let response = self
-                .send_raw(
-                    &req,
-                    &req.url,
-                    None,
-                    req.body.clone().map(reqwest::Body::from),
-                )
-                .await?;
-            let status = response.status();
-            if status.is_success() {
-                let body = self
-                    .read_body(&req, response, auth::MAX_TOKEN_RESPONSE)
-                    .await?;
-                return auth::parse_token(&body, Instant::now())
-                    .map_err(|m| auth_error(format!("{realm_host}: {m}")));
-            }
-            let error = self.status_error(&req, response).await;
-            if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
-                self.forget_credentials().await;
-                return Err(auth_error(format!(
-                    "token server {realm_host} refused the credentials ({error})"
-                )));
-            }
-            Err(error)
-        })
-        .await
-    }
-
     /// Reads a body up to `limit` bytes; more is an error, before it is all in memory.
     pub async fn read_body(
         &self,
@@ -706,17 +471,9 @@ impl Transport {
         if status != StatusCode::UNAUTHORIZED {
             return Error::Status(Box::new(error));
         }
-        let refused = match lock(&self.auth).0 {
-            Scheme::Basic => "the registry refused the user name and password".to_string(),
-            Scheme::Bearer { .. } => format!(
-                "the registry refused the token for {} (wrong credentials, or they lack these rights)",
-                auth::scope_key(req.scopes)
-            ),
-            Scheme::Unknown => "the registry asks for credentials".to_string(),
-        };
         Error::Auth {
             registry: self.name.clone(),
-            message: format!("{refused}: {error}"),
+            message: format!("{}: {error}", self.auth.refusal(req.scopes)),
         }
     }
 
@@ -739,10 +496,40 @@ impl Transport {
     }
 }
 
-fn header(value: String) -> Option<HeaderValue> {
-    let mut v = HeaderValue::from_str(&value).ok()?;
-    v.set_sensitive(true);
-    Some(v)
+impl Wire for Transport {
+    async fn send_token_request(&self, token: &TokenRequest) -> Result<TokenAnswer, Error> {
+        let none = Scopes::new();
+        let req = Request {
+            method: token.method.clone(),
+            url: token.url.clone(),
+            headers: token.headers.clone(),
+            body: token.body.clone(),
+            scopes: &none,
+        };
+        self.retrying(|| async {
+            let response = self
+                .send_raw(
+                    &req,
+                    &req.url,
+                    None,
+                    req.body.clone().map(reqwest::Body::from),
+                )
+                .await?;
+            let status = response.status();
+            if status.is_success() {
+                let body = self
+                    .read_body(&req, response, auth::MAX_TOKEN_RESPONSE)
+                    .await?;
+                return Ok(TokenAnswer::Body(body));
+            }
+            let error = self.status_error(&req, response).await;
+            if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+                return Ok(TokenAnswer::Refused(error));
+            }
+            Err(error)
+        })
+        .await
+    }
 }
 
 /// Which statuses are worth another attempt.
@@ -868,20 +655,6 @@ mod tests {
         assert_eq!(code, None);
         assert!(!message.contains('\n') && message.contains("502 Bad Gateway"));
         assert!(error_text("x".repeat(5000).as_bytes()).1.len() < 310);
-    }
-
-    #[test]
-    fn only_loopback_hosts_count_as_loopback() {
-        for (url, expected) in [
-            ("http://127.0.0.1:5000", true),
-            ("http://127.8.9.1", true),
-            ("http://localhost:1", true),
-            ("http://[::1]:5000", true),
-            ("http://10.0.0.1", false),
-            ("http://localhost.evil.example", false),
-        ] {
-            assert_eq!(is_loopback(&Url::parse(url).unwrap()), expected, "{url}");
-        }
     }
 
     #[tokio::test(start_paused = true)]
