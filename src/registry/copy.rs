@@ -104,83 +104,153 @@ pub async fn copy(
     dst_ref: &Reference,
     overwrite: bool,
 ) -> Result<Report, Error> {
-    let same_registry = std::ptr::eq(src, dst);
-    let path = match (same_registry, src_ref.repository == dst_ref.repository) {
-        (true, true) => Path::SameRepository,
-        (true, false) => Path::Mount,
-        (false, _) => Path::Transfer,
-    };
-    // One scope set per registry for the whole copy, so one token serves every request; on one
-    // registry it includes pull on the source, which mounts need.
-    let mut dst_scopes = Scopes::from([auth::pull_push(&dst_ref.repository)]);
-    if path == Path::Mount {
-        dst_scopes.insert(auth::pull(&src_ref.repository));
-    }
-    let src_scopes = if same_registry {
-        dst_scopes.clone()
-    } else {
-        Scopes::from([auth::pull(&src_ref.repository)])
-    };
-    let src_repo = src_ref.repository.as_str();
-    let dst_repo = dst_ref.repository.as_str();
-
-    // A destination written `TAG@DIGEST` is about the tag: look it up by tag.
-    let dst_lookup = dst_ref.tag.as_deref().unwrap_or(dst_ref.manifest_ref());
-    let existing = dst
-        .head_manifest_with(dst_repo, dst_lookup, &dst_scopes)
-        .await?
-        .map(|h| h.digest);
-    let wanted = match (&src_ref.digest, &existing) {
-        (Some(d), _) => Some(d.clone()),
-        (None, Some(_)) => Some(
-            src.head_manifest_with(src_repo, src_ref.manifest_ref(), &src_scopes)
-                .await?
-                .ok_or_else(|| Error::SourceMissing(src_ref.to_string()))?
-                .digest,
-        ),
-        (None, None) => None,
-    };
-    if let (Some(w), Some(d)) = (&wanted, &dst_ref.digest) {
-        if w != d {
-            return Err(digest_conflict(dst_ref, d, w));
-        }
-    }
-    if let (Some(w), Some(e), false) = (&wanted, &existing, overwrite) {
-        if w != e {
-            return Err(Error::TagHoldsOtherDigest {
-                reference: dst_ref.to_string(),
-                existing: e.clone(),
-                wanted: w.clone(),
-            });
-        }
-    }
-    if let (Some(w), Some(e)) = (&wanted, &existing) {
-        if w == e {
-            let mut report = Report::new(w.clone(), path);
+    let job = Job::new(src, src_ref, dst, dst_ref);
+    let wanted = match job.resolve(overwrite).await? {
+        Resolved::UpToDate(digest) => {
+            let mut report = Report::new(digest, job.path);
             report.up_to_date = true;
             return Ok(report);
         }
+        Resolved::Copy(wanted) => wanted,
+    };
+    let root = job.root(wanted.as_ref()).await?;
+    let mut report = Report::new(root.digest.clone(), job.path);
+    if job.path != Path::SameRepository {
+        job.push_below_root(&root, &mut report).await?;
     }
-    let root_ref = wanted
-        .as_ref()
-        .map_or_else(|| src_ref.manifest_ref().to_string(), |d| d.to_string());
-    let root = src
-        .get_manifest_with(src_repo, &root_ref, wanted.as_ref(), &src_scopes)
-        .await
-        .map_err(|e| match e {
-            e if e.is_not_found() => Error::SourceMissing(src_ref.to_string()),
-            e => e,
-        })?;
-    if let Some(d) = &dst_ref.digest {
-        if *d != root.digest {
-            return Err(digest_conflict(dst_ref, d, &root.digest));
+    job.put_root(&root, &mut report).await?;
+    Ok(report)
+}
+
+/// One copy: both ends, the path between them, and the token scopes each side's requests carry.
+struct Job<'a> {
+    src: &'a Client,
+    src_ref: &'a Reference,
+    dst: &'a Client,
+    dst_ref: &'a Reference,
+    path: Path,
+    src_scopes: Scopes,
+    dst_scopes: Scopes,
+}
+
+/// What the destination and source say before anything is read in full.
+enum Resolved {
+    /// The destination already holds this digest: nothing to write.
+    UpToDate(Digest),
+    /// Copy the source; its digest when it is already known.
+    Copy(Option<Digest>),
+}
+
+impl<'a> Job<'a> {
+    /// Decides the path. One scope set per registry for the whole copy, so one token serves
+    /// every request; on one registry it includes pull on the source, which mounts need.
+    fn new(
+        src: &'a Client,
+        src_ref: &'a Reference,
+        dst: &'a Client,
+        dst_ref: &'a Reference,
+    ) -> Job<'a> {
+        let same_registry = std::ptr::eq(src, dst);
+        let path = match (same_registry, src_ref.repository == dst_ref.repository) {
+            (true, true) => Path::SameRepository,
+            (true, false) => Path::Mount,
+            (false, _) => Path::Transfer,
+        };
+        let mut dst_scopes = Scopes::from([auth::pull_push(&dst_ref.repository)]);
+        if path == Path::Mount {
+            dst_scopes.insert(auth::pull(&src_ref.repository));
+        }
+        let src_scopes = if same_registry {
+            dst_scopes.clone()
+        } else {
+            Scopes::from([auth::pull(&src_ref.repository)])
+        };
+        Job {
+            src,
+            src_ref,
+            dst,
+            dst_ref,
+            path,
+            src_scopes,
+            dst_scopes,
         }
     }
-    let mut report = Report::new(root.digest.clone(), path);
-    if path != Path::SameRepository {
-        let children = children(src, src_repo, &root, &src_scopes).await?;
+
+    fn src_repo(&self) -> &'a str {
+        &self.src_ref.repository
+    }
+
+    fn dst_repo(&self) -> &'a str {
+        &self.dst_ref.repository
+    }
+
+    /// HEADs the destination, and the source only when the destination exists (an up-to-date
+    /// copy costs two HEADs and no GET); refuses a digest the destination must not get.
+    async fn resolve(&self, overwrite: bool) -> Result<Resolved, Error> {
+        let (src_ref, dst_ref) = (self.src_ref, self.dst_ref);
+        // A destination written `TAG@DIGEST` is about the tag: look it up by tag.
+        let dst_lookup = dst_ref.tag.as_deref().unwrap_or(dst_ref.manifest_ref());
+        let existing = self
+            .dst
+            .head_manifest_with(self.dst_repo(), dst_lookup, &self.dst_scopes)
+            .await?
+            .map(|h| h.digest);
+        let wanted = match (&src_ref.digest, &existing) {
+            (Some(d), _) => Some(d.clone()),
+            (None, Some(_)) => Some(
+                self.src
+                    .head_manifest_with(self.src_repo(), src_ref.manifest_ref(), &self.src_scopes)
+                    .await?
+                    .ok_or_else(|| Error::SourceMissing(src_ref.to_string()))?
+                    .digest,
+            ),
+            (None, None) => None,
+        };
+        if let (Some(w), Some(d)) = (&wanted, &dst_ref.digest) {
+            if w != d {
+                return Err(digest_conflict(dst_ref, d, w));
+            }
+        }
+        match (wanted, existing) {
+            (Some(w), Some(e)) if w == e => Ok(Resolved::UpToDate(w)),
+            (Some(w), Some(e)) if !overwrite => Err(Error::TagHoldsOtherDigest {
+                reference: dst_ref.to_string(),
+                existing: e,
+                wanted: w,
+            }),
+            (wanted, _) => Ok(Resolved::Copy(wanted)),
+        }
+    }
+
+    /// GETs the root manifest, by digest when known, and checks it against a digest the
+    /// destination is written with.
+    async fn root(&self, wanted: Option<&Digest>) -> Result<Manifest, Error> {
+        let root_ref = wanted.map_or_else(
+            || self.src_ref.manifest_ref().to_string(),
+            |d| d.to_string(),
+        );
+        let root = self
+            .src
+            .get_manifest_with(self.src_repo(), &root_ref, wanted, &self.src_scopes)
+            .await
+            .map_err(|e| match e {
+                e if e.is_not_found() => Error::SourceMissing(self.src_ref.to_string()),
+                e => e,
+            })?;
+        if let Some(d) = &self.dst_ref.digest {
+            if *d != root.digest {
+                return Err(digest_conflict(self.dst_ref, d, &root.digest));
+            }
+        }
+        Ok(root)
+    }
+
+    /// Mount or transfer: the child manifests, every blob, then the children by digest.
+    async fn push_below_root(&self, root: &Manifest, report: &mut Report) -> Result<(), Error> {
+        let (src, dst) = (self.src, self.dst);
+        let children = children(src, self.src_repo(), root, &self.src_scopes).await?;
         let mut blobs = BTreeMap::new();
-        for m in std::iter::once(&root).chain(&children) {
+        for m in std::iter::once(root).chain(&children) {
             if let Contents::Image(descriptors) = contents(src, m)? {
                 for d in descriptors {
                     blobs.entry(d.digest.clone()).or_insert(d);
@@ -192,13 +262,13 @@ pub async fn copy(
             .map(|blob| {
                 copy_blob(
                     src,
-                    src_repo,
-                    &src_scopes,
+                    self.src_repo(),
+                    &self.src_scopes,
                     dst,
-                    dst_repo,
-                    &dst_scopes,
+                    self.dst_repo(),
+                    &self.dst_scopes,
                     blob,
-                    path,
+                    self.path,
                 )
             })
             .buffer_unordered(width)
@@ -216,19 +286,31 @@ pub async fn copy(
         }
         // Children by digest, deepest first (they are listed that way), before the root.
         for child in &children {
-            dst.put_manifest(dst_repo, child.digest.as_str(), child, &dst_scopes)
-                .await?;
+            dst.put_manifest(
+                self.dst_repo(),
+                child.digest.as_str(),
+                child,
+                &self.dst_scopes,
+            )
+            .await?;
             report.manifests_pushed += 1;
         }
+        Ok(())
     }
-    let target = dst_ref
-        .tag
-        .clone()
-        .unwrap_or_else(|| root.digest.to_string());
-    dst.put_manifest(dst_repo, &target, &root, &dst_scopes)
-        .await?;
-    report.manifests_pushed += 1;
-    Ok(report)
+
+    /// PUTs the root under the destination tag, or by digest when the destination has none.
+    async fn put_root(&self, root: &Manifest, report: &mut Report) -> Result<(), Error> {
+        let target = self
+            .dst_ref
+            .tag
+            .clone()
+            .unwrap_or_else(|| root.digest.to_string());
+        self.dst
+            .put_manifest(self.dst_repo(), &target, root, &self.dst_scopes)
+            .await?;
+        report.manifests_pushed += 1;
+        Ok(())
+    }
 }
 
 fn digest_conflict(dst_ref: &Reference, named: &Digest, source: &Digest) -> Error {

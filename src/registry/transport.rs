@@ -524,7 +524,7 @@ impl Wire for Transport {
             }
             let error = self.status_error(&req, response).await;
             if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
-                return Ok(TokenAnswer::Refused(error));
+                return Ok(TokenAnswer::Denied(error));
             }
             Err(error)
         })

@@ -55,7 +55,7 @@ pub enum TokenAnswer {
     /// A successful answer's body, at most [`MAX_TOKEN_RESPONSE`] bytes.
     Body(Bytes),
     /// 401 or 403: the credentials were refused; the error describes the answer.
-    Refused(Error),
+    Denied(Error),
 }
 
 /// What auth needs from the transport: the token request sent like any other.
@@ -330,7 +330,7 @@ impl Authenticator {
         match wire.send_token_request(&req).await? {
             TokenAnswer::Body(body) => parse_token(&body, Instant::now())
                 .map_err(|m| self.error(format!("{realm_host}: {m}"))),
-            TokenAnswer::Refused(error) => {
+            TokenAnswer::Denied(error) => {
                 self.forget_credentials().await;
                 Err(self.error(format!(
                     "token server {realm_host} refused the credentials ({error})"
