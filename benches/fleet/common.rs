@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::support::config::{Config, Pipeline, Stage, AUTO, MANUAL};
 use crate::support::images::skopeo_command;
-use crate::support::pipeline::{pipeline_toml, AUTO, MANUAL};
 
 /// The release (under `cargo bench`) or debug (under `cargo test`) retagd binary.
 pub const RETAGD: &str = env!("CARGO_BIN_EXE_retagd");
@@ -313,20 +313,6 @@ pub fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// A `dev` stage and an `rc` stage promoted into automatically, as TOML.
-const TWO_STAGES: &str = r#"
-[[pipelines.stages]]
-name = "dev"
-filter_tags = { pattern = '^v\d+\.\d+\.\d+-dev\.\d+$' }
-policy = { semver = { range = ">=1.0.0-0" } }
-
-[[pipelines.stages]]
-name = "rc"
-filter_tags = { pattern = '^v\d+\.\d+\.\d+-rc\.\d+$' }
-policy = { semver = { range = ">=1.0.0-rc.0" } }
-promote = { from = "dev", tag = "v{major}.{minor}.{patch}-rc.{n}", approval = "auto" }
-"#;
-
 /// How many stages the pipelines of a configuration have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stages {
@@ -336,8 +322,8 @@ pub enum Stages {
     Three,
 }
 
-/// A configuration with one pipeline per repository on the registry at `url`; `head` is
-/// inserted after `[defaults]` (a `[server]` or `[webhooks]` table).
+/// A configuration with one pipeline per repository on the registry at `url`; `head` (a
+/// `[server]` or `[webhooks]` table) is added as written.
 pub fn config(
     url: &str,
     repositories: &[String],
@@ -345,19 +331,30 @@ pub fn config(
     interval: &str,
     head: &str,
 ) -> String {
-    let mut text = format!(
-        "[defaults]\ninterval = \"{interval}\"\n{head}\n[registries.local]\nurl = \"{url}\"\n"
-    );
+    let mut config = Config::new()
+        .interval(interval)
+        .table(head)
+        .registry("local", url);
     for (i, repository) in repositories.iter().enumerate() {
         let name = format!("svc-{i:04}");
-        text.push_str(&match stages {
-            Stages::Two => format!(
-                "\n[[pipelines]]\nname = \"{name}\"\nregistry = \"local\"\nrepository = \"{repository}\"\n{TWO_STAGES}"
-            ),
-            Stages::Three => pipeline_toml(&name, repository, AUTO, MANUAL),
+        config = config.pipeline(match stages {
+            // A `dev` stage and an `rc` stage promoted into automatically.
+            Stages::Two => Pipeline::new(&name, "local", repository)
+                .stage(
+                    Stage::new("dev")
+                        .filter(r"^v\d+\.\d+\.\d+-dev\.\d+$")
+                        .semver(">=1.0.0-0"),
+                )
+                .stage(
+                    Stage::new("rc")
+                        .filter(r"^v\d+\.\d+\.\d+-rc\.\d+$")
+                        .semver(">=1.0.0-rc.0")
+                        .promote("dev", "v{major}.{minor}.{patch}-rc.{n}", AUTO),
+                ),
+            Stages::Three => Pipeline::example(&name, repository, AUTO, MANUAL),
         });
     }
-    text
+    config.toml()
 }
 
 /// The daemon's `[server]` table: any free port, no state directory.

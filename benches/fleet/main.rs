@@ -14,7 +14,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../tests/support/mod.rs"]
+#[path = "../../tests/it/support/mod.rs"]
 mod support;
 
 mod common;

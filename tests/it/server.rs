@@ -4,14 +4,15 @@
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::pipeline::{wait_tag, Daemon, Env, AUTO, DEADLINE, MANUAL, REPO};
+use support::config::{AUTO, MANUAL};
+use support::pipeline::{wait_tag, Daemon, Env, DEADLINE, REPO};
 use support::prometheus::Prometheus;
 use support::proxy::FaultProxy;
 use support::registry::{Registry, RegistryOptions};
@@ -121,7 +122,11 @@ fn stage<'a>(pipeline: &'a Value, name: &str) -> &'a Value {
 async fn the_api_shows_pipelines_and_approves_with_every_refusal_on_the_way() {
     let env = Env::start();
     let (token_line, webhooks) = secrets(&env);
-    let config = env.configure_with("1h", AUTO, MANUAL, &token_line, &webhooks);
+    let config = env.write(
+        &env.config("1h", AUTO, MANUAL)
+            .server_setting(&token_line)
+            .table(&webhooks),
+    );
     let dev1 = env.push(REPO, "v1.2.0-dev.1", 1).await;
     // The first listing hangs for a while, so /readyz is seen refusing first.
     env.proxy.inject(
@@ -250,24 +255,26 @@ async fn the_api_shows_pipelines_and_approves_with_every_refusal_on_the_way() {
 
     // `retagd status` and `retagd approve` use the same API.
     let url = api.base.clone();
-    let out = support::pipeline::retagd(&["status", "--url", &url])
+    let out = support::process::retagd()
+        .args(["status", "--url", &url])
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{}", support::pipeline::text(&out));
     assert!(table.contains("production  v1.2.0 "), "{table}");
-    let out = support::pipeline::retagd(&[
-        "approve",
-        "--url",
-        &url,
-        "--pipeline",
-        "api-gateway",
-        "--stage",
-        "production",
-    ])
-    .env("RETAGD_API_TOKEN", "wrong")
-    .output()
-    .unwrap();
+    let out = support::process::retagd()
+        .args([
+            "approve",
+            "--url",
+            &url,
+            "--pipeline",
+            "api-gateway",
+            "--stage",
+            "production",
+        ])
+        .env("RETAGD_API_TOKEN", "wrong")
+        .output()
+        .unwrap();
     assert_eq!(
         out.status.code(),
         Some(2),
@@ -303,7 +310,7 @@ async fn the_api_shows_pipelines_and_approves_with_every_refusal_on_the_way() {
     assert_eq!(code, 400);
 
     // Without a token file the write API is off; without a secret, the webhooks.
-    env.configure_with("1h", AUTO, MANUAL, "", "");
+    env.write(&env.config("1h", AUTO, MANUAL));
     daemon.signal("HUP");
     daemon.wait_log("configuration reloaded").await;
     let (code, body) = api.promote("api-gateway", "production", good, "").await;
@@ -359,7 +366,7 @@ async fn partial_webhook(
 async fn a_webhook_without_its_header_or_query_proof_is_refused_before_its_body_is_read() {
     let env = Env::start();
     let (_, webhooks) = secrets(&env);
-    let config = env.configure_with("1h", AUTO, MANUAL, "", &webhooks);
+    let config = env.write(&env.config("1h", AUTO, MANUAL).table(&webhooks));
     let daemon = Daemon::start(&config, env.dir.path().join("daemon.log"));
     let address = daemon.address().await;
     let bearer = format!("Authorization: Bearer {SECRET}\r\n");
@@ -414,7 +421,7 @@ async fn a_push_reported_by_the_registry_is_promoted_at_once() {
     let proxy = FaultProxy::start(registry.addr);
     let env = Env::with(registry, proxy);
     let (_, webhooks) = secrets(&env);
-    let config = env.configure_with("1h", AUTO, MANUAL, "", &webhooks);
+    let config = env.write(&env.config("1h", AUTO, MANUAL).table(&webhooks));
     let text = std::fs::read_to_string(&config)
         .unwrap()
         .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
@@ -470,7 +477,7 @@ async fn a_push_reported_by_the_registry_is_promoted_at_once() {
 #[tokio::test]
 async fn prometheus_scrapes_which_version_is_in_each_stage() {
     let env = Env::start();
-    let config = env.configure(AUTO, MANUAL, "");
+    let config = env.configure(AUTO, MANUAL);
     let dev1 = env.push(REPO, "v1.2.0-dev.1", 1).await;
     let daemon = Daemon::start(&config, env.dir.path().join("daemon.log"));
     let address = daemon.address().await;
@@ -591,17 +598,11 @@ async fn promotions_are_notified_in_json_and_slack_formats() {
     let env = Env::start();
     let slack_file = env.dir.path().join("slack-url");
     std::fs::write(&slack_file, format!("http://{address}/slack\n")).unwrap();
-    let config = env.configure_with(
-        "1h",
-        AUTO,
-        MANUAL,
-        "",
-        &format!(
-            "[[notifications]]\nurl = \"http://{address}/json\"\n\n\
+    let config = env.write(&env.config("1h", AUTO, MANUAL).table(&format!(
+        "[[notifications]]\nurl = \"http://{address}/json\"\n\n\
              [[notifications]]\nurl_file = \"{}\"\nformat = \"slack\"\nevents = [\"success\"]\n",
-            slack_file.display()
-        ),
-    );
+        slack_file.display()
+    )));
     let dev1 = env.push(REPO, "v1.2.0-dev.1", 1).await;
     let daemon = Daemon::start(&config, env.dir.path().join("daemon.log"));
     let api = Api::new(daemon.address().await);

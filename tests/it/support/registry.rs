@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::{spawn_watchdog, STARTUP_DEADLINE};
+use super::process::ProcessGuard;
+use super::STARTUP_DEADLINE;
 
 /// The registry binary, as installed by Debian's `docker-registry` package.
 pub const REGISTRY_BIN: &str = "docker-registry";
@@ -154,8 +155,7 @@ impl RegistryOptions {
 pub struct Registry {
     /// The address it listens on (`127.0.0.1:PORT`).
     pub addr: SocketAddr,
-    child: Child,
-    watchdog: Option<Child>,
+    process: ProcessGuard,
     tls: bool,
     log_path: PathBuf,
     log_shown: bool,
@@ -182,14 +182,11 @@ impl Registry {
         std::fs::write(&config_path, config).expect("write the registry config");
 
         let log_path = dir.path().join("registry.log");
-        let child = serve(&config_path, &log_path);
-
-        let watchdog = spawn_watchdog(child.id());
-        // From here on, Drop kills the child whatever happens.
+        // From here on, the guard kills the child whatever happens.
+        let process = ProcessGuard::watched(serve(&config_path, &log_path));
         let mut registry = Registry {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            child,
-            watchdog,
+            process,
             tls: options.tls.is_some(),
             log_path,
             log_shown: false,
@@ -203,12 +200,7 @@ impl Registry {
 
     /// Kills the registry process (SIGKILL, as a crash); [`Registry::restart`] brings it back.
     pub fn kill(&mut self) {
-        if let Some(mut watchdog) = self.watchdog.take() {
-            let _ = watchdog.kill();
-            let _ = watchdog.wait();
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.process.kill();
     }
 
     /// Kills the registry process if it runs and starts it again on the same config and
@@ -218,8 +210,8 @@ impl Registry {
         // The new process logs its own `listening on` line: keep the old log beside it.
         let old = self.log_path.with_extension("log.before-restart");
         std::fs::rename(&self.log_path, &old).expect("move the registry log aside");
-        self.child = serve(&self.dir.path().join("config.yml"), &self.log_path);
-        self.watchdog = spawn_watchdog(self.child.id());
+        self.process =
+            ProcessGuard::watched(serve(&self.dir.path().join("config.yml"), &self.log_path));
         self.addr = self.wait_for_listen_line();
         self.wait_until_ready();
     }
@@ -256,8 +248,7 @@ impl Registry {
     }
 
     fn fail(&mut self, why: &str) -> ! {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.process.kill();
         self.log_shown = true;
         panic!("registry {why}; its log:\n{}", self.log())
     }
@@ -270,7 +261,7 @@ impl Registry {
             if let Some(addr) = parse_listen_addr(&log) {
                 return addr;
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Ok(Some(status)) = self.process.try_wait() {
                 self.fail(&format!("exited before listening ({status})"));
             }
             if Instant::now() >= deadline {
@@ -290,7 +281,7 @@ impl Registry {
             if http_answers(self.addr) {
                 return;
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Ok(Some(status)) = self.process.try_wait() {
                 self.fail(&format!("exited while starting ({status})"));
             }
             if Instant::now() >= deadline {
@@ -303,13 +294,8 @@ impl Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        // The watchdog first, so that it can never signal a reused process ID.
-        if let Some(mut watchdog) = self.watchdog.take() {
-            let _ = watchdog.kill();
-            let _ = watchdog.wait();
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Stopped before its log is read, so that the log is complete.
+        let _ = self.process.kill();
         if std::thread::panicking() && !self.log_shown {
             let log = self.log();
             let lines: Vec<&str> = log.lines().collect();

@@ -1,7 +1,7 @@
-//! Smoke tests of the integration-test harness in `tests/support/`: every piece works against the
+//! Smoke tests of the integration-test harness in `tests/it/support/`: every piece works against the
 //! real components (docker-registry 2.8, skopeo, openssl) before other tests rely on it.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -862,7 +862,7 @@ const DISTRIBUTION_WEBHOOK_FIXTURE: &str = concat!(
 );
 
 /// Also checks that the recorded fixture still has the shape of a live event. To record it
-/// again: `RETAGD_RECORD_WEBHOOK_FIXTURE=1 cargo test --test harness notifications`.
+/// again: `RETAGD_RECORD_WEBHOOK_FIXTURE=1 cargo test --test it harness::a_registry_with_notifications`.
 #[tokio::test]
 async fn a_registry_with_notifications_posts_a_push_event_with_the_bearer_token() {
     let (receiver, received) = webhook_receiver();

@@ -7,7 +7,7 @@
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 use retagd::config;
 use retagd::reference::Reference;
 use retagd::registry::{self, Error, Observer, Registries, RetryReason};
+use support::config::{Config, Pipeline, Stage};
 use support::images::{put_tags, skopeo_inspect_raw, Pusher, SkopeoOptions, TestImage, TestIndex};
 use support::pki::Pki;
 use support::proxy::{Fault, FaultAction, FaultProxy, ProxyRequest, TagPaging};
@@ -1034,22 +1035,20 @@ async fn retagd_copy_reads_credentials_from_docker_config_auths_and_cred_helpers
     )
     .unwrap();
     let run = |docker_config: &Path, args: &[&str]| {
-        let config = dir.path().join("retagd.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[registries.local]\nurl = \"{}\"\ndocker_config = \"{}\"\n\n[[pipelines]]\nname = \"p\"\nregistry = \"local\"\nrepository = \"team/app\"\n[[pipelines.stages]]\nname = \"dev\"\npolicy = {{ semver = {{ range = \"*\" }} }}\n",
-                registry.url(),
-                docker_config.display()
-            ),
-        )
-        .unwrap();
+        let config = Config::new()
+            .registry("local", &registry.url())
+            .registry_setting(
+                "local",
+                &format!("docker_config = \"{}\"", docker_config.display()),
+            )
+            .pipeline(Pipeline::new("p", "local", "team/app").stage(Stage::new("dev").semver("*")))
+            .write(&dir.path().join("retagd.toml"));
         let path = format!(
             "{}:{}",
             dir.path().display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        std::process::Command::new(env!("CARGO_BIN_EXE_retagd"))
+        support::process::retagd()
             .arg("copy")
             .arg("--config")
             .arg(&config)

@@ -21,6 +21,8 @@ use figment::providers::{Format as _, Yaml};
 use figment::Figment;
 use serde_json::{json, Value};
 
+use crate::support::process::retagd;
+
 const RELEASE: &str = "retagd";
 const NAMESPACE: &str = "shop";
 const ALL_ON: &str = "ci/all-on-values.yaml";
@@ -128,17 +130,6 @@ fn run(cmd: &mut Command) -> Output {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// `retagd` without the caller's own RETAGD_* variables.
-fn retagd() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_retagd"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("RETAGD_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,20 +5,22 @@
 //!
 //! The test command runs the short version (the example pipeline and 10 generated ones, the
 //! faults that need no privileges, 5 SIGKILLs). `RETAGD_FAULTS=long cargo test --release --test
-//! faults -- --nocapture` runs the long one: 50 generated pipelines, 2 s latency, storage made
+//! it faults:: -- --nocapture` runs the long one: 50 generated pipelines, 2 s latency, storage made
 //! read-only (needs root, for a bind mount), and 20 SIGKILLs during a 200-promotion reconcile.
 
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use support::config::{Config, Pipeline, Stage, AUTO, MANUAL};
 use support::images::{Pusher, TestImage};
-use support::pipeline::{digest_at, pipeline_toml, retagd, Daemon, AUTO, MANUAL};
+use support::pipeline::{digest_at, Daemon};
+use support::process::{retagd, ProcessGuard};
 use support::proxy::{Fault, FaultProxy};
 use support::registry::{Registry, RegistryOptions};
 
@@ -65,23 +67,23 @@ impl Fleet {
     /// The example pipeline (production manual) and one generated pipeline per repository
     /// (production automatic), reconciling every second.
     fn configure(&self) -> std::path::PathBuf {
-        let mut text = format!(
-            "[defaults]\ninterval = \"1s\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n\n\
-             [registries.local]\nurl = \"{}\"\nmax_concurrency = 8\n",
-            self.dir.path().join("state").display(),
-            self.proxy.url()
-        );
+        let mut config = Config::new()
+            .interval("1s")
+            .server_setting(&format!(
+                "state_dir = \"{}\"",
+                self.dir.path().join("state").display()
+            ))
+            .registry("local", &self.proxy.url())
+            .registry_setting("local", "max_concurrency = 8");
         for repo in &self.repos {
             let (name, production) = if repo == EXAMPLE_REPO {
                 ("api-gateway".to_string(), MANUAL)
             } else {
                 (repo.replace('/', "-"), AUTO)
             };
-            text.push_str(&pipeline_toml(&name, repo, AUTO, production));
+            config = config.pipeline(Pipeline::example(&name, repo, AUTO, production));
         }
-        let path = self.dir.path().join("retagd.toml");
-        std::fs::write(&path, text).unwrap();
-        path
+        config.write(&self.dir.path().join("retagd.toml"))
     }
 
     /// Pushes a new dev build `v1.<round>.0-dev.1` to every repository, straight to the
@@ -418,31 +420,31 @@ async fn many_pipelines_writing_into_one_repository_converge() {
     let proxy = FaultProxy::start(registry.addr);
     let dir = tempfile::tempdir().unwrap();
     let families = 10;
-    let mut text = format!(
-        "[defaults]\ninterval = \"1s\"\n[server]\nlisten = \"127.0.0.1:0\"\n[registries.local]\nurl = \"{}\"\n",
-        proxy.url()
-    );
+    let mut config = Config::new()
+        .interval("1s")
+        .server()
+        .registry("local", &proxy.url());
     for f in 0..families {
-        text.push_str(&format!(
-            r#"
-[[pipelines]]
-name = "svc{f}"
-registry = "local"
-repository = "shared/monorepo"
-[[pipelines.stages]]
-name = "dev"
-filter_tags = {{ pattern = '^svc{f}-(?P<v>\d+\.\d+\.\d+-dev\.\d+)$', extract = '$v' }}
-policy = {{ semver = {{ range = ">=1.0.0-0" }} }}
-[[pipelines.stages]]
-name = "rc"
-filter_tags = {{ pattern = '^svc{f}-(?P<v>\d+\.\d+\.\d+-rc\.\d+)$', extract = '$v' }}
-policy = {{ semver = {{ range = ">=1.0.0-rc.0" }} }}
-promote = {{ from = "dev", tag = "svc{f}-{{major}}.{{minor}}.{{patch}}-rc.{{n}}", approval = "auto" }}
-"#
-        ));
+        config = config.pipeline(
+            Pipeline::new(&format!("svc{f}"), "local", "shared/monorepo")
+                .stage(
+                    Stage::new("dev")
+                        .filter_extract(&format!(r"^svc{f}-(?P<v>\d+\.\d+\.\d+-dev\.\d+)$"), "$v")
+                        .semver(">=1.0.0-0"),
+                )
+                .stage(
+                    Stage::new("rc")
+                        .filter_extract(&format!(r"^svc{f}-(?P<v>\d+\.\d+\.\d+-rc\.\d+)$"), "$v")
+                        .semver(">=1.0.0-rc.0")
+                        .promote(
+                            "dev",
+                            &format!("svc{f}-{{major}}.{{minor}}.{{patch}}-rc.{{n}}"),
+                            AUTO,
+                        ),
+                ),
+        );
     }
-    let config = dir.path().join("retagd.toml");
-    std::fs::write(&config, text).unwrap();
+    let config = config.write(&dir.path().join("retagd.toml"));
     let pusher = Pusher::new(&registry.url());
     let mut digests = Vec::new();
     for f in 0..families {
@@ -491,12 +493,14 @@ async fn sigkill_at_random_points_never_promotes_twice_or_moves_a_release() {
     let config = fleet.configure();
     // Round 1 promoted and released, then a second round for the kills to interrupt.
     fleet.push_round().await;
-    let run = |config: &std::path::Path| -> Child {
-        retagd(&["reconcile", "--config", &config.display().to_string()])
+    let run = |config: &std::path::Path| -> ProcessGuard {
+        let child = retagd()
+            .args(["reconcile", "--config", &config.display().to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap()
+            .unwrap();
+        ProcessGuard::new(child)
     };
     let status = run(&config).wait().unwrap();
     assert!(status.success());
@@ -560,15 +564,14 @@ async fn a_token_expiring_mid_run_is_renewed_and_no_secret_reaches_a_trace_log()
     let env = support::pipeline::Env::with(registry, proxy);
     let password_file = env.dir.path().join("password");
     std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
-    let config = env.configure_with("1s", AUTO, MANUAL, "", "");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "[registries.local]\n",
-        &format!(
-            "[registries.local]\nusername = \"bob\"\npassword_file = \"{}\"\n",
-            password_file.display()
-        ),
+    let config = env.write(
+        &env.config("1s", AUTO, MANUAL)
+            .registry_setting("local", "username = \"bob\"")
+            .registry_setting(
+                "local",
+                &format!("password_file = \"{}\"", password_file.display()),
+            ),
     );
-    std::fs::write(&config, text).unwrap();
     let creds = SkopeoOptions::new().with_creds("bob", PASSWORD);
     let push = |seed: u64, tag: &'static str| {
         let image = TestImage::generate(seed, &[200]);
@@ -665,7 +668,7 @@ fn rss_and_fds(pid: u32) -> (u64, usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a soak of RETAGD_SOAK_MINUTES (30): cargo test --release --test faults soak -- --ignored --nocapture"]
+#[ignore = "a soak of RETAGD_SOAK_MINUTES (30): cargo test --release --test it faults::soak -- --ignored --nocapture"]
 async fn soak_a_push_every_few_seconds_keeps_memory_and_descriptors_flat() {
     let minutes: u64 = std::env::var("RETAGD_SOAK_MINUTES")
         .ok()

@@ -5,10 +5,12 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use super::config::{Config, Pipeline};
 use super::images::{Pusher, TestImage, MANIFEST_ACCEPT};
+use super::process::{retagd, ProcessGuard};
 use super::proxy::FaultProxy;
 use super::registry::{Registry, RegistryOptions};
 
@@ -16,36 +18,6 @@ use super::registry::{Registry, RegistryOptions};
 pub const REPO: &str = "myorg/api-gateway";
 /// How long a test waits for the daemon to do something.
 pub const DEADLINE: Duration = Duration::from_secs(30);
-
-/// The example pipeline's `[[pipelines]]` block (dev -> rc -> release in registry `local`),
-/// named `name` in `repository`, with these `promote` options for staging and production.
-pub fn pipeline_toml(name: &str, repository: &str, staging: &str, production: &str) -> String {
-    format!(
-        r#"
-[[pipelines]]
-name = "{name}"
-registry = "local"
-repository = "{repository}"
-
-[[pipelines.stages]]
-name = "dev"
-filter_tags = {{ pattern = '^v\d+\.\d+\.\d+-dev\.\d+$' }}
-policy = {{ semver = {{ range = ">=1.0.0-0" }} }}
-
-[[pipelines.stages]]
-name = "staging"
-filter_tags = {{ pattern = '^v\d+\.\d+\.\d+-rc\.\d+$' }}
-policy = {{ semver = {{ range = ">=1.0.0-rc.0" }} }}
-promote = {{ from = "dev", tag = "v{{major}}.{{minor}}.{{patch}}-rc.{{n}}", {staging} }}
-
-[[pipelines.stages]]
-name = "production"
-filter_tags = {{ pattern = '^v\d+\.\d+\.\d+$' }}
-policy = {{ semver = {{ range = ">=1.0.0" }} }}
-promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {production} }}
-"#
-    )
-}
 
 /// A registry behind a counting proxy, and a directory for config and state.
 pub struct Env {
@@ -56,11 +28,6 @@ pub struct Env {
     /// Config, state and logs.
     pub dir: tempfile::TempDir,
 }
-
-/// `approval = "auto"`.
-pub const AUTO: &str = r#"approval = "auto""#;
-/// `approval = "manual"`.
-pub const MANUAL: &str = r#"approval = "manual""#;
 
 impl Env {
     /// A fresh registry, proxy and directory.
@@ -79,47 +46,33 @@ impl Env {
         }
     }
 
-    /// Where [`Env::configure`] writes.
+    /// Where [`Env::write`] writes.
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("retagd.toml")
     }
 
-    /// The example pipeline with these `promote` options for staging and production, plus
-    /// `extra` TOML appended.
-    pub fn configure(&self, staging: &str, production: &str, extra: &str) -> PathBuf {
-        self.configure_with("1s", staging, production, "", extra)
+    /// The example pipeline reconciled every `interval` (registry `local` through the proxy,
+    /// the server on any port with its state in [`Env::dir`]), with these `promote` options for
+    /// staging and production: a test adds what it is about, then [`Env::write`]s it.
+    pub fn config(&self, interval: &str, staging: &str, production: &str) -> Config {
+        Config::new()
+            .interval(interval)
+            .server_setting(&format!(
+                "state_dir = \"{}\"",
+                self.dir.path().join("state").display()
+            ))
+            .registry("local", &self.proxy.url())
+            .pipeline(Pipeline::example("api-gateway", REPO, staging, production))
     }
 
-    /// [`Env::configure`] with the interval and extra `[server]` lines.
-    pub fn configure_with(
-        &self,
-        interval: &str,
-        staging: &str,
-        production: &str,
-        server: &str,
-        extra: &str,
-    ) -> PathBuf {
-        let text = format!(
-            r#"
-[defaults]
-interval = "{interval}"
+    /// Writes `config` to [`Env::config_path`]; returns that path.
+    pub fn write(&self, config: &Config) -> PathBuf {
+        config.write(&self.config_path())
+    }
 
-[server]
-listen = "127.0.0.1:0"
-state_dir = "{state}"
-{server}
-
-[registries.local]
-url = "{url}"
-{pipeline}
-{extra}
-"#,
-            state = self.dir.path().join("state").display(),
-            url = self.proxy.url(),
-            pipeline = pipeline_toml("api-gateway", REPO, staging, production),
-        );
-        std::fs::write(self.config_path(), text).unwrap();
-        self.config_path()
+    /// Writes [`Env::config`] reconciled every second.
+    pub fn configure(&self, staging: &str, production: &str) -> PathBuf {
+        self.write(&self.config("1s", staging, production))
     }
 
     /// Pushes a small generated image as `repo:tag`; returns its digest.
@@ -188,34 +141,15 @@ pub async fn digest_at(registry: &Registry, repo: &str, tag: &str) -> Option<Str
     }
 }
 
-/// The `retagd` binary with a clean environment: no `RETAGD_*` variable of the test run (the
-/// suites' own switches such as `RETAGD_FAULTS` would be configuration overrides to it).
-pub fn retagd(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_retagd"));
-    command.args(args);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("RETAGD_") {
-            command.env_remove(key);
-        }
-    }
-    command
-        .env("RETAGD_LOG", "info")
-        .env("DOCKER_CONFIG", "/nonexistent");
-    command
-}
-
 /// Runs `retagd ARGS --config CONFIG` to its end (on a blocking thread: the harness servers
 /// share nothing with it).
 pub async fn run(config: &Path, args: &[&str]) -> Output {
     let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     all.push("--config".into());
     all.push(config.display().to_string());
-    tokio::task::spawn_blocking(move || {
-        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-        retagd(&refs).output().unwrap()
-    })
-    .await
-    .unwrap()
+    tokio::task::spawn_blocking(move || retagd().args(&all).output().unwrap())
+        .await
+        .unwrap()
 }
 
 /// An output for an assertion message.
@@ -228,10 +162,10 @@ pub fn text(output: &Output) -> String {
     )
 }
 
-/// A running `retagd run`, killed when dropped.
+/// A running `retagd run`, killed when dropped (by its guard).
 pub struct Daemon {
     /// The process.
-    pub child: Child,
+    pub child: ProcessGuard,
     log: PathBuf,
 }
 
@@ -244,19 +178,23 @@ impl Daemon {
     /// [`Daemon::start`] at this `RETAGD_LOG` level.
     pub fn start_with(config: &Path, log: PathBuf, level: &str) -> Daemon {
         let file = std::fs::File::create(&log).unwrap();
-        let child = retagd(&[
-            "run",
-            "--config",
-            &config.display().to_string(),
-            "--grace-period",
-            "20s",
-        ])
-        .env("RETAGD_LOG", level)
-        .stdout(Stdio::null())
-        .stderr(file)
-        .spawn()
-        .unwrap();
-        Daemon { child, log }
+        let child = retagd()
+            .args([
+                "run",
+                "--config",
+                &config.display().to_string(),
+                "--grace-period",
+                "20s",
+            ])
+            .env("RETAGD_LOG", level)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Daemon {
+            child: ProcessGuard::new(child),
+            log,
+        }
     }
 
     /// The HTTP address it serves on, from its start-up log line.
@@ -303,13 +241,6 @@ impl Daemon {
             async move { status }
         })
         .await
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -4,20 +4,20 @@
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::process::Stdio;
 
-use support::pipeline::{
-    digest_at, retagd, run, text, wait_tag, Daemon, Env, AUTO, DEADLINE, MANUAL, REPO,
-};
+use support::config::{Pipeline, Stage, AUTO, MANUAL};
+use support::pipeline::{digest_at, run, text, wait_tag, Daemon, Env, DEADLINE, REPO};
+use support::process::{retagd, ProcessGuard};
 use support::proxy::Fault;
 use support::registry::{Registry, RegistryOptions};
 
 #[tokio::test]
 async fn the_story_from_dev_to_release_with_idempotent_reconciles() {
     let env = Env::start();
-    let config = env.configure(AUTO, MANUAL, "");
+    let config = env.configure(AUTO, MANUAL);
     let dev1 = env.push(REPO, "v1.2.0-dev.1", 1).await;
 
     let out = run(&config, &["reconcile"]).await;
@@ -141,7 +141,7 @@ async fn a_tag_listed_before_its_manifest_is_readable_is_looked_at_again_at_once
     // The CNCF registry lists a pushed tag a moment before a HEAD finds it, and its webhook
     // arrives before either: the reconcile it wakes must not take the new build for gone.
     let env = Env::start();
-    let config = env.configure(AUTO, MANUAL, "");
+    let config = env.configure(AUTO, MANUAL);
     let dev1 = env.push(REPO, "v1.2.0-dev.1", 1).await;
     env.proxy.inject(
         Fault::status(404)
@@ -199,7 +199,7 @@ async fn a_release_tag_with_another_digest_is_a_conflict_unless_overwrite() {
     let env = Env::start();
     let rc = env.push(REPO, "v1.2.0-rc.1", 1).await;
     let old = env.push(REPO, "v1.2.0", 2).await;
-    let config = env.configure(AUTO, AUTO, "");
+    let config = env.configure(AUTO, AUTO);
     let out = run(&config, &["reconcile"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -213,7 +213,7 @@ async fn a_release_tag_with_another_digest_is_a_conflict_unless_overwrite() {
     );
     assert_eq!(env.proxy.manifest_puts(), 0);
 
-    let config = env.configure(AUTO, r#"approval = "auto", overwrite = true"#, "");
+    let config = env.configure(AUTO, r#"approval = "auto", overwrite = true"#);
     let out = run(&config, &["reconcile"]).await;
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
@@ -226,7 +226,7 @@ async fn a_release_tag_with_another_digest_is_a_conflict_unless_overwrite() {
 async fn min_age_waits_and_the_first_sighting_survives_restarts_in_state_dir() {
     let env = Env::start();
     let dev = env.push(REPO, "v1.2.0-dev.1", 1).await;
-    let config = env.configure(r#"approval = "auto", min_age = "1h""#, MANUAL, "");
+    let config = env.configure(r#"approval = "auto", min_age = "1h""#, MANUAL);
     let out = run(&config, &["reconcile"]).await;
     assert!(out.status.success(), "{}", text(&out));
     assert!(
@@ -258,20 +258,17 @@ async fn stages_in_another_repository_and_another_registry() {
     let env = Env::start();
     let prod = Registry::start(RegistryOptions::anonymous());
     let dev = env.push(REPO, "v1.2.0-dev.1", 1).await;
-    let extra = format!("\n[registries.prod]\nurl = \"{}\"\n", prod.url());
-    let config = env.configure(AUTO, MANUAL, &extra);
     // staging in its own repository, production in the other registry.
-    let text_config = std::fs::read_to_string(&config).unwrap();
-    let text_config = text_config
-        .replace(
-            "promote = { from = \"dev\"",
-            "repository = \"staging/api-gateway\"\npromote = { from = \"dev\"",
-        )
-        .replace(
-            "promote = { from = \"staging\"",
-            "registry = \"prod\"\nrepository = \"release/api-gateway\"\npromote = { from = \"staging\"",
-        );
-    std::fs::write(&config, text_config).unwrap();
+    let config = env.write(
+        &env.config("1s", AUTO, MANUAL)
+            .registry("prod", &prod.url())
+            .map_pipeline("api-gateway", |p| {
+                p.map_stage("staging", |s| s.in_repository("staging/api-gateway"))
+                    .map_stage("production", |s| {
+                        s.in_registry("prod").in_repository("release/api-gateway")
+                    })
+            }),
+    );
 
     let out = run(&config, &["reconcile"]).await;
     assert!(out.status.success(), "{}", text(&out));
@@ -310,22 +307,11 @@ async fn a_pipeline_whose_registry_is_down_does_not_stop_the_others() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let extra = format!(
-        r#"
-[registries.down]
-url = "http://{dead}"
-
-[[pipelines]]
-name = "broken"
-registry = "down"
-repository = "x/y"
-
-[[pipelines.stages]]
-name = "dev"
-policy = {{ semver = {{ range = "*" }} }}
-"#
+    let config = env.write(
+        &env.config("1s", AUTO, MANUAL)
+            .registry("down", &format!("http://{dead}"))
+            .pipeline(Pipeline::new("broken", "down", "x/y").stage(Stage::new("dev").semver("*"))),
     );
-    let config = env.configure(AUTO, MANUAL, &extra);
     let out = run(&config, &["reconcile"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
@@ -342,7 +328,7 @@ policy = {{ semver = {{ range = "*" }} }}
 #[tokio::test]
 async fn the_daemon_promotes_reloads_on_sighup_and_stops_on_sigterm() {
     let env = Env::start();
-    let config = env.configure(AUTO, MANUAL, "");
+    let config = env.configure(AUTO, MANUAL);
     let dev1 = env.push(REPO, "v1.2.0-dev.1", 1).await;
     let mut daemon = Daemon::start(&config, env.dir.path().join("daemon.log"));
     assert_eq!(wait_tag(&env, REPO, "v1.2.0-rc.1").await, dev1);
@@ -357,7 +343,7 @@ async fn the_daemon_promotes_reloads_on_sighup_and_stops_on_sigterm() {
     assert_eq!(wait_tag(&env, REPO, "v1.2.0-rc.2").await, dev2);
 
     // A valid one (production now automatic) takes over.
-    env.configure(AUTO, AUTO, "");
+    env.configure(AUTO, AUTO);
     daemon.signal("HUP");
     daemon.wait_log("configuration reloaded").await;
     assert_eq!(wait_tag(&env, REPO, "v1.2.0").await, dev2);
@@ -371,7 +357,7 @@ async fn the_daemon_promotes_reloads_on_sighup_and_stops_on_sigterm() {
 #[tokio::test]
 async fn sigterm_during_a_copy_lets_it_finish() {
     let env = Env::start();
-    let config = env.configure(AUTO, MANUAL, "");
+    let config = env.configure(AUTO, MANUAL);
     let dev = env.push(REPO, "v1.2.0-dev.1", 1).await;
     env.proxy
         .inject(Fault::delay(1500).on("PUT").path_contains("/manifests/"));
@@ -398,14 +384,16 @@ async fn sigterm_during_a_copy_lets_it_finish() {
 #[tokio::test]
 async fn sigkill_at_the_worst_moments_never_makes_a_second_rc_tag() {
     let env = Env::start();
-    let config = env.configure(AUTO, MANUAL, "");
+    let config = env.configure(AUTO, MANUAL);
     let dev = env.push(REPO, "v1.2.0-dev.1", 1).await;
     let start = || {
-        retagd(&["reconcile", "--config", &config.display().to_string()])
+        let child = retagd()
+            .args(["reconcile", "--config", &config.display().to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap()
+            .unwrap();
+        ProcessGuard::new(child)
     };
     // Killed before the registry got the PUT: nothing written; the rerun creates rc.1.
     env.proxy
@@ -420,7 +408,6 @@ async fn sigkill_at_the_worst_moments_never_makes_a_second_rc_tag() {
     })
     .await;
     child.kill().unwrap();
-    child.wait().unwrap();
     env.proxy.clear_faults();
     assert_eq!(env.digest(REPO, "v1.2.0-rc.1").await, None);
     let out = run(&config, &["reconcile"]).await;
@@ -440,7 +427,6 @@ async fn sigkill_at_the_worst_moments_never_makes_a_second_rc_tag() {
     })
     .await;
     child.kill().unwrap();
-    child.wait().unwrap();
     env.proxy.clear_faults();
     for _ in 0..2 {
         let out = run(&config, &["reconcile"]).await;

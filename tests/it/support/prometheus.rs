@@ -11,12 +11,13 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::{free_port, http_client, spawn_watchdog, STARTUP_DEADLINE};
+use super::process::ProcessGuard;
+use super::{free_port, http_client, STARTUP_DEADLINE};
 
 /// The Prometheus server binary, as installed by Debian's `prometheus` package.
 pub const PROMETHEUS_BIN: &str = "prometheus";
@@ -35,8 +36,7 @@ pub struct Prometheus {
     /// The address it listens on (`127.0.0.1:PORT`).
     pub addr: SocketAddr,
     targets: Vec<SocketAddr>,
-    child: Child,
-    watchdog: Option<Child>,
+    process: ProcessGuard,
     storage: PathBuf,
     log_path: PathBuf,
     log_shown: bool,
@@ -75,13 +75,12 @@ impl Prometheus {
 
         let port = first_port.unwrap_or_else(free_port);
         let storage = dir.path().join("data-1");
-        let (child, watchdog) = spawn(&config_path, &storage, port, &log_path);
-        // From here on, Drop kills the child whatever happens.
+        // From here on, the guard kills the child whatever happens.
+        let process = spawn(&config_path, &storage, port, &log_path);
         let mut prometheus = Prometheus {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             targets: targets.to_vec(),
-            child,
-            watchdog,
+            process,
             storage,
             log_path,
             log_shown: false,
@@ -97,11 +96,8 @@ impl Prometheus {
                     let port = free_port();
                     // A fresh TSDB directory: nothing of the failed attempt is reused.
                     let storage = prometheus.dir.path().join(format!("data-{attempt}"));
-                    let (child, watchdog) =
-                        spawn(&config_path, &storage, port, &prometheus.log_path);
+                    prometheus.process = spawn(&config_path, &storage, port, &prometheus.log_path);
                     prometheus.addr.set_port(port);
-                    prometheus.child = child;
-                    prometheus.watchdog = watchdog;
                     prometheus.storage = storage;
                 }
                 Err(StartFailure::PortTaken) => prometheus.fail(&format!(
@@ -223,13 +219,7 @@ impl Prometheus {
 
     /// Kills and reaps the process (and its watchdog first).
     fn stop(&mut self) {
-        // The watchdog first, so that it can never signal a reused process ID.
-        if let Some(mut watchdog) = self.watchdog.take() {
-            let _ = watchdog.kill();
-            let _ = watchdog.wait();
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.process.kill();
     }
 
     fn fail(&mut self, why: &str) -> ! {
@@ -243,7 +233,7 @@ impl Prometheus {
     fn wait_until_ready(&mut self) -> Result<(), StartFailure> {
         let deadline = Instant::now() + STARTUP_DEADLINE;
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Ok(Some(status)) = self.process.try_wait() {
                 if self.log().contains("address already in use") {
                     return Err(StartFailure::PortTaken);
                 }
@@ -314,7 +304,7 @@ pub fn promtool_check_metrics(text: &str) -> String {
 
 /// Starts Prometheus on `127.0.0.1:port`, its stdout and stderr going to a fresh `log_path`, with
 /// a watchdog that kills it when the test process ends.
-fn spawn(config: &Path, storage: &Path, port: u16, log_path: &Path) -> (Child, Option<Child>) {
+fn spawn(config: &Path, storage: &Path, port: u16, log_path: &Path) -> ProcessGuard {
     let log = File::create(log_path).expect("create the Prometheus log file");
     let log_err = log.try_clone().expect("clone the Prometheus log handle");
     let child = Command::new(PROMETHEUS_BIN)
@@ -331,8 +321,7 @@ fn spawn(config: &Path, storage: &Path, port: u16, log_path: &Path) -> (Child, O
         .unwrap_or_else(|e| {
             panic!("start `{PROMETHEUS_BIN}` (apt-get install -y prometheus): {e}")
         });
-    let watchdog = spawn_watchdog(child.id());
-    (child, watchdog)
+    ProcessGuard::watched(child)
 }
 
 fn config_yaml(targets: &[SocketAddr]) -> String {

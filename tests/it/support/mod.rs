@@ -2,19 +2,21 @@
 //! `promtool`), a Docker token server, a fault-injecting reverse proxy, generated PKI and
 //! deterministic test images.
 //!
-//! Use it from an integration test as `mod support;`. Every server binds a loopback port chosen
-//! by the kernel (Prometheus, which cannot report such a port, gets a free one picked just before
-//! it starts, and a new one if it loses that race) and is stopped when its handle is dropped,
-//! also when the test panics. The in-process servers (token server, proxy, [`server`]) run on
+//! `tests/it/main.rs` declares it once for every topic module (the fleet benchmark includes it by
+//! path). Every server binds a loopback port chosen by the kernel (Prometheus, which cannot
+//! report such a port, gets a free one picked just before it starts, and a new one if it loses
+//! that race) and is stopped when its handle is dropped, also when the test panics. The in-process servers (token server, proxy, [`server`]) run on
 //! their own thread and runtime, so they keep answering whatever the test's runtime does (even a
 //! blocking call such as running the `retagd` binary with `std::process::Command`).
 
-// Each test binary uses a different part of the harness.
+// The fleet benchmark (benches/fleet) uses only a part of the harness.
 #![allow(dead_code)]
 
+pub mod config;
 pub mod images;
 pub mod pipeline;
 pub mod pki;
+pub mod process;
 pub mod prometheus;
 pub mod proxy;
 pub mod registry;
@@ -22,7 +24,6 @@ pub mod server;
 pub mod token;
 
 use std::future::Future;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long harness helpers wait for something that should happen almost at once (a process
@@ -47,23 +48,6 @@ where
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// Drop does not run when the test process is killed (a CI time-out, `kill -9`). A watchdog
-/// `sh` waits for EOF on a pipe whose only writer is this process, and then kills `pid` (a server
-/// process the harness started): so the server dies with the test process however that ends.
-/// (Rust opens pipes close-on-exec, so no other child holds the write end.) The owner kills and
-/// reaps the watchdog before it stops the server itself, so that the watchdog can never signal a
-/// reused process ID. Best effort: without `sh`, no watchdog.
-pub fn spawn_watchdog(pid: u32) -> Option<Child> {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("read _unused; kill {pid} 2>/dev/null"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()
 }
 
 /// A loopback port that was free a moment ago, for a server that must be named before it starts

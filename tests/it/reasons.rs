@@ -4,9 +4,10 @@
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
-use support::pipeline::{pipeline_toml, Daemon, Env, AUTO, DEADLINE, MANUAL};
+use support::config::{Pipeline, AUTO, MANUAL};
+use support::pipeline::{Daemon, Env, DEADLINE};
 use support::proxy::Fault;
 
 /// The three pipelines' repositories, and the reason each one's fault must show as.
@@ -44,11 +45,12 @@ async fn a_429_a_401_and_a_digest_mismatch_are_three_reasons_in_the_metrics() {
             .path_contains("/reasons/altered/manifests/")
             .times(usize::MAX),
     );
-    let extra: String = CASES
+    let config = CASES
         .iter()
-        .map(|(name, repo, _)| pipeline_toml(name, repo, AUTO, MANUAL))
-        .collect();
-    let config = env.configure_with("1s", AUTO, MANUAL, "", &extra);
+        .fold(env.config("1s", AUTO, MANUAL), |config, (name, repo, _)| {
+            config.pipeline(Pipeline::example(name, repo, AUTO, MANUAL))
+        });
+    let config = env.write(&config);
     let daemon = Daemon::start(&config, env.dir.path().join("retagd.log"));
     let metrics = format!("http://{}/metrics", daemon.address().await);
     let client = support::http_client();

@@ -6,16 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-fn retagd() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_retagd"));
-    // The caller's own RETAGD_* variables must not leak into these tests.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("RETAGD_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
-}
+use crate::support::process::retagd;
 
 fn run(cmd: &mut Command) -> (i32, String, String) {
     outcome(cmd.output().expect("retagd runs"))
