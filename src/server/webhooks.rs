@@ -637,7 +637,7 @@ mod tests {
 
     #[test]
     fn a_payload_recorded_from_the_real_registry_is_one_push() {
-        // Sent by docker-registry 2.8.2 in tests/harness.rs (which re-checks its shape live).
+        // Sent by docker-registry 2.8.2 in tests/it/harness.rs (which re-checks its shape live).
         let recorded = include_str!("../../tests/webhooks/distribution-registry-2.8.json");
         let received = send(Distribution, recorded).unwrap();
         assert_eq!(received.pushes.len(), 1, "{received:?}");
