@@ -259,18 +259,7 @@ impl<'a> Job<'a> {
         }
         let width = dst.transport.max_concurrency();
         let outcomes: Vec<BlobOutcome> = stream::iter(blobs.into_values())
-            .map(|blob| {
-                copy_blob(
-                    src,
-                    self.src_repo(),
-                    &self.src_scopes,
-                    dst,
-                    self.dst_repo(),
-                    &self.dst_scopes,
-                    blob,
-                    self.path,
-                )
-            })
+            .map(|blob| self.copy_blob(blob))
             .buffer_unordered(width)
             .try_collect()
             .await?;
@@ -406,62 +395,144 @@ async fn child(
     Ok(m)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn copy_blob(
-    src: &Client,
-    src_repo: &str,
-    src_scopes: &Scopes,
-    dst: &Client,
-    dst_repo: &str,
-    dst_scopes: &Scopes,
-    blob: Descriptor,
-    path: Path,
-) -> Result<BlobOutcome, Error> {
-    let blob = &blob;
-    let uploads = dst.url(&format!("/v2/{dst_repo}/blobs/uploads/"))?;
-    let session = if path == Path::Mount {
-        let mut url = uploads.clone();
-        url.query_pairs_mut()
-            .append_pair("mount", blob.digest.as_str())
-            .append_pair("from", src_repo);
-        let req = Request::new(Method::POST, url, dst_scopes);
-        let answer = dst.transport.fetch(&req, MAX_ERROR_BODY).await?;
-        match answer.status {
-            StatusCode::CREATED => return Ok(BlobOutcome::Mounted),
-            // Mount refused, but an upload session is open: use it.
-            StatusCode::ACCEPTED => Some(location(dst, &req, &answer.headers)?),
-            // Harbor and others say "no mount" this way; upload instead.
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => None,
-            _ => return Err(dst.unexpected(&req, &answer)),
+impl Job<'_> {
+    /// Gets one blob to the destination: mounted, found there, or uploaded (the whole upload
+    /// retried as one, since a streamed body cannot be replayed).
+    async fn copy_blob(&self, blob: Descriptor) -> Result<BlobOutcome, Error> {
+        let (dst, blob) = (self.dst, &blob);
+        let uploads = dst.url(&format!("/v2/{}/blobs/uploads/", self.dst_repo()))?;
+        let session = if self.path == Path::Mount {
+            let mut url = uploads.clone();
+            url.query_pairs_mut()
+                .append_pair("mount", blob.digest.as_str())
+                .append_pair("from", self.src_repo());
+            let req = Request::new(Method::POST, url, &self.dst_scopes);
+            let answer = dst.transport.fetch(&req, MAX_ERROR_BODY).await?;
+            match answer.status {
+                StatusCode::CREATED => return Ok(BlobOutcome::Mounted),
+                // Mount refused, but an upload session is open: use it.
+                StatusCode::ACCEPTED => Some(location(dst, &req, &answer.headers)?),
+                // Harbor and others say "no mount" this way; upload instead.
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => None,
+                _ => return Err(dst.unexpected(&req, &answer)),
+            }
+        } else {
+            let req = Request::new(
+                Method::HEAD,
+                dst.url(&format!("/v2/{}/blobs/{}", self.dst_repo(), blob.digest))?,
+                &self.dst_scopes,
+            );
+            let answer = dst.transport.fetch(&req, MAX_ERROR_BODY).await?;
+            match answer.status {
+                s if s.is_success() => return Ok(BlobOutcome::Present),
+                StatusCode::NOT_FOUND => None,
+                _ => return Err(dst.unexpected(&req, &answer)),
+            }
+        };
+        let session = Mutex::new(session);
+        let uploaded = dst
+            .transport
+            .retrying(|| async {
+                // A session opened by a refused mount serves the first attempt only.
+                let opened = session.lock().unwrap_or_else(|e| e.into_inner()).take();
+                self.upload(&uploads, blob, opened).await
+            })
+            .await?;
+        Ok(BlobOutcome::Uploaded(uploaded))
+    }
+
+    /// One upload attempt: open a session unless one is given, stream the source blob into a
+    /// monolithic PUT, verify on the way. On failure the session is deleted (best effort).
+    async fn upload(
+        &self,
+        uploads: &Url,
+        blob: &Descriptor,
+        session: Option<Url>,
+    ) -> Result<u64, Error> {
+        let dst = self.dst;
+        let session = match session {
+            Some(s) => s,
+            None => {
+                let req = Request::new(Method::POST, uploads.clone(), &self.dst_scopes);
+                let answer = dst.transport.fetch(&req, MAX_ERROR_BODY).await?;
+                if answer.status != StatusCode::ACCEPTED {
+                    return Err(dst.unexpected(&req, &answer));
+                }
+                location(dst, &req, &answer.headers)?
+            }
+        };
+        let result = self.stream_into(&session, blob).await;
+        if result.is_err() {
+            // Best effort: registries also expire abandoned sessions.
+            let req = Request::new(Method::DELETE, session, &self.dst_scopes);
+            let _ = dst.transport.fetch(&req, MAX_ERROR_BODY).await;
         }
-    } else {
-        let req = Request::new(
-            Method::HEAD,
-            dst.url(&format!("/v2/{dst_repo}/blobs/{}", blob.digest))?,
-            dst_scopes,
+        result.map(|()| blob.size)
+    }
+
+    /// GETs the blob from the source and PUTs it, verified on the way, into `session`.
+    async fn stream_into(&self, session: &Url, blob: &Descriptor) -> Result<(), Error> {
+        let (src, dst) = (self.src, self.dst);
+        // Hold a slot on both registries, taken in one global order (the clients' addresses,
+        // which are unique, unlike names) so opposite copies cannot deadlock; one slot for one
+        // registry.
+        let _slots = if std::ptr::eq(src, dst) {
+            (Some(dst.transport.permit().await?), None)
+        } else if (src as *const Client as usize) < (dst as *const Client as usize) {
+            let a = src.transport.permit().await?;
+            (Some(a), Some(dst.transport.permit().await?))
+        } else {
+            let a = dst.transport.permit().await?;
+            (Some(a), Some(src.transport.permit().await?))
+        };
+        let get = Request::new(
+            Method::GET,
+            src.url(&format!("/v2/{}/blobs/{}", self.src_repo(), blob.digest))?,
+            &self.src_scopes,
         );
-        let answer = dst.transport.fetch(&req, MAX_ERROR_BODY).await?;
-        match answer.status {
-            s if s.is_success() => return Ok(BlobOutcome::Present),
-            StatusCode::NOT_FOUND => None,
-            _ => return Err(dst.unexpected(&req, &answer)),
+        let answer = src.transport.open(&get).await?;
+        if !answer.status().is_success() {
+            return Err(src.transport.status_error(&get, answer).await);
         }
-    };
-    let session = Mutex::new(session);
-    let uploaded = dst
-        .transport
-        .retrying(|| async {
-            // A session opened by a refused mount serves the first attempt only.
-            let opened = session.lock().unwrap_or_else(|e| e.into_inner()).take();
-            upload(
-                src, src_repo, src_scopes, dst, &uploads, dst_scopes, blob, opened,
-            )
-            .await
-        })
-        .await?;
-    Ok(BlobOutcome::Uploaded(uploaded))
+        let failure = Arc::new(Mutex::new(None));
+        let body = verified(
+            answer.bytes_stream(),
+            blob.clone(),
+            src.name().to_string(),
+            failure.clone(),
+        );
+        let mut url = session.clone();
+        url.query_pairs_mut()
+            .append_pair("digest", blob.digest.as_str());
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(blob.size));
+        let put = Request {
+            method: Method::PUT,
+            url,
+            headers,
+            body: None,
+            scopes: &self.dst_scopes,
+        };
+        let sent = dst
+            .transport
+            .send_stream(&put, reqwest::Body::wrap_stream(body))
+            .await;
+        if let Some(e) = failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Err(e);
+        }
+        let response = sent?;
+        if response.status() != StatusCode::CREATED && !response.status().is_success() {
+            return Err(dst.transport.status_error(&put, response).await);
+        }
+        Ok(())
+    }
 }
 
+/// The upload session a `Location` names, relative to the request that got it.
 fn location(client: &Client, req: &Request<'_>, headers: &HeaderMap) -> Result<Url, Error> {
     let text = headers
         .get(LOCATION)
@@ -476,105 +547,6 @@ fn location(client: &Client, req: &Request<'_>, headers: &HeaderMap) -> Result<U
             .transport
             .protocol(req, format!("invalid upload Location: {e}"))
     })
-}
-
-/// One upload attempt: open a session unless one is given, stream the source blob into a
-/// monolithic PUT, verify on the way. On failure the session is deleted (best effort).
-#[allow(clippy::too_many_arguments)]
-async fn upload(
-    src: &Client,
-    src_repo: &str,
-    src_scopes: &Scopes,
-    dst: &Client,
-    uploads: &Url,
-    dst_scopes: &Scopes,
-    blob: &Descriptor,
-    session: Option<Url>,
-) -> Result<u64, Error> {
-    let session = match session {
-        Some(s) => s,
-        None => {
-            let req = Request::new(Method::POST, uploads.clone(), dst_scopes);
-            let answer = dst.transport.fetch(&req, MAX_ERROR_BODY).await?;
-            if answer.status != StatusCode::ACCEPTED {
-                return Err(dst.unexpected(&req, &answer));
-            }
-            location(dst, &req, &answer.headers)?
-        }
-    };
-    let result = stream_into(src, src_repo, src_scopes, dst, &session, dst_scopes, blob).await;
-    if result.is_err() {
-        // Best effort: registries also expire abandoned sessions.
-        let req = Request::new(Method::DELETE, session, dst_scopes);
-        let _ = dst.transport.fetch(&req, MAX_ERROR_BODY).await;
-    }
-    result.map(|()| blob.size)
-}
-
-async fn stream_into(
-    src: &Client,
-    src_repo: &str,
-    src_scopes: &Scopes,
-    dst: &Client,
-    session: &Url,
-    dst_scopes: &Scopes,
-    blob: &Descriptor,
-) -> Result<(), Error> {
-    // Hold a slot on both registries, taken in one global order (the clients' addresses, which
-    // are unique, unlike names) so opposite copies cannot deadlock; one slot for one registry.
-    let _slots = if std::ptr::eq(src, dst) {
-        (Some(dst.transport.permit().await?), None)
-    } else if (src as *const Client as usize) < (dst as *const Client as usize) {
-        let a = src.transport.permit().await?;
-        (Some(a), Some(dst.transport.permit().await?))
-    } else {
-        let a = dst.transport.permit().await?;
-        (Some(a), Some(src.transport.permit().await?))
-    };
-    let get = Request::new(
-        Method::GET,
-        src.url(&format!("/v2/{src_repo}/blobs/{}", blob.digest))?,
-        src_scopes,
-    );
-    let answer = src.transport.open(&get).await?;
-    if !answer.status().is_success() {
-        return Err(src.transport.status_error(&get, answer).await);
-    }
-    let failure = Arc::new(Mutex::new(None));
-    let body = verified(
-        answer.bytes_stream(),
-        blob.clone(),
-        src.name().to_string(),
-        failure.clone(),
-    );
-    let mut url = session.clone();
-    url.query_pairs_mut()
-        .append_pair("digest", blob.digest.as_str());
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    headers.insert(CONTENT_LENGTH, HeaderValue::from(blob.size));
-    let put = Request {
-        method: Method::PUT,
-        url,
-        headers,
-        body: None,
-        scopes: dst_scopes,
-    };
-    let sent = dst
-        .transport
-        .send_stream(&put, reqwest::Body::wrap_stream(body))
-        .await;
-    if let Some(e) = failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
-        return Err(e);
-    }
-    let response = sent?;
-    if response.status() != StatusCode::CREATED && !response.status().is_success() {
-        return Err(dst.transport.status_error(&put, response).await);
-    }
-    Ok(())
 }
 
 /// Passes `inner` through while hashing it; holds each chunk back until the next arrives, and
