@@ -558,77 +558,101 @@ fn verified(
     registry: String,
     failure: Arc<Mutex<Option<Error>>>,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    struct State<S> {
-        inner: std::pin::Pin<Box<S>>,
-        hasher: Sha256,
-        held: Option<Bytes>,
-        seen: u64,
-        done: bool,
-    }
-    let state = State {
+    let verifier = Verifier {
         inner: Box::pin(inner),
+        blob,
+        registry,
         hasher: Sha256::new(),
         held: None,
         seen: 0,
         done: false,
     };
-    stream::unfold(state, move |mut s| {
-        let blob = blob.clone();
-        let registry = registry.clone();
+    stream::unfold(verifier, move |mut v| {
         let failure = failure.clone();
         async move {
-            if s.done {
-                return None;
-            }
-            let fail = |s: &mut State<_>, e: Error| {
-                s.done = true;
-                let message = e.to_string();
-                *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                Some(Err(std::io::Error::other(message)))
-            };
-            loop {
-                match s.inner.next().await {
-                    // An empty chunk must not become the held-back "last" one.
-                    Some(Ok(chunk)) if chunk.is_empty() => {}
-                    Some(Ok(chunk)) => {
-                        s.seen += chunk.len() as u64;
-                        if s.seen > blob.size {
-                            let e = Error::SizeMismatch {
-                                registry: registry.to_string(),
-                                what: format!("blob {} (longer)", blob.digest),
-                                expected: blob.size,
-                            };
-                            let item = fail(&mut s, e);
-                            return item.map(|i| (i, s));
-                        }
-                        s.hasher.update(&chunk);
-                        if let Some(previous) = s.held.replace(chunk) {
-                            return Some((Ok(previous), s));
-                        }
-                    }
-                    Some(Err(e)) => {
-                        s.done = true;
-                        return Some((Err(std::io::Error::other(e)), s));
-                    }
-                    None => {
-                        let actual = Digest::from_hash(&s.hasher.clone().finalize());
-                        if s.seen != blob.size || actual != blob.digest {
-                            let e = Error::DigestMismatch {
-                                registry: registry.clone(),
-                                what: format!("blob of {} bytes (expected {})", s.seen, blob.size),
-                                expected: blob.digest.clone(),
-                                actual,
-                            };
-                            let item = fail(&mut s, e);
-                            return item.map(|i| (i, s));
-                        }
-                        s.done = true;
-                        return s.held.take().map(|last| (Ok(last), s));
-                    }
+            let item = match v.next_chunk().await? {
+                Ok(chunk) => Ok(chunk),
+                Err(Stop::Read(e)) => Err(std::io::Error::other(e)),
+                Err(Stop::Refused(e)) => {
+                    let message = e.to_string();
+                    *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    Err(std::io::Error::other(message))
                 }
-            }
+            };
+            Some((item, v))
         }
     })
+}
+
+/// Why a verified stream ends early.
+enum Stop {
+    /// Reading the source failed: the upload fails like any broken transfer.
+    Read(reqwest::Error),
+    /// The bytes are not what the descriptor says: the caller gets this error.
+    Refused(Error),
+}
+
+/// The hashing and hold-back state of one streamed blob.
+struct Verifier<S> {
+    inner: std::pin::Pin<Box<S>>,
+    blob: Descriptor,
+    registry: String,
+    hasher: Sha256,
+    held: Option<Bytes>,
+    seen: u64,
+    done: bool,
+}
+
+impl<S: Stream<Item = Result<Bytes, reqwest::Error>>> Verifier<S> {
+    /// The next chunk to pass on: the held-back one, once another has arrived or the whole blob
+    /// checks out. `None` after the end or after the first failure.
+    async fn next_chunk(&mut self) -> Option<Result<Bytes, Stop>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            match self.inner.next().await {
+                // An empty chunk must not become the held-back "last" one.
+                Some(Ok(chunk)) if chunk.is_empty() => {}
+                Some(Ok(chunk)) => {
+                    self.seen += chunk.len() as u64;
+                    if self.seen > self.blob.size {
+                        self.done = true;
+                        return Some(Err(Stop::Refused(Error::SizeMismatch {
+                            registry: self.registry.clone(),
+                            what: format!("blob {} (longer)", self.blob.digest),
+                            expected: self.blob.size,
+                        })));
+                    }
+                    self.hasher.update(&chunk);
+                    if let Some(previous) = self.held.replace(chunk) {
+                        return Some(Ok(previous));
+                    }
+                }
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Some(Err(Stop::Read(e)));
+                }
+                None => return self.finish(),
+            }
+        }
+    }
+
+    /// At the end of the source: the held-back last chunk when size and digest match, else the
+    /// refusal.
+    fn finish(&mut self) -> Option<Result<Bytes, Stop>> {
+        self.done = true;
+        let actual = Digest::from_hash(&self.hasher.clone().finalize());
+        if self.seen != self.blob.size || actual != self.blob.digest {
+            return Some(Err(Stop::Refused(Error::DigestMismatch {
+                registry: self.registry.clone(),
+                what: format!("blob of {} bytes (expected {})", self.seen, self.blob.size),
+                expected: self.blob.digest.clone(),
+                actual,
+            })));
+        }
+        self.held.take().map(Ok)
+    }
 }
 
 #[cfg(test)]
