@@ -138,63 +138,10 @@ impl Client {
                 return Err(self.unexpected(&req, &page));
             }
             list.pages += 1;
-            #[derive(serde::Deserialize)]
-            struct Page {
-                tags: Option<Vec<String>>,
-            }
-            let body: Page = serde_json::from_slice(&page.body).map_err(|e| {
-                self.transport
-                    .protocol(&req, format!("tag list is not valid JSON: {e}"))
-            })?;
-            let before = list.tags.len() + list.invalid;
-            for tag in body.tags.unwrap_or_default() {
-                if list.tags.len() >= MAX_TAGS {
-                    return Err(self.transport.protocol(
-                        &req,
-                        format!("more than {MAX_TAGS} tags; refusing to hold them all"),
-                    ));
-                }
-                if reference::is_valid_tag(&tag) {
-                    list.tags.push(tag);
-                } else {
-                    list.invalid += 1;
-                }
-            }
-            let added = list.tags.len() + list.invalid - before;
-            let Some(next) = page
-                .headers
-                .get_all(LINK)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .find_map(next_link)
-            else {
+            let added = self.add_tags(&req, &page.body, &mut list)?;
+            let Some(next) = self.next_page(&req, &page.headers, added)? else {
                 return Ok(list);
             };
-            if added == 0 || next.len() > MAX_LINK_LEN {
-                return Err(self.transport.protocol(
-                    &req,
-                    "a tag list page without tags, or with an oversized Link, points to another page".into(),
-                ));
-            }
-            let next = url.join(next).map_err(|e| {
-                self.transport
-                    .protocol(&req, format!("invalid Link {next:?}: {e}"))
-            })?;
-            if (next.scheme(), next.host_str(), next.port_or_known_default())
-                != (
-                    self.transport.base.scheme(),
-                    self.transport.base.host_str(),
-                    self.transport.base.port_or_known_default(),
-                )
-            {
-                return Err(self.transport.protocol(
-                    &req,
-                    format!(
-                        "Link to another origin ({}) refused",
-                        next.host_str().unwrap_or("?")
-                    ),
-                ));
-            }
             if !seen.insert(hash_of(next.as_str())) || list.pages >= MAX_PAGES {
                 return Err(self
                     .transport
@@ -202,6 +149,80 @@ impl Client {
             }
             url = next;
         }
+    }
+
+    /// Adds one tag list page to `list` (tags the grammar refuses are only counted); returns
+    /// how many tags the page held.
+    fn add_tags(&self, req: &Request<'_>, body: &[u8], list: &mut TagList) -> Result<usize, Error> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            tags: Option<Vec<String>>,
+        }
+        let body: Page = serde_json::from_slice(body).map_err(|e| {
+            self.transport
+                .protocol(req, format!("tag list is not valid JSON: {e}"))
+        })?;
+        let before = list.tags.len() + list.invalid;
+        for tag in body.tags.unwrap_or_default() {
+            if list.tags.len() >= MAX_TAGS {
+                return Err(self.transport.protocol(
+                    req,
+                    format!("more than {MAX_TAGS} tags; refusing to hold them all"),
+                ));
+            }
+            if reference::is_valid_tag(&tag) {
+                list.tags.push(tag);
+            } else {
+                list.invalid += 1;
+            }
+        }
+        Ok(list.tags.len() + list.invalid - before)
+    }
+
+    /// The next page from the `Link` header of a page that held `added` tags; `None` on the
+    /// last page. A page without tags that points on, an oversized or invalid `Link`, or one to
+    /// another origin is an error.
+    fn next_page(
+        &self,
+        req: &Request<'_>,
+        headers: &HeaderMap,
+        added: usize,
+    ) -> Result<Option<Url>, Error> {
+        let Some(next) = headers
+            .get_all(LINK)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(next_link)
+        else {
+            return Ok(None);
+        };
+        if added == 0 || next.len() > MAX_LINK_LEN {
+            return Err(self.transport.protocol(
+                req,
+                "a tag list page without tags, or with an oversized Link, points to another page"
+                    .into(),
+            ));
+        }
+        let next = req.url.join(next).map_err(|e| {
+            self.transport
+                .protocol(req, format!("invalid Link {next:?}: {e}"))
+        })?;
+        if (next.scheme(), next.host_str(), next.port_or_known_default())
+            != (
+                self.transport.base.scheme(),
+                self.transport.base.host_str(),
+                self.transport.base.port_or_known_default(),
+            )
+        {
+            return Err(self.transport.protocol(
+                req,
+                format!(
+                    "Link to another origin ({}) refused",
+                    next.host_str().unwrap_or("?")
+                ),
+            ));
+        }
+        Ok(Some(next))
     }
 
     /// HEADs a manifest by tag or digest: `None` when absent. Falls back to a GET when the
