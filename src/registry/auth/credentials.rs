@@ -1,10 +1,11 @@
 //! Where credentials come from and what they are: password files, Docker `config.json` and its
 //! credential helpers. Never printed: [`Secret`] hides them from `Debug`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
+use docker_credential::{CredentialRetrievalError, DockerCredential};
 
 pub use crate::secret::Secret;
 
@@ -71,10 +72,10 @@ const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
 impl Source {
     /// Reads the credentials; runs `docker-credential-<name> get` when the config says so.
     pub async fn resolve(&self) -> Result<Credentials, String> {
-        let (path, server, required) = match self {
-            Source::Known(c) => return Ok(c.clone()),
+        match self {
+            Source::Known(c) => Ok(c.clone()),
             Source::PasswordFile { username, path } => {
-                return crate::secret::read_async("password_file", path)
+                crate::secret::read_async("password_file", path)
                     .await
                     .map(|password| Credentials::Basic {
                         username: username.clone(),
@@ -86,65 +87,93 @@ impl Source {
                 path,
                 server,
                 required,
-            } => (path.clone(), server.clone(), *required),
-        };
-        let text = match tokio::fs::read(&path).await {
-            Ok(text) => text,
-            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Credentials::None)
-            }
-            Err(e) => return Err(format!("cannot read Docker config {}: {e}", path.display())),
-        };
-        // The crate hides JSON errors; check the syntax here to say where the file is wrong.
-        if let Err(e) = serde_json::from_slice::<serde_json::Value>(&text) {
-            return Err(format!(
-                "Docker config {} is not valid JSON: {e}",
-                path.display()
-            ));
+            } => from_docker_config(path, server, *required).await,
         }
-        let lookup = server.clone();
-        let task = tokio::task::spawn_blocking(move || {
-            docker_credential::get_credential_from_reader(&text[..], &lookup)
-        });
-        let result = match tokio::time::timeout(HELPER_TIMEOUT, task).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(e)) => return Err(format!("credential lookup for {server} failed: {e}")),
-            Err(_) => {
-                return Err(format!(
-                    "credential helper for {server} did not answer within {}s",
-                    HELPER_TIMEOUT.as_secs()
-                ))
-            }
-        };
-        use docker_credential::{CredentialRetrievalError as E, DockerCredential as C};
-        match result {
-            Ok(C::UsernamePassword(username, password)) => Ok(Credentials::Basic {
-                username,
-                password: Secret::new(password),
-            }),
-            Ok(C::IdentityToken(token)) => Ok(Credentials::IdentityToken(Secret::new(token))),
-            Err(E::NoCredentialConfigured) if !required => Ok(Credentials::None),
-            Err(E::NoCredentialConfigured) => Err(format!(
-                "Docker config {} has no credentials for {server}",
-                path.display()
-            )),
-            // The crate's message would include the helper's stdout; keep only stderr's first
-            // line, which is where helpers explain themselves.
-            Err(E::HelperFailure { helper, stderr, .. }) => Err(format!(
-                "credential helper {helper} failed for {server}: {}",
-                stderr
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .chars()
-                    .take(200)
-                    .collect::<String>()
-            )),
-            Err(e) => Err(format!(
-                "cannot get credentials for {server} from {}: {e}",
-                path.display()
-            )),
+    }
+}
+
+/// The credentials `path` holds for `server`: read and syntax-checked here, looked up (maybe
+/// through a helper) by the crate.
+async fn from_docker_config(
+    path: &Path,
+    server: &str,
+    required: bool,
+) -> Result<Credentials, String> {
+    let text = match tokio::fs::read(path).await {
+        Ok(text) => text,
+        Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Credentials::None)
         }
+        Err(e) => return Err(format!("cannot read Docker config {}: {e}", path.display())),
+    };
+    // The crate hides JSON errors; check the syntax here to say where the file is wrong.
+    if let Err(e) = serde_json::from_slice::<serde_json::Value>(&text) {
+        return Err(format!(
+            "Docker config {} is not valid JSON: {e}",
+            path.display()
+        ));
+    }
+    let found = lookup(text, server).await?;
+    from_lookup(found, path, server, required)
+}
+
+/// Runs the crate's lookup off the runtime (a helper is a process), within [`HELPER_TIMEOUT`].
+async fn lookup(
+    text: Vec<u8>,
+    server: &str,
+) -> Result<Result<DockerCredential, CredentialRetrievalError>, String> {
+    let key = server.to_string();
+    let task = tokio::task::spawn_blocking(move || {
+        docker_credential::get_credential_from_reader(&text[..], &key)
+    });
+    match tokio::time::timeout(HELPER_TIMEOUT, task).await {
+        Ok(Ok(result)) => Ok(result),
+        Ok(Err(e)) => Err(format!("credential lookup for {server} failed: {e}")),
+        Err(_) => Err(format!(
+            "credential helper for {server} did not answer within {}s",
+            HELPER_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// Our credentials from the crate's answer; a missing entry is [`Credentials::None`] unless
+/// `required`.
+fn from_lookup(
+    found: Result<DockerCredential, CredentialRetrievalError>,
+    path: &Path,
+    server: &str,
+    required: bool,
+) -> Result<Credentials, String> {
+    use CredentialRetrievalError as E;
+    match found {
+        Ok(DockerCredential::UsernamePassword(username, password)) => Ok(Credentials::Basic {
+            username,
+            password: Secret::new(password),
+        }),
+        Ok(DockerCredential::IdentityToken(token)) => {
+            Ok(Credentials::IdentityToken(Secret::new(token)))
+        }
+        Err(E::NoCredentialConfigured) if !required => Ok(Credentials::None),
+        Err(E::NoCredentialConfigured) => Err(format!(
+            "Docker config {} has no credentials for {server}",
+            path.display()
+        )),
+        // The crate's message would include the helper's stdout; keep only stderr's first
+        // line, which is where helpers explain themselves.
+        Err(E::HelperFailure { helper, stderr, .. }) => Err(format!(
+            "credential helper {helper} failed for {server}: {}",
+            stderr
+                .lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(200)
+                .collect::<String>()
+        )),
+        Err(e) => Err(format!(
+            "cannot get credentials for {server} from {}: {e}",
+            path.display()
+        )),
     }
 }
 
