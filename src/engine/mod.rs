@@ -1,12 +1,14 @@
 //! The promotion engine: observe a pipeline's repositories, plan with [`plan::plan`], apply the
-//! plan with the registry client.
+//! plan through a [`Backend`] (the registry client, or an in-memory one in unit tests), and
+//! return what happened as one [`Outcome`].
 //!
 //! # Expected flow
 //!
 //! One reconcile of a pipeline lists each of its repositories once, resolves the digests the
 //! planner asks for (HEADs; one per stage in a steady state), plans, records first-seen times,
 //! then copies the promotions in stage order, by digest. A promotion whose source stage failed
-//! to receive its own promotion in this pass is skipped.
+//! to receive its own promotion in this pass is skipped. A pipeline that cannot be planned is an
+//! [`Outcome`] too, with the typed error in `plan`.
 //!
 //! # Guarantees
 //!
