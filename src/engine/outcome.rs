@@ -203,7 +203,7 @@ impl Outcome {
         let plan = match &self.plan {
             Ok(plan) => plan,
             Err(e) => {
-                tracing::warn!(pipeline = %name, reason = e.reason(), error = %e.chain(), duration_ms, "reconcile failed");
+                tracing::error!(pipeline = %name, reason = e.reason(), error = %e.chain(), duration_ms, "reconcile failed");
                 return;
             }
         };
