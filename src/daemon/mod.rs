@@ -218,14 +218,22 @@ impl Shared {
         outcome
     }
 
-    /// The one place a reconcile's outcome goes: the status (and the events it is the first to
-    /// show, to the notifier), the metrics, and the wake-ups of pipelines that read a
-    /// repository it wrote to. A pipeline that a reload removed meanwhile (an approval that
+    /// The one place a reconcile's outcome goes: the log line of a reconcile that could not plan,
+    /// the status (and the events it is the first to show, to the notifier), the metrics, and the
+    /// wake-ups of pipelines that read a repository it wrote to. A pipeline that a reload removed meanwhile (an approval that
     /// finished late) is not recorded.
     fn record(&self, outcome: &Outcome) {
         let routes = self.routes();
         if !routes.wake.contains_key(&outcome.pipeline) {
             return;
+        }
+        if let Err(e) = &outcome.plan {
+            tracing::error!(
+                pipeline = %outcome.pipeline,
+                reason = e.reason(),
+                error = %e.chain(),
+                "reconcile failed"
+            );
         }
         let events = self.status.record(outcome);
         self.metrics.record(outcome);

@@ -196,16 +196,14 @@ impl Outcome {
         })
     }
 
-    /// The engine's one summary line per reconcile, and a warning per conflict.
+    /// The engine's one summary line per reconcile, and a warning per conflict. A reconcile that
+    /// could not plan is reported by its caller (the daemon logs it, the commands print it), so
+    /// the cause is shown once.
     pub(super) fn log(&self) {
         let name = &self.pipeline;
         let duration_ms = self.duration.as_millis() as u64;
-        let plan = match &self.plan {
-            Ok(plan) => plan,
-            Err(e) => {
-                tracing::error!(pipeline = %name, reason = e.reason(), error = %e.chain(), duration_ms, "reconcile failed");
-                return;
-            }
+        let Ok(plan) = &self.plan else {
+            return;
         };
         let count = |f: fn(&Action) -> bool| plan.stages.iter().filter(|s| f(&s.action)).count();
         let failed = self.failures().count();
