@@ -573,7 +573,7 @@ fn verified(
             let item = match v.next_chunk().await? {
                 Ok(chunk) => Ok(chunk),
                 Err(Stop::Read(e)) => Err(std::io::Error::other(e)),
-                Err(Stop::Refused(e)) => {
+                Err(Stop::WrongBytes(e)) => {
                     let message = e.to_string();
                     *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                     Err(std::io::Error::other(message))
@@ -589,7 +589,7 @@ enum Stop {
     /// Reading the source failed: the upload fails like any broken transfer.
     Read(reqwest::Error),
     /// The bytes are not what the descriptor says: the caller gets this error.
-    Refused(Error),
+    WrongBytes(Error),
 }
 
 /// The hashing and hold-back state of one streamed blob.
@@ -618,7 +618,7 @@ impl<S: Stream<Item = Result<Bytes, reqwest::Error>>> Verifier<S> {
                     self.seen += chunk.len() as u64;
                     if self.seen > self.blob.size {
                         self.done = true;
-                        return Some(Err(Stop::Refused(Error::SizeMismatch {
+                        return Some(Err(Stop::WrongBytes(Error::SizeMismatch {
                             registry: self.registry.clone(),
                             what: format!("blob {} (longer)", self.blob.digest),
                             expected: self.blob.size,
@@ -644,7 +644,7 @@ impl<S: Stream<Item = Result<Bytes, reqwest::Error>>> Verifier<S> {
         self.done = true;
         let actual = Digest::from_hash(&self.hasher.clone().finalize());
         if self.seen != self.blob.size || actual != self.blob.digest {
-            return Some(Err(Stop::Refused(Error::DigestMismatch {
+            return Some(Err(Stop::WrongBytes(Error::DigestMismatch {
                 registry: self.registry.clone(),
                 what: format!("blob of {} bytes (expected {})", self.seen, self.blob.size),
                 expected: self.blob.digest.clone(),
