@@ -321,6 +321,7 @@ mod tests {
                     what: error.into(),
                 })),
                 duration: Duration::ZERO,
+                forced: false,
             }],
             _ => Vec::new(),
         };

@@ -14,7 +14,7 @@ use super::{io_failure, Failure};
 use crate::config::{self, Config};
 use crate::daemon::{self, Signal};
 use crate::engine::describe::{action_text, plan_json, short};
-use crate::engine::{self, Approved, Engine, Intent, PipelinePlan};
+use crate::engine::{self, Action, Approved, Asked, Engine, Intent, PipelinePlan};
 use crate::metrics::Metrics;
 use crate::registry::NoObserver;
 use crate::server;
@@ -69,6 +69,20 @@ pub struct Approval {
     /// Promote this tag of the source stage instead of its current one.
     #[arg(long)]
     pub tag: Option<String>,
+    /// Promote even though the candidate has not been in the source stage for the stage's
+    /// `min_age` yet (logged as forced).
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl Approval {
+    /// What the approval asks for besides its stage.
+    pub fn asked(&self) -> Asked {
+        Asked {
+            tag: self.tag.clone(),
+            force: self.force,
+        }
+    }
 }
 
 /// `retagd promote`.
@@ -237,10 +251,7 @@ pub fn promote(
     )
     .map_err(|e| Failure::Usage(e.into()))?;
     let engine = engine(&config)?;
-    let intent = Intent {
-        approve: Some(index),
-        source_tag: args.approval.tag.clone(),
-    };
+    let intent = args.approval.asked().intent(index);
     let approved = runtime()?
         .block_on(engine.reconcile(pipeline, &intent, &|| false))
         .approved(index)
@@ -248,10 +259,17 @@ pub fn promote(
     let name = &pipeline.name;
     let stage = &args.approval.stage;
     match approved {
-        Approved::Promoted { promotion: p, .. } => writeln!(
+        Approved::Promoted {
+            promotion: p,
+            forced,
+            ..
+        } => writeln!(
             out,
-            "promoted {name}/{stage}: {} -> {} ({})",
-            p.from_tag, p.to_tag, p.digest
+            "promoted {name}/{stage}: {} -> {} ({}){}",
+            p.from_tag,
+            p.to_tag,
+            p.digest,
+            if forced { ", forced past min_age" } else { "" }
         )
         .map_err(io_failure),
         Approved::Failed { error, .. } => Err(Failure::Work(anyhow::anyhow!(
@@ -271,8 +289,13 @@ pub fn promote(
             short(&promotion.digest)
         ))),
         Approved::NotPromoted(action) => Err(Failure::Work(anyhow::anyhow!(
-            "nothing promoted into {stage}: {}",
-            action_text(&action, SystemTime::now())
+            "nothing promoted into {stage}: {}{}",
+            action_text(&action, SystemTime::now()),
+            if matches!(action, Action::Waiting { .. }) {
+                " (--force promotes now)"
+            } else {
+                ""
+            }
         ))),
     }
 }
@@ -321,9 +344,9 @@ impl server::Handle for daemon::Shared {
         self: Arc<Self>,
         pipeline: String,
         stage: String,
-        tag: Option<String>,
+        asked: Asked,
     ) -> BoxFuture<'static, Result<Approved, engine::ApproveError>> {
-        Box::pin(async move { daemon::Shared::approve(&self, &pipeline, &stage, tag).await })
+        Box::pin(async move { daemon::Shared::approve(&self, &pipeline, &stage, asked).await })
     }
 
     fn pushed(&self, host: Option<&str>, repository: &str) -> Vec<String> {

@@ -218,7 +218,7 @@ pub fn approve(args: &ApproveArgs, out: &mut dyn Write) -> Result<(), Failure> {
         urlencode(&args.approval.stage)
     );
     let target = url(&args.endpoint, &path)?;
-    let body = serde_json::json!({ "tag": args.approval.tag });
+    let body = serde_json::json!({ "tag": args.approval.tag, "force": args.approval.force });
     // A promotion across registries may stream gigabytes before the answer.
     let request = client(Duration::from_secs(3600))?
         .post(target)

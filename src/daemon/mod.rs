@@ -27,7 +27,9 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 
 use crate::config::{self, Config, EventKind, Pipeline};
-use crate::engine::{self, ApproveError, Approved, Backend, Engine, Intent, Next, Outcome, State};
+use crate::engine::{
+    self, ApproveError, Approved, Asked, Backend, Engine, Intent, Next, Outcome, State,
+};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::registry::{Observer, Registries};
@@ -262,18 +264,17 @@ impl Shared {
         }
     }
 
-    /// Approves the promotion into `stage` (of `tag` of the source stage, when given) and
-    /// carries it out now, on a task of its own: a client that goes away must not cut a copy in
+    /// Approves the promotion into `stage` as `asked` and carries it out now, on a task of its own: a client that goes away must not cut a copy in
     /// half or leave it unrecorded.
     pub async fn approve(
         self: &Arc<Self>,
         pipeline: &str,
         stage: &str,
-        tag: Option<String>,
+        asked: Asked,
     ) -> Result<Approved, ApproveError> {
         let shared = self.clone();
         let (pipeline, stage) = (pipeline.to_string(), stage.to_string());
-        tokio::spawn(async move { shared.approve_now(&pipeline, &stage, tag).await })
+        tokio::spawn(async move { shared.approve_now(&pipeline, &stage, asked).await })
             .await
             .unwrap_or_else(|e| {
                 tracing::error!(error = %e, "approval task failed");
@@ -285,7 +286,7 @@ impl Shared {
         &self,
         pipeline: &str,
         stage: &str,
-        tag: Option<String>,
+        asked: Asked,
     ) -> Result<Approved, ApproveError> {
         let stop = self.stopping.subscribe();
         if *stop.borrow() {
@@ -293,10 +294,7 @@ impl Shared {
         }
         let routes = self.routes();
         let (pipeline, index) = engine::approval_target(&routes.config.pipelines, pipeline, stage)?;
-        let intent = Intent {
-            approve: Some(index),
-            source_tag: tag,
-        };
+        let intent = asked.intent(index);
         let approved = self
             .reconcile(pipeline, &intent, &move || *stop.borrow())
             .await

@@ -6,6 +6,27 @@ use super::plan::{Action, Promotion};
 use crate::config::Pipeline;
 use crate::reference::Digest;
 
+/// What a person asks for besides the stage: a tag of the source stage other than its current
+/// one, and whether to skip the stage's `min_age` soak.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Asked {
+    /// Promote this tag of the source stage instead of its current one.
+    pub tag: Option<String>,
+    /// Promote before `min_age` has passed; the promotion is logged as forced.
+    pub force: bool,
+}
+
+impl Asked {
+    /// The intent of a reconcile that carries out this approval of stage `index`.
+    pub fn intent(self, index: usize) -> super::Intent {
+        super::Intent {
+            approve: Some(index),
+            source_tag: self.tag,
+            force: self.force,
+        }
+    }
+}
+
 /// Why an approval names nothing that can be approved.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
@@ -70,6 +91,8 @@ pub enum Approved {
         promotion: Promotion,
         /// Whether the target already had it.
         up_to_date: bool,
+        /// Whether the approval skipped the stage's `min_age` soak.
+        forced: bool,
     },
     /// The copy failed.
     Failed {

@@ -38,7 +38,7 @@ use futures_util::{stream, StreamExt as _};
 use crate::config::Pipeline;
 use crate::reference::Digest;
 use crate::registry;
-pub use approval::{approval_target, ApproveError, Approved, TargetError};
+pub use approval::{approval_target, ApproveError, Approved, Asked, TargetError};
 pub use backend::Backend;
 pub use outcome::{Applied, Next, Outcome, PromotionError};
 pub use plan::{Action, Intent, Observed, PipelinePlan, Planned, Promotion, StagePlan};
@@ -349,16 +349,18 @@ impl Engine {
 
     /// Copies the plan's promotions in stage order and logs each as one event. A promotion out
     /// of a stage whose own promotion failed in this pass is skipped.
-    /// Once `stopping` says so, no further copy starts (the one in flight finishes).
-    pub async fn apply(
+    /// Once `stopping` says so, no further copy starts (the one in flight finishes). The
+    /// promotion into the stage `intent` approves with `force` is marked forced.
+    async fn apply(
         &self,
         pipeline: &Pipeline,
         plan: &PipelinePlan,
+        intent: &Intent,
         stopping: &(dyn Fn() -> bool + Sync),
     ) -> Vec<Applied> {
         let mut failed: HashSet<&str> = HashSet::new();
         let mut applied = Vec::new();
-        for stage in &plan.stages {
+        for (index, stage) in plan.stages.iter().enumerate() {
             let Action::Promote(p) = &stage.action else {
                 continue;
             };
@@ -390,6 +392,7 @@ impl Engine {
                 promotion: p.clone(),
                 result,
                 duration: started.elapsed(),
+                forced: intent.force && intent.approve == Some(index),
             };
             log_applied(&pipeline.name, stage, &done);
             match &done.result {
@@ -419,7 +422,7 @@ impl Engine {
             let _held = self.lock_targets(pipeline).await;
             match self.plan_holding_slots(pipeline, intent, true).await {
                 Ok(plan) => {
-                    let applied = self.apply(pipeline, &plan, stopping).await;
+                    let applied = self.apply(pipeline, &plan, intent, stopping).await;
                     (Ok(plan), applied)
                 }
                 Err(e) => (Err(e), Vec::new()),
@@ -496,6 +499,7 @@ fn log_applied(pipeline: &str, stage: &StagePlan, a: &Applied) {
             registry = %stage.registry,
             repository = %stage.repository,
             duration_ms,
+            forced = a.forced,
             result = if report.up_to_date { "up_to_date" } else { "success" },
             "promoted {} -> {}",
             p.from_tag,

@@ -52,6 +52,8 @@ pub struct Applied {
     pub result: Result<registry::Report, PromotionError>,
     /// How long it took.
     pub duration: Duration,
+    /// Approved with `force`, before the stage's `min_age` had passed.
+    pub forced: bool,
 }
 
 impl Applied {
@@ -176,6 +178,7 @@ impl Outcome {
                 Ok(report) => Approved::Promoted {
                     promotion: a.promotion,
                     up_to_date: report.up_to_date,
+                    forced: a.forced,
                 },
                 Err(error) => Approved::Failed {
                     promotion: a.promotion,

@@ -56,12 +56,14 @@ pub struct Observed {
 /// What a human asked for (`retagd promote`, later the API).
 #[derive(Debug, Clone, Default)]
 pub struct Intent {
-    /// Index of the stage whose promotion is approved now (manual approval, and `min_age`
-    /// waived).
+    /// Index of the stage whose promotion is approved now: a manual stage promotes once its
+    /// candidate has soaked for `min_age`.
     pub approve: Option<usize>,
     /// With `approve`: promote this tag of the source stage's repository instead of the
     /// candidate.
     pub source_tag: Option<String>,
+    /// With `approve`: promote before `min_age` has passed (recorded as forced).
+    pub force: bool,
 }
 
 /// The answer of one planning round.
@@ -270,23 +272,19 @@ struct Step<'a> {
 }
 
 impl Step<'_> {
-    /// When the target stage can take `promotion`: now if approved, on approval if manual, once
-    /// the candidate has been seen for `min_age` otherwise.
+    /// When the target stage can take `promotion`: not before the candidate has been seen in
+    /// the source stage for `min_age` (manual stages too: an approval does not skip the soak,
+    /// only a forced one does); then at once when automatic or approved, else on approval.
     fn gate(&self, cx: &Context<'_>, promotion: Promotion) -> Action {
-        if self.approved {
-            return Action::Promote(promotion);
-        }
-        match self.rule.approval {
-            Approval::Manual => Action::Pending(promotion),
-            Approval::Auto => {
-                let until = self.rule.min_age.map(|min_age| {
-                    (cx.first_seen)(self.rule.from, &promotion.digest).unwrap_or(cx.now) + min_age
-                });
-                match until {
-                    Some(until) if cx.now < until => Action::Waiting { promotion, until },
-                    _ => Action::Promote(promotion),
-                }
-            }
+        let forced = self.approved && cx.intent.force;
+        let until = self.rule.min_age.map(|min_age| {
+            (cx.first_seen)(self.rule.from, &promotion.digest).unwrap_or(cx.now) + min_age
+        });
+        match (until, self.rule.approval) {
+            (Some(until), _) if cx.now < until && !forced => Action::Waiting { promotion, until },
+            _ if self.approved => Action::Promote(promotion),
+            (_, Approval::Manual) => Action::Pending(promotion),
+            (_, Approval::Auto) => Action::Promote(promotion),
         }
     }
 
@@ -770,6 +768,7 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
         let approve = Intent {
             approve: Some(2),
             source_tag: None,
+            force: false,
         };
         let actions = run(&p, &o, &approve);
         assert_eq!(promote_to(&actions[1]).map(|p| p.1), Some("v1.2.0-rc.2"));
@@ -897,6 +896,7 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
         let approve = Intent {
             approve: Some(2),
             source_tag: None,
+            force: false,
         };
         assert_eq!(
             promote_to(&run(&p, &o, &approve)[2]),
@@ -905,6 +905,7 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
         let older = Intent {
             approve: Some(2),
             source_tag: Some("v1.2.0-rc.1".into()),
+            force: false,
         };
         assert_eq!(
             promote_to(&run(&p, &o, &older)[2]),
@@ -913,13 +914,50 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
         let missing = Intent {
             approve: Some(2),
             source_tag: Some("v9.9.9-rc.1".into()),
+            force: false,
         };
         assert!(
             matches!(&run(&p, &o, &missing)[2], Action::Invalid { reason } if reason.contains("does not exist"))
         );
-        // Approval waives min_age but not the conflict rule.
+    }
+
+    #[test]
+    fn a_manual_stage_waits_for_min_age_and_only_a_forced_approval_skips_it() {
         let p = pipeline(AUTO, r#"approval = "manual", min_age = "24h""#);
-        assert!(promote_to(&run(&p, &o, &approve)[2]).is_some());
+        let o = observed(&[("v1.3.0-rc.1", 3)]);
+        let hour_ago = |_: usize, _: &Digest| Some(now() - Duration::from_secs(3600));
+        let day_ago = |_: usize, _: &Digest| Some(now() - Duration::from_secs(25 * 3600));
+        let approval = |stage: usize, force: bool| Intent {
+            approve: Some(stage),
+            source_tag: None,
+            force,
+        };
+        // Before the soak: waiting, with the time it ends, whether or not someone approves.
+        let until = now() + Duration::from_secs(23 * 3600);
+        for intent in [Intent::default(), approval(2, false)] {
+            match &run_at(&p, &o, &intent, &hour_ago)[2] {
+                Action::Waiting {
+                    until: u,
+                    promotion,
+                } => {
+                    assert_eq!((*u, promotion.to_tag.as_str()), (until, "v1.3.0"));
+                }
+                other => panic!("{intent:?}: {other:?}"),
+            }
+        }
+        // Forced: promoted now.
+        assert!(promote_to(&run_at(&p, &o, &approval(2, true), &hour_ago)[2]).is_some());
+        // After the soak: pending until someone approves, then promoted.
+        assert!(matches!(
+            &run_at(&p, &o, &Intent::default(), &day_ago)[2],
+            Action::Pending(_)
+        ));
+        assert!(promote_to(&run_at(&p, &o, &approval(2, false), &day_ago)[2]).is_some());
+        // Force on another stage's approval changes nothing here.
+        assert!(matches!(
+            &run_at(&p, &o, &approval(1, true), &hour_ago)[2],
+            Action::Waiting { .. }
+        ));
     }
 
     #[test]

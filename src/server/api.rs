@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use super::{authorize, body_or_answer, error, Shared, API_BODY_LIMIT};
 use crate::engine::describe::{action_json, action_text, promotion_json, stage_json};
-use crate::engine::{ApproveError, Approved, TargetError};
+use crate::engine::{Action, ApproveError, Approved, Asked, TargetError};
 use crate::reference;
 use crate::status::PipelineStatus;
 
@@ -99,6 +99,9 @@ pub(super) async fn one(
 struct ApproveBody {
     /// A tag of the source stage to promote instead of its current one.
     tag: Option<String>,
+    /// Promote before the stage's `min_age` has passed.
+    #[serde(default)]
+    force: bool,
 }
 
 fn parse_body(body: &Bytes) -> Result<ApproveBody, String> {
@@ -107,7 +110,7 @@ fn parse_body(body: &Bytes) -> Result<ApproveBody, String> {
     }
     let de = &mut serde_json::Deserializer::from_slice(body);
     let parsed: ApproveBody = serde_path_to_error::deserialize(de)
-        .map_err(|e| format!("invalid body (expected {{\"tag\": \"...\"}} or nothing): {e}"))?;
+        .map_err(|e| format!("invalid body (expected {{\"tag\": \"...\", \"force\": true}}, either key, or nothing): {e}"))?;
     if let Some(tag) = &parsed.tag {
         if !reference::is_valid_tag(tag) {
             return Err(format!(
@@ -139,7 +142,14 @@ pub(super) async fn promote(
     };
     let approved = match shared
         .clone()
-        .approve(pipeline.clone(), stage.clone(), body.tag)
+        .approve(
+            pipeline.clone(),
+            stage.clone(),
+            Asked {
+                tag: body.tag,
+                force: body.force,
+            },
+        )
         .await
     {
         Ok(a) => a,
@@ -160,9 +170,10 @@ pub(super) async fn promote(
         Approved::Promoted {
             promotion,
             up_to_date,
+            forced,
         } => (
             StatusCode::OK,
-            json!({"result": "promoted", "promotion": promotion_json(&promotion), "up_to_date": up_to_date}),
+            json!({"result": "promoted", "promotion": promotion_json(&promotion), "up_to_date": up_to_date, "forced": forced}),
         ),
         Approved::UpToDate { tag } => (StatusCode::OK, json!({"result": "up_to_date", "tag": tag})),
         Approved::Conflict {
@@ -180,6 +191,20 @@ pub(super) async fn promote(
         Approved::Failed { promotion, error } => (
             StatusCode::BAD_GATEWAY,
             json!({"result": "failure", "promotion": promotion_json(&promotion), "reason": error.reason(), "error": error.chain()}),
+        ),
+        Approved::NotPromoted(Action::Waiting { promotion, until }) => (
+            StatusCode::CONFLICT,
+            json!({
+                "result": "waiting",
+                "until": time(Some(until)),
+                "promotion": promotion_json(&promotion),
+                "error": format!(
+                    "{} has not been in {} for the stage's min_age yet; approve after {}, or force it",
+                    promotion.from_tag,
+                    promotion.from_stage,
+                    humantime::format_rfc3339_seconds(until)
+                ),
+            }),
         ),
         Approved::NotPromoted(action) => (
             StatusCode::UNPROCESSABLE_ENTITY,

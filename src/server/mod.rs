@@ -40,7 +40,7 @@ use subtle::ConstantTimeEq as _;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::engine::{ApproveError, Approved};
+use crate::engine::{ApproveError, Approved, Asked};
 use crate::metrics::Metrics;
 use crate::secret::{self, Secret};
 use crate::status::Status;
@@ -53,13 +53,13 @@ pub trait Handle: Send + Sync + 'static {
     fn metrics(&self) -> &Metrics;
     /// The configuration in force (token and secret files, read at each request).
     fn config(&self) -> Arc<Config>;
-    /// Approves the promotion into `stage` (of `tag` of the source stage, when given) and
-    /// carries it out to its end even if the client goes away.
+    /// Approves the promotion into `stage` as `asked` and carries it out to its end even if
+    /// the client goes away.
     fn approve(
         self: Arc<Self>,
         pipeline: String,
         stage: String,
-        tag: Option<String>,
+        asked: Asked,
     ) -> futures_util::future::BoxFuture<'static, Result<Approved, ApproveError>>;
     /// A registry reported a push of `repository` (on `host`, when it said): wakes the
     /// pipelines with a stage there and returns their names.
