@@ -238,13 +238,15 @@ pub fn approve(args: &ApproveArgs, out: &mut dyn Write) -> Result<(), Failure> {
                 ),
                 _ => {
                     let p = answer.get("promotion").cloned().unwrap_or(Value::Null);
+                    let forced = answer.get("forced") == Some(&Value::Bool(true));
                     format!(
-                        "promoted {}/{}: {} -> {} ({})",
+                        "promoted {}/{}: {} -> {} ({}){}",
                         args.approval.pipeline,
                         args.approval.stage,
                         text(&p, "from_tag"),
                         text(&p, "to_tag"),
-                        text(&p, "digest")
+                        text(&p, "digest"),
+                        if forced { ", forced past min_age" } else { "" }
                     )
                 }
             };

@@ -254,6 +254,50 @@ async fn min_age_waits_and_the_first_sighting_survives_restarts_in_state_dir() {
 }
 
 #[tokio::test]
+async fn retagd_promote_refuses_before_min_age_and_force_promotes_anyway() {
+    let env = Env::start();
+    let dev = env.push(REPO, "v1.2.0-dev.1", 1).await;
+    let config = env.configure(AUTO, r#"approval = "manual", min_age = "1h""#);
+    let out = run(&config, &["reconcile"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("waiting for min_age until"),
+        "{}",
+        text(&out)
+    );
+    let approve = [
+        "promote",
+        "--pipeline",
+        "api-gateway",
+        "--stage",
+        "production",
+    ];
+    let out = run(&config, &approve).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("nothing promoted into production: waiting for min_age until")
+            && stderr.contains("--force promotes now"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(env.digest(REPO, "v1.2.0").await, None);
+
+    let out = run(&config, &[&approve[..], &["--force"]].concat()).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("v1.2.0-rc.1 -> v1.2.0")
+            && String::from_utf8_lossy(&out.stdout).contains("forced past min_age"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        env.digest(REPO, "v1.2.0").await.as_deref(),
+        Some(dev.as_str())
+    );
+}
+
+#[tokio::test]
 async fn stages_in_another_repository_and_another_registry() {
     let env = Env::start();
     let prod = Registry::start(RegistryOptions::anonymous());

@@ -654,3 +654,51 @@ async fn promotions_are_notified_in_json_and_slack_formats() {
         .count();
     assert_eq!(pendings, 1);
 }
+
+#[tokio::test]
+async fn a_manual_stage_with_min_age_waits_refuses_an_early_approval_and_takes_one_after() {
+    let env = Env::start();
+    let (token_line, _) = secrets(&env);
+    // A short soak, so the test waits for it by polling rather than sleeping a fixed time.
+    let soak = r#"approval = "manual", min_age = "4s""#;
+    let config = env.write(&env.config("1s", AUTO, soak).server_setting(&token_line));
+    let dev1 = env.push(REPO, "v1.2.0-dev.1", 1).await;
+    let daemon = Daemon::start(&config, env.dir.path().join("daemon.log"));
+    let api = Api::new(daemon.address().await);
+    api.current("staging", "v1.2.0-rc.1").await;
+    let (_, p) = api.get("/api/v1/pipelines/api-gateway").await;
+    let production = stage(&p, "production");
+    assert_eq!(production["action"]["kind"], "waiting", "{p:#}");
+    assert!(production["action"]["until"].is_string(), "{p:#}");
+
+    // Too early: 409 with the time the soak ends, and nothing written.
+    let bearer = format!("Bearer {TOKEN}");
+    let (code, body) = api
+        .promote("api-gateway", "production", Some(&bearer), "")
+        .await;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["result"], "waiting", "{body}");
+    assert!(body["until"].is_string(), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("min_age"),
+        "{body}"
+    );
+    assert_eq!(env.digest(REPO, "v1.2.0").await, None);
+
+    // Once the soak has passed, the stage is pending and the approval promotes.
+    support::poll_until("production to be pending", DEADLINE, || async {
+        let (_, p) = api.get("/api/v1/pipelines/api-gateway").await;
+        (stage(&p, "production")["action"]["kind"] == "pending").then_some(())
+    })
+    .await;
+    let (code, body) = api
+        .promote("api-gateway", "production", Some(&bearer), "")
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["result"], "promoted", "{body}");
+    assert_eq!(body["forced"], false, "{body}");
+    assert_eq!(
+        env.digest(REPO, "v1.2.0").await.as_deref(),
+        Some(dev1.as_str())
+    );
+}
