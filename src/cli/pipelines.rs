@@ -16,6 +16,7 @@ use crate::daemon::{self, Signal};
 use crate::engine::describe::{action_text, plan_json, short};
 use crate::engine::{self, Action, Approved, Asked, Engine, Intent, PipelinePlan};
 use crate::metrics::Metrics;
+use crate::reference::Digest;
 use crate::registry::NoObserver;
 use crate::server;
 use crate::status::Status;
@@ -73,6 +74,10 @@ pub struct Approval {
     /// `min_age` yet (logged as forced).
     #[arg(long)]
     pub force: bool,
+    /// The digest you approve (as `retagd plan` or `retagd status` shows it): if the candidate
+    /// has another one by now, nothing is promoted.
+    #[arg(long, value_name = "sha256:...")]
+    pub digest: Option<Digest>,
 }
 
 impl Approval {
@@ -81,6 +86,7 @@ impl Approval {
         Asked {
             tag: self.tag.clone(),
             force: self.force,
+            digest: self.digest.clone(),
         }
     }
 }

@@ -142,6 +142,15 @@ pub fn status_table(answer: &Value) -> String {
                 current.map_or(String::new(), |c| short_digest(text(c, "digest"))),
                 pending,
             ]);
+            if let Some(p) = s.get("pending").filter(|p| !p.is_null()) {
+                notes.push(format!(
+                    "{name}/{stage}: {} -> {} waits for approval: retagd approve --pipeline {name} --stage {stage} --digest {}",
+                    text(p, "from_tag"),
+                    text(p, "to_tag"),
+                    text(p, "digest"),
+                    stage = text(s, "stage"),
+                ));
+            }
             if let Some(e) = s.get("last_error").and_then(Value::as_str) {
                 notes.push(format!(
                     "{name}/{}: last promotion failed: {e}",
@@ -218,7 +227,11 @@ pub fn approve(args: &ApproveArgs, out: &mut dyn Write) -> Result<(), Failure> {
         urlencode(&args.approval.stage)
     );
     let target = url(&args.endpoint, &path)?;
-    let body = serde_json::json!({ "tag": args.approval.tag, "force": args.approval.force });
+    let body = serde_json::json!({
+        "tag": args.approval.tag,
+        "force": args.approval.force,
+        "digest": args.approval.digest.as_ref().map(|d| d.as_str()),
+    });
     // A promotion across registries may stream gigabytes before the answer.
     let request = client(Duration::from_secs(3600))?
         .post(target)

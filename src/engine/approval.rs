@@ -14,6 +14,8 @@ pub struct Asked {
     pub tag: Option<String>,
     /// Promote before `min_age` has passed; the promotion is logged as forced.
     pub force: bool,
+    /// The digest the approver saw: a candidate with another one is not promoted.
+    pub digest: Option<crate::reference::Digest>,
 }
 
 impl Asked {
@@ -23,6 +25,7 @@ impl Asked {
             approve: Some(index),
             source_tag: self.tag,
             force: self.force,
+            digest: self.digest,
         }
     }
 }

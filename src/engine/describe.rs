@@ -25,8 +25,8 @@ pub fn action_text(action: &Action, now: SystemTime) -> String {
             if p.overwrite { " (overwrite)" } else { "" }
         ),
         Action::Pending(p) => format!(
-            "pending approval: {} -> {} (retagd promote)",
-            p.from_tag, p.to_tag
+            "pending approval: {} -> {} (retagd promote --digest {})",
+            p.from_tag, p.to_tag, p.digest
         ),
         Action::Waiting { promotion, until } => format!(
             "waiting for min_age until {} ({} left): {} -> {}",
@@ -42,6 +42,16 @@ pub fn action_text(action: &Action, now: SystemTime) -> String {
             "conflict: {} exists with {} (not {}); not overwriting",
             promotion.to_tag,
             short(existing),
+            short(&promotion.digest)
+        ),
+        Action::Moved {
+            promotion,
+            expected,
+        } => format!(
+            "moved: the approval names {}, but {} is now {} ({})",
+            short(expected),
+            promotion.from_stage,
+            promotion.from_tag,
             short(&promotion.digest)
         ),
         Action::NoCandidate { reason } => format!("nothing to promote: {reason}"),
@@ -97,6 +107,14 @@ pub fn action_json(action: &Action) -> Value {
             "kind": "conflict",
             "promotion": promotion_json(promotion),
             "existing_digest": existing.as_str(),
+        }),
+        Action::Moved {
+            promotion,
+            expected,
+        } => json!({
+            "kind": "moved",
+            "promotion": promotion_json(promotion),
+            "expected_digest": expected.as_str(),
         }),
         Action::NoCandidate { reason } => json!({"kind": "no_candidate", "reason": reason}),
         Action::Invalid { reason } => json!({"kind": "invalid", "reason": reason}),

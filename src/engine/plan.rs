@@ -64,6 +64,9 @@ pub struct Intent {
     pub source_tag: Option<String>,
     /// With `approve`: promote before `min_age` has passed (recorded as forced).
     pub force: bool,
+    /// With `approve`: the digest the approver saw; a candidate with another one is not
+    /// promoted ([`Action::Moved`]).
+    pub digest: Option<Digest>,
 }
 
 /// The answer of one planning round.
@@ -149,6 +152,14 @@ pub enum Action {
         promotion: Promotion,
         /// When the candidate will be old enough.
         until: SystemTime,
+    },
+    /// An approval named a digest that is not the candidate's: the source stage moved since the
+    /// approver looked, and nothing is promoted.
+    Moved {
+        /// The promotion the candidate would make now.
+        promotion: Promotion,
+        /// The digest the approval named.
+        expected: Digest,
     },
     /// The target tag exists with another digest and `overwrite` is off.
     Conflict {
@@ -276,6 +287,14 @@ impl Step<'_> {
     /// the source stage for `min_age` (manual stages too: an approval does not skip the soak,
     /// only a forced one does); then at once when automatic or approved, else on approval.
     fn gate(&self, cx: &Context<'_>, promotion: Promotion) -> Action {
+        if let (true, Some(expected)) = (self.approved, &cx.intent.digest) {
+            if *expected != promotion.digest {
+                return Action::Moved {
+                    promotion,
+                    expected: expected.clone(),
+                };
+            }
+        }
         let forced = self.approved && cx.intent.force;
         let until = self.rule.min_age.map(|min_age| {
             (cx.first_seen)(self.rule.from, &promotion.digest).unwrap_or(cx.now) + min_age
@@ -769,6 +788,7 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
             approve: Some(2),
             source_tag: None,
             force: false,
+            digest: None,
         };
         let actions = run(&p, &o, &approve);
         assert_eq!(promote_to(&actions[1]).map(|p| p.1), Some("v1.2.0-rc.2"));
@@ -897,6 +917,7 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
             approve: Some(2),
             source_tag: None,
             force: false,
+            digest: None,
         };
         assert_eq!(
             promote_to(&run(&p, &o, &approve)[2]),
@@ -906,6 +927,7 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
             approve: Some(2),
             source_tag: Some("v1.2.0-rc.1".into()),
             force: false,
+            digest: None,
         };
         assert_eq!(
             promote_to(&run(&p, &o, &older)[2]),
@@ -915,9 +937,33 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
             approve: Some(2),
             source_tag: Some("v9.9.9-rc.1".into()),
             force: false,
+            digest: None,
         };
         assert!(
             matches!(&run(&p, &o, &missing)[2], Action::Invalid { reason } if reason.contains("does not exist"))
+        );
+    }
+
+    #[test]
+    fn an_approval_naming_another_digest_promotes_nothing() {
+        let p = pipeline(AUTO, MANUAL);
+        let o = observed(&[("v1.3.0-rc.1", 3)]);
+        let seen = |digest: Digest| Intent {
+            approve: Some(2),
+            source_tag: None,
+            force: false,
+            digest: Some(digest),
+        };
+        match &run(&p, &o, &seen(digest(1)))[2] {
+            Action::Moved {
+                promotion,
+                expected,
+            } => assert_eq!((expected, &promotion.digest), (&digest(1), &digest(3))),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            promote_to(&run(&p, &o, &seen(digest(3)))[2]),
+            Some(("v1.3.0-rc.1", "v1.3.0", &digest(3)))
         );
     }
 
@@ -931,6 +977,7 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
             approve: Some(stage),
             source_tag: None,
             force,
+            digest: None,
         };
         // Before the soak: waiting, with the time it ends, whether or not someone approves.
         let until = now() + Duration::from_secs(23 * 3600);

@@ -102,15 +102,19 @@ struct ApproveBody {
     /// Promote before the stage's `min_age` has passed.
     #[serde(default)]
     force: bool,
+    /// The digest the approver saw.
+    digest: Option<String>,
 }
 
-fn parse_body(body: &Bytes) -> Result<ApproveBody, String> {
+/// The body as what the approval asks for, every field checked.
+fn parse_body(body: &Bytes) -> Result<Asked, String> {
     if body.trim_ascii().is_empty() {
-        return Ok(ApproveBody::default());
+        return Ok(Asked::default());
     }
     let de = &mut serde_json::Deserializer::from_slice(body);
-    let parsed: ApproveBody = serde_path_to_error::deserialize(de)
-        .map_err(|e| format!("invalid body (expected {{\"tag\": \"...\", \"force\": true}}, either key, or nothing): {e}"))?;
+    let parsed: ApproveBody = serde_path_to_error::deserialize(de).map_err(|e| {
+        format!("invalid body (expected {{\"digest\": \"sha256:...\", \"tag\": \"...\", \"force\": true}}, any of the keys, or nothing): {e}")
+    })?;
     if let Some(tag) = &parsed.tag {
         if !reference::is_valid_tag(tag) {
             return Err(format!(
@@ -120,7 +124,15 @@ fn parse_body(body: &Bytes) -> Result<ApproveBody, String> {
             ));
         }
     }
-    Ok(parsed)
+    let digest = match parsed.digest {
+        Some(d) => Some(d.parse().map_err(|e| format!("digest: {e}"))?),
+        None => None,
+    };
+    Ok(Asked {
+        tag: parsed.tag,
+        force: parsed.force,
+        digest,
+    })
 }
 
 pub(super) async fn promote(
@@ -136,20 +148,13 @@ pub(super) async fn promote(
         Err(answer) => return answer,
         Ok(parsed) => parsed,
     };
-    let body = match body {
-        Ok(b) => b,
+    let asked = match body {
+        Ok(asked) => asked,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     let approved = match shared
         .clone()
-        .approve(
-            pipeline.clone(),
-            stage.clone(),
-            Asked {
-                tag: body.tag,
-                force: body.force,
-            },
-        )
+        .approve(pipeline.clone(), stage.clone(), asked)
         .await
     {
         Ok(a) => a,
@@ -191,6 +196,25 @@ pub(super) async fn promote(
         Approved::Failed { promotion, error } => (
             StatusCode::BAD_GATEWAY,
             json!({"result": "failure", "promotion": promotion_json(&promotion), "reason": error.reason(), "error": error.chain()}),
+        ),
+        Approved::NotPromoted(Action::Moved {
+            promotion,
+            expected,
+        }) => (
+            StatusCode::CONFLICT,
+            json!({
+                "result": "moved",
+                "expected": expected.as_str(),
+                "found": promotion.digest.as_str(),
+                "promotion": promotion_json(&promotion),
+                "error": format!(
+                    "{} moved since the approval was given: it holds {} ({}) now, not {}; nothing promoted",
+                    promotion.from_stage,
+                    promotion.from_tag,
+                    promotion.digest,
+                    expected
+                ),
+            }),
         ),
         Approved::NotPromoted(Action::Waiting { promotion, until }) => (
             StatusCode::CONFLICT,

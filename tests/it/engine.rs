@@ -283,7 +283,27 @@ async fn retagd_promote_refuses_before_min_age_and_force_promotes_anyway() {
     );
     assert_eq!(env.digest(REPO, "v1.2.0").await, None);
 
-    let out = run(&config, &[&approve[..], &["--force"]].concat()).await;
+    // A digest that is not the candidate's: refused, whatever else the approval says.
+    let other = format!("sha256:{}", "1".repeat(64));
+    let out = run(
+        &config,
+        &[&approve[..], &["--force", "--digest", &other]].concat(),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("moved: the approval names sha256:111111111111"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(env.digest(REPO, "v1.2.0").await, None);
+
+    let out = run(
+        &config,
+        &[&approve[..], &["--force", "--digest", &dev]].concat(),
+    )
+    .await;
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("v1.2.0-rc.1 -> v1.2.0")

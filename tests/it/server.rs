@@ -691,8 +691,46 @@ async fn a_manual_stage_with_min_age_waits_refuses_an_early_approval_and_takes_o
         (stage(&p, "production")["action"]["kind"] == "pending").then_some(())
     })
     .await;
+    // An approval of a digest staging does not hold (the approver looked at something else):
+    // 409 moved, nothing written. The digest shown as pending is the one that works.
+    let (_, p) = api.get("/api/v1/pipelines/api-gateway").await;
+    assert_eq!(stage(&p, "production")["pending"]["digest"], dev1.as_str());
+    let other = format!("sha256:{}", "0".repeat(64));
     let (code, body) = api
-        .promote("api-gateway", "production", Some(&bearer), "")
+        .promote(
+            "api-gateway",
+            "production",
+            Some(&bearer),
+            &json!({ "digest": other }).to_string(),
+        )
+        .await;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(
+        (&body["result"], &body["expected"], &body["found"]),
+        (&json!("moved"), &json!(other), &json!(dev1)),
+        "{body}"
+    );
+    assert_eq!(env.digest(REPO, "v1.2.0").await, None);
+    let (code, body) = api
+        .promote(
+            "api-gateway",
+            "production",
+            Some(&bearer),
+            &json!({ "digest": "sha256:nothex" }).to_string(),
+        )
+        .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().starts_with("digest: "),
+        "{body}"
+    );
+    let (code, body) = api
+        .promote(
+            "api-gateway",
+            "production",
+            Some(&bearer),
+            &json!({ "digest": dev1 }).to_string(),
+        )
         .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["result"], "promoted", "{body}");
