@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use tokio::sync::{mpsc, watch, Notify};
@@ -59,6 +59,9 @@ pub struct Options {
 const MAX_FOLLOW_UPS: u32 = 3;
 /// First wait of a pipeline task restarted after a panic, so a bug cannot make a hot loop.
 const RESTART_DELAY: Duration = Duration::from_secs(30);
+/// After a soak ends, how long before the pipeline looks (the first-seen clock counts in whole
+/// seconds).
+const SOAK_SLACK: Duration = Duration::from_secs(1);
 /// Longest wait after failures, however long the interval.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -709,7 +712,12 @@ async fn pipeline_loop(
         delay = if next == Next::Now && follow_ups <= MAX_FOLLOW_UPS {
             Duration::ZERO
         } else if failures == 0 {
-            jittered(pipeline.interval)
+            // A stage waiting for min_age is looked at again when its soak ends, so an
+            // automatic promotion or a pending approval is not an interval late.
+            let soaked = outcome
+                .waiting_until()
+                .map(|until| until.duration_since(SystemTime::now()).unwrap_or_default());
+            jittered(pipeline.interval).min(soaked.map_or(Duration::MAX, |d| d + SOAK_SLACK))
         } else {
             backoff(failures, pipeline.interval)
         };

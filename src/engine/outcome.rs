@@ -135,6 +135,18 @@ impl Outcome {
         }
     }
 
+    /// When the first stage waiting for `min_age` ends its soak, if one waits.
+    pub fn waiting_until(&self) -> Option<SystemTime> {
+        let stages = self.plan.as_ref().map(|p| &p.stages[..]).unwrap_or(&[]);
+        stages
+            .iter()
+            .filter_map(|s| match &s.action {
+                Action::Waiting { until, .. } => Some(*until),
+                _ => None,
+            })
+            .min()
+    }
+
     /// Why the reconcile did not succeed, as the bounded `reason` label of
     /// `retagd_reconcile_errors_total`: the planning error's, else the first failed promotion's.
     pub fn error_reason(&self) -> Option<&'static str> {

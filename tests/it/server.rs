@@ -659,9 +659,10 @@ async fn promotions_are_notified_in_json_and_slack_formats() {
 async fn a_manual_stage_with_min_age_waits_refuses_an_early_approval_and_takes_one_after() {
     let env = Env::start();
     let (token_line, _) = secrets(&env);
-    // A short soak, so the test waits for it by polling rather than sleeping a fixed time.
+    // A short soak, so the test waits for it by polling rather than sleeping a fixed time. The
+    // interval is an hour: the daemon must look again when the soak ends, not an hour later.
     let soak = r#"approval = "manual", min_age = "4s""#;
-    let config = env.write(&env.config("1s", AUTO, soak).server_setting(&token_line));
+    let config = env.write(&env.config("1h", AUTO, soak).server_setting(&token_line));
     let dev1 = env.push(REPO, "v1.2.0-dev.1", 1).await;
     let daemon = Daemon::start(&config, env.dir.path().join("daemon.log"));
     let api = Api::new(daemon.address().await);
