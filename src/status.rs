@@ -39,9 +39,24 @@ pub struct StageStatus {
     /// The stage in the last plan; `None` before the first.
     pub plan: Option<StagePlan>,
     /// The last promotion into this stage that succeeded, and when.
-    pub last_promotion: Option<(Promotion, SystemTime)>,
+    pub last_promotion: Option<LastPromotion>,
     /// Why the last promotion into this stage failed; cleared by a success.
     pub last_error: Option<String>,
+}
+
+/// The last promotion into a stage that succeeded.
+#[derive(Debug, Clone)]
+pub struct LastPromotion {
+    /// What was promoted.
+    pub promotion: Promotion,
+    /// When.
+    pub at: SystemTime,
+    /// Who approved it (`None` for an automatic promotion).
+    pub approved_by: Option<String>,
+    /// The approver's reason.
+    pub reason: Option<String>,
+    /// It skipped the stage's `min_age`.
+    pub forced: bool,
 }
 
 /// A candidate as announcements key it: target tag and digest.
@@ -97,10 +112,21 @@ impl StageStatus {
         }
         match applied.map(|a| (a, &a.result)) {
             Some((a, Ok(_))) => {
-                self.last_promotion = Some((a.promotion.clone(), at));
+                self.last_promotion = Some(LastPromotion {
+                    promotion: a.promotion.clone(),
+                    at,
+                    approved_by: a.approved_by.clone(),
+                    reason: a.reason.clone(),
+                    forced: a.forced,
+                });
                 self.last_error = None;
                 now.failure = None;
-                events.push(event(EventKind::Success, &a.promotion));
+                events.push(Event {
+                    approved_by: a.approved_by.clone(),
+                    reason: a.reason.clone(),
+                    forced: a.forced,
+                    ..event(EventKind::Success, &a.promotion)
+                });
             }
             Some((a, Err(error))) => {
                 let error = error.chain();
@@ -237,6 +263,9 @@ impl Status {
                 digest: p.digest.as_str().to_string(),
                 existing_digest: None,
                 error: None,
+                approved_by: None,
+                reason: None,
+                forced: false,
                 time: at,
             };
             events.extend(stage.record(st, applied, was, at, event));
@@ -322,6 +351,8 @@ mod tests {
                 })),
                 duration: Duration::ZERO,
                 forced: false,
+                approved_by: None,
+                reason: None,
             }],
             _ => Vec::new(),
         };

@@ -78,15 +78,25 @@ pub struct Approval {
     /// has another one by now, nothing is promoted.
     #[arg(long, value_name = "sha256:...")]
     pub digest: Option<Digest>,
+    /// Why, recorded with the promotion (status, notifications, log).
+    #[arg(long)]
+    pub reason: Option<String>,
 }
 
 impl Approval {
     /// What the approval asks for besides its stage.
     pub fn asked(&self) -> Asked {
+        // `retagd promote` runs as whoever runs it; through the API, the server puts the
+        // approver's configured name here instead.
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "unknown".to_string());
         Asked {
             tag: self.tag.clone(),
             force: self.force,
             digest: self.digest.clone(),
+            by: format!("{user} (retagd promote)"),
+            reason: self.reason.clone(),
         }
     }
 }

@@ -231,6 +231,7 @@ pub fn approve(args: &ApproveArgs, out: &mut dyn Write) -> Result<(), Failure> {
         "tag": args.approval.tag,
         "force": args.approval.force,
         "digest": args.approval.digest.as_ref().map(|d| d.as_str()),
+        "reason": args.approval.reason,
     });
     // A promotion across registries may stream gigabytes before the answer.
     let request = client(Duration::from_secs(3600))?

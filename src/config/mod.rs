@@ -159,11 +159,43 @@ pub struct Defaults {
 pub struct Server {
     /// Listen address of the HTTP server.
     pub listen: SocketAddr,
-    /// Bearer token file of the write API; `None` disables writes.
+    /// Bearer token file of the write API (the approver [`API_TOKEN_APPROVER`]).
     pub api_token_file: Option<PathBuf>,
+    /// Named approvers, each with a token file of its own; with `api_token_file`, the tokens
+    /// the write API accepts. None of either disables writes.
+    pub approvers: Vec<Approver>,
     /// Where the state file lives; `None` keeps state in memory (a restart restarts the
     /// `min_age` clocks, which only ever delays a promotion).
     pub state_dir: Option<PathBuf>,
+}
+
+/// The name approvals through `server.api_token_file` are recorded under.
+pub const API_TOKEN_APPROVER: &str = "api-token";
+
+/// Someone (or some CI system) who may approve through the write API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approver {
+    /// Recorded with each approval; never the token.
+    pub name: String,
+    /// Where the token is (read at each request, by the secret-file rule).
+    pub token_file: PathBuf,
+    /// The configuration key that names the file, for errors.
+    pub key: String,
+}
+
+impl Server {
+    /// Every token the write API accepts, `api_token_file` as [`API_TOKEN_APPROVER`] last.
+    pub fn all_approvers(&self) -> Vec<Approver> {
+        let mut all = self.approvers.clone();
+        if let Some(file) = &self.api_token_file {
+            all.push(Approver {
+                name: API_TOKEN_APPROVER.to_string(),
+                token_file: file.clone(),
+                key: "server.api_token_file".to_string(),
+            });
+        }
+        all
+    }
 }
 
 /// How retagd authenticates to a registry.

@@ -68,8 +68,21 @@ pub struct Server {
     pub listen: Option<String>,
     /// File holding the bearer token of the write API.
     pub api_token_file: Option<String>,
+    /// Named holders of write-API tokens.
+    #[serde(default)]
+    pub approvers: Vec<Approver>,
     /// Directory for the small state file (first-seen times for `min_age`).
     pub state_dir: Option<String>,
+}
+
+/// `[[server.approvers]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approver {
+    /// Who approves with this token (recorded with each approval).
+    pub name: String,
+    /// File holding the token.
+    pub token_file: String,
 }
 
 /// `[registries.NAME]`.

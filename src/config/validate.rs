@@ -12,9 +12,10 @@ use regex::Regex;
 use url::Url;
 
 use super::{
-    raw, Approval, Auth, Config, Defaults, EventKind, Notification, NotifyFormat, NotifyTarget,
-    Pipeline, Problem, Promotion, Registry, Server, Stage, Webhooks, DEFAULT_INTERVAL,
-    DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENCY, DEFAULT_PAGE_SIZE,
+    raw, Approval, Approver, Auth, Config, Defaults, EventKind, Notification, NotifyFormat,
+    NotifyTarget, Pipeline, Problem, Promotion, Registry, Server, Stage, Webhooks,
+    API_TOKEN_APPROVER, DEFAULT_INTERVAL, DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_PAGE_SIZE,
 };
 use crate::policy::{self, Filter, Order, Policy, Selector};
 use crate::reference;
@@ -211,9 +212,53 @@ fn server(p: &mut Problems, raw: &raw::Server) -> Option<Server> {
     };
     let api_token_file = nonempty_path(p, "server.api_token_file", &raw.api_token_file);
     let state_dir = nonempty_path(p, "server.state_dir", &raw.state_dir);
+    let mut approvers: Vec<Approver> = Vec::new();
+    for (i, a) in raw.approvers.iter().enumerate() {
+        let path = format!("server.approvers[{i}]");
+        let name_ok = !a.name.is_empty()
+            && a.name.len() <= 64
+            && a.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+        if !name_ok {
+            p.error(
+                format!("{path}.name"),
+                format!(
+                    "{:?} is not a name (1 to 64 of letters, digits, '.', '_', '-', '@')",
+                    a.name.chars().take(80).collect::<String>()
+                ),
+            );
+            continue;
+        }
+        let reserved = a.name == API_TOKEN_APPROVER && raw.api_token_file.is_some();
+        if reserved || approvers.iter().any(|b| b.name == a.name) {
+            p.error(
+                format!("{path}.name"),
+                format!(
+                    "{:?} is taken{}; each approver needs a name of its own",
+                    a.name,
+                    if reserved {
+                        " by server.api_token_file"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+            continue;
+        }
+        let key = format!("{path}.token_file");
+        if let Some(token_file) = nonempty_path(p, &key, &Some(a.token_file.clone())) {
+            approvers.push(Approver {
+                name: a.name.clone(),
+                token_file,
+                key,
+            });
+        }
+    }
     Some(Server {
         listen: listen?,
         api_token_file,
+        approvers,
         state_dir,
     })
 }
@@ -792,6 +837,64 @@ mod tests {
             [
                 "pipelines[0].stages[0].filter_tags.pattern",
                 "pipelines[1].stages[0].filter_tags.pattern"
+            ]
+        );
+    }
+
+    #[test]
+    fn approvers_need_names_of_their_own_and_api_token_file_is_one_of_them() {
+        let base = "[registries.r]\nurl = \"http://127.0.0.1:5000\"\n[server]\napi_token_file = \"/t/api\"\n";
+        let approver = |name: &str, file: &str| {
+            format!("[[server.approvers]]\nname = \"{name}\"\ntoken_file = \"{file}\"\n")
+        };
+        let one_pipeline = "[[pipelines]]\nname = \"p\"\nregistry = \"r\"\nrepository = \"a/p\"\n\
+                            [[pipelines.stages]]\nname = \"dev\"\n\
+                            policy = { alphabetical = { order = \"asc\" } }\n";
+        let good = format!(
+            "{base}{}{}{one_pipeline}",
+            approver("alice", "/t/a"),
+            approver("ci@github", "/t/c")
+        );
+        let config = parse(&good, Format::Toml, "t").expect("valid").config;
+        let names: Vec<(String, String)> = config
+            .server
+            .all_approvers()
+            .into_iter()
+            .map(|a| (a.name, a.key))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("alice".into(), "server.approvers[0].token_file".into()),
+                ("ci@github".into(), "server.approvers[1].token_file".into()),
+                (API_TOKEN_APPROVER.into(), "server.api_token_file".into()),
+            ]
+        );
+        let bad = format!(
+            "{base}{}{}{}{}{one_pipeline}",
+            approver("alice", "/t/a"),
+            approver("alice", "/t/b"),
+            approver("api-token", "/t/c"),
+            approver("has space", "")
+        );
+        let Err(Error::Invalid { problems, .. }) = parse(&bad, Format::Toml, "t") else {
+            panic!("bad approvers must be refused");
+        };
+        let found: Vec<(&str, bool)> = problems
+            .iter()
+            .map(|p| {
+                (
+                    p.path.as_str(),
+                    p.message.contains("taken") || p.message.contains("not a name"),
+                )
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("server.approvers[1].name", true),
+                ("server.approvers[2].name", true),
+                ("server.approvers[3].name", true),
             ]
         );
     }

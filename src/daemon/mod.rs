@@ -298,10 +298,28 @@ impl Shared {
         let routes = self.routes();
         let (pipeline, index) = engine::approval_target(&routes.config.pipelines, pipeline, stage)?;
         let intent = asked.intent(index);
-        let approved = self
+        let mut outcome = self
+            .engine
             .reconcile(pipeline, &intent, &move || *stop.borrow())
-            .await
-            .approved(index)?;
+            .await;
+        outcome.sign(index, &asked.by, asked.reason.as_deref());
+        self.record(&outcome);
+        let approved = outcome.approved(index)?;
+        if let Approved::Promoted {
+            promotion, forced, ..
+        } = &approved
+        {
+            tracing::info!(
+                pipeline = %pipeline.name,
+                stage = %stage,
+                to_tag = %promotion.to_tag,
+                digest = %promotion.digest,
+                approved_by = %asked.by,
+                reason = asked.reason.as_deref().unwrap_or(""),
+                forced,
+                "approved"
+            );
+        }
         if matches!(approved, Approved::Promoted { .. }) {
             // The pipeline's own task refreshes the status with the new version.
             wake(&routes, &pipeline.name);
@@ -535,10 +553,11 @@ fn reload(
 /// The API token and webhook secret files are read at each request (so a rotated Secret takes
 /// effect), but one that cannot be read at start is a mistake to report now.
 fn check_secret_files(config: &Config) -> anyhow::Result<()> {
-    let files = [
-        ("server.api_token_file", &config.server.api_token_file),
-        ("webhooks.secret_file", &config.webhooks.secret_file),
-    ];
+    let approvers = config.server.all_approvers();
+    let files = approvers
+        .iter()
+        .map(|a| (a.key.as_str(), Some(&a.token_file)))
+        .chain([("webhooks.secret_file", config.webhooks.secret_file.as_ref())]);
     for (key, file) in files {
         if let Some(path) = file {
             crate::secret::read(key, path)?;

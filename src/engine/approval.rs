@@ -16,16 +16,21 @@ pub struct Asked {
     pub force: bool,
     /// The digest the approver saw: a candidate with another one is not promoted.
     pub digest: Option<crate::reference::Digest>,
+    /// Who approves: an approver's name from the configuration, or the local user of
+    /// `retagd promote`. Recorded with the promotion, never a token.
+    pub by: String,
+    /// Why, in the approver's words (optional).
+    pub reason: Option<String>,
 }
 
 impl Asked {
     /// The intent of a reconcile that carries out this approval of stage `index`.
-    pub fn intent(self, index: usize) -> super::Intent {
+    pub fn intent(&self, index: usize) -> super::Intent {
         super::Intent {
             approve: Some(index),
-            source_tag: self.tag,
+            source_tag: self.tag.clone(),
             force: self.force,
-            digest: self.digest,
+            digest: self.digest.clone(),
         }
     }
 }

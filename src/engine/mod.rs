@@ -393,6 +393,8 @@ impl Engine {
                 result,
                 duration: started.elapsed(),
                 forced: intent.force && intent.approve == Some(index),
+                approved_by: None,
+                reason: None,
             };
             log_applied(&pipeline.name, stage, &done);
             match &done.result {

@@ -54,6 +54,10 @@ pub struct Applied {
     pub duration: Duration,
     /// Approved with `force`, before the stage's `min_age` had passed.
     pub forced: bool,
+    /// Who approved it, for a promotion someone approved ([`Outcome::sign`]).
+    pub approved_by: Option<String>,
+    /// The reason the approver gave.
+    pub reason: Option<String>,
 }
 
 impl Applied {
@@ -132,6 +136,24 @@ impl Outcome {
             Next::Interval
         } else {
             Next::Backoff
+        }
+    }
+
+    /// Records who approved the promotion into stage `index` (a reconcile made with
+    /// [`super::Intent::approve`]), and why, on that promotion, before the outcome is recorded.
+    pub fn sign(&mut self, index: usize, by: &str, reason: Option<&str>) {
+        let Some(stage) = self
+            .plan
+            .as_ref()
+            .ok()
+            .and_then(|p| p.stages.get(index))
+            .map(|s| s.stage.clone())
+        else {
+            return;
+        };
+        if let Some(a) = self.applied.iter_mut().find(|a| a.stage == stage) {
+            a.approved_by = Some(by.to_string());
+            a.reason = reason.map(str::to_string);
         }
     }
 

@@ -32,6 +32,12 @@ pub struct Event {
     pub existing_digest: Option<String>,
     /// For a failure: why.
     pub error: Option<String>,
+    /// For a promotion someone approved: who (the approver's name, never a token).
+    pub approved_by: Option<String>,
+    /// For an approved promotion: the reason the approver gave.
+    pub reason: Option<String>,
+    /// For an approved promotion: it skipped the stage's `min_age`.
+    pub forced: bool,
     /// When it happened; serialized as RFC 3339 UTC.
     #[serde(serialize_with = "rfc3339")]
     pub time: SystemTime,
@@ -60,9 +66,18 @@ impl Event {
         } = self;
         let digest = short_digest(&self.digest);
         match self.kind {
-            EventKind::Success => {
-                format!("{pipeline}/{stage}: promoted {from_tag} -> {to_tag} ({digest})")
-            }
+            EventKind::Success => format!(
+                "{pipeline}/{stage}: promoted {from_tag} -> {to_tag} ({digest}){}{}",
+                self.approved_by
+                    .as_deref()
+                    .map(|by| format!(", approved by {by}"))
+                    .unwrap_or_default(),
+                if self.forced {
+                    ", forced past min_age"
+                } else {
+                    ""
+                }
+            ),
             EventKind::Failure => format!(
                 "{pipeline}/{stage}: promoting {from_tag} -> {to_tag} ({digest}) failed: {}",
                 self.error.as_deref().unwrap_or("unknown error")
@@ -95,6 +110,9 @@ pub(super) fn example(kind: EventKind) -> Event {
         digest: "sha256:abcd1234ef567890abcd1234ef567890abcd1234ef567890abcd1234ef567890".into(),
         existing_digest: None,
         error: None,
+        approved_by: None,
+        reason: None,
+        forced: false,
         time: UNIX_EPOCH + Duration::from_secs(1_777_887_000),
     }
 }

@@ -73,6 +73,17 @@ fn slack_body(event: &Event) -> serde_json::Result<Vec<u8>> {
     if let Some(error) = &event.error {
         fields.push(field("Error", mrkdwn(error, SLACK_FIELD_MAX - 20)));
     }
+    if let Some(by) = &event.approved_by {
+        let forced = if event.forced {
+            " (forced past min_age)"
+        } else {
+            ""
+        };
+        fields.push(field("Approved by", format!("{}{forced}", mrkdwn(by, 200))));
+    }
+    if let Some(reason) = &event.reason {
+        fields.push(field("Reason", mrkdwn(reason, SLACK_FIELD_MAX - 20)));
+    }
     serde_json::to_vec(&json!({
         "text": summary,
         "blocks": [{
@@ -142,6 +153,9 @@ mod tests {
             "digest",
             "existing_digest",
             "error",
+            "approved_by",
+            "reason",
+            "forced",
             "time",
             "summary",
         ];

@@ -22,6 +22,9 @@ use crate::engine::{Action, ApproveError, Approved, Asked, TargetError};
 use crate::reference;
 use crate::status::PipelineStatus;
 
+/// Longest approval reason kept (it goes into logs, notifications and the status).
+const MAX_REASON: usize = 500;
+
 fn time(t: Option<SystemTime>) -> Value {
     t.map_or(Value::Null, |t| {
         Value::String(humantime::format_rfc3339_seconds(t).to_string())
@@ -51,10 +54,13 @@ fn pipeline_json(name: &str, status: &PipelineStatus) -> Value {
                 );
                 fields.insert(
                     "last_promotion".into(),
-                    s.last_promotion.as_ref().map_or(Value::Null, |(p, at)| {
-                        let mut v = promotion_json(p);
+                    s.last_promotion.as_ref().map_or(Value::Null, |last| {
+                        let mut v = promotion_json(&last.promotion);
                         if let Value::Object(f) = &mut v {
-                            f.insert("time".into(), time(Some(*at)));
+                            f.insert("time".into(), time(Some(last.at)));
+                            f.insert("approved_by".into(), json!(last.approved_by));
+                            f.insert("reason".into(), json!(last.reason));
+                            f.insert("forced".into(), json!(last.forced));
                         }
                         v
                     }),
@@ -104,6 +110,8 @@ struct ApproveBody {
     force: bool,
     /// The digest the approver saw.
     digest: Option<String>,
+    /// Why, in the approver's words.
+    reason: Option<String>,
 }
 
 /// The body as what the approval asks for, every field checked.
@@ -128,10 +136,19 @@ fn parse_body(body: &Bytes) -> Result<Asked, String> {
         Some(d) => Some(d.parse().map_err(|e| format!("digest: {e}"))?),
         None => None,
     };
+    if let Some(reason) = &parsed.reason {
+        if reason.chars().count() > MAX_REASON || reason.chars().any(char::is_control) {
+            return Err(format!(
+                "reason: at most {MAX_REASON} characters on one line, without control characters"
+            ));
+        }
+    }
     Ok(Asked {
         tag: parsed.tag,
         force: parsed.force,
         digest,
+        by: String::new(),
+        reason: parsed.reason,
     })
 }
 
@@ -141,15 +158,19 @@ pub(super) async fn promote(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(answer) = authorize(&*shared, &headers) {
-        return answer;
-    }
+    let approver = match authorize(&*shared, &headers) {
+        Ok(name) => name,
+        Err(answer) => return answer,
+    };
     let body = match body_or_answer(body, API_BODY_LIMIT).map(|b| parse_body(&b)) {
         Err(answer) => return answer,
         Ok(parsed) => parsed,
     };
     let asked = match body {
-        Ok(asked) => asked,
+        Ok(asked) => Asked {
+            by: approver,
+            ..asked
+        },
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     let approved = match shared
@@ -170,7 +191,7 @@ pub(super) async fn promote(
             return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }
     };
-    tracing::info!(pipeline = %pipeline, stage = %stage, "approval through the API");
+    tracing::info!(pipeline = %pipeline, stage = %stage, "approval through the API answered");
     let (status, answer) = match approved {
         Approved::Promoted {
             promotion,

@@ -269,28 +269,37 @@ fn refused(shared: &Shared, label: &str, refusal: webhooks::Refusal) -> Response
     error(refusal.status(), refusal.to_string())
 }
 
-/// Checks `Authorization: Bearer <token>` against `server.api_token_file`.
-fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+/// Checks `Authorization: Bearer <token>` against every approver's token (`server.approvers`,
+/// `server.api_token_file`) and returns the name of the one it belongs to. Every token is
+/// compared, so the time taken does not tell which one (or how many) came close.
+fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<String, Response> {
     let config = shared.config();
-    let Some(file) = &config.server.api_token_file else {
+    let approvers = config.server.all_approvers();
+    if approvers.is_empty() {
         return Err(error(
             StatusCode::FORBIDDEN,
-            "the write API is off (set server.api_token_file)".to_string(),
+            "the write API is off (set server.approvers or server.api_token_file)".to_string(),
         ));
-    };
-    let token = secret_of("server.api_token_file", file)?;
+    }
     let given = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| webhooks::strip_bearer(v.as_bytes()));
-    match given {
-        Some(given) if same_secret(given.trim_ascii(), token.expose().as_bytes()) => Ok(()),
-        _ => Err((
+        .and_then(|v| webhooks::strip_bearer(v.as_bytes()))
+        .map(<[u8]>::trim_ascii);
+    let mut found = None;
+    for approver in &approvers {
+        let token = secret_of(&approver.key, &approver.token_file)?;
+        if given.is_some_and(|g| same_secret(g, token.expose().as_bytes())) && found.is_none() {
+            found = Some(approver.name.clone());
+        }
+    }
+    found.ok_or_else(|| {
+        (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer realm=\"retagd\"")],
-            Json(json!({"error": "missing or wrong bearer token (Authorization: Bearer <token from server.api_token_file>)"})),
+            Json(json!({"error": "missing or wrong bearer token (Authorization: Bearer <an approver's token: server.approvers or server.api_token_file>)"})),
         )
-            .into_response()),
-    }
+            .into_response()
+    })
 }
 
 #[cfg(test)]

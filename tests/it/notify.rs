@@ -155,6 +155,9 @@ fn event(kind: EventKind, to_tag: &str) -> Event {
         digest: "sha256:abcd1234ef567890abcd1234ef567890abcd1234ef567890abcd1234ef567890".into(),
         existing_digest: (kind == EventKind::Conflict).then(|| "sha256:0123456789abcdef".into()),
         error: (kind == EventKind::Failure).then(|| "registry ghcr: HTTP 500".into()),
+        approved_by: None,
+        reason: None,
+        forced: false,
         time: UNIX_EPOCH + Duration::from_secs(1_777_887_000),
     }
 }

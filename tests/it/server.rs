@@ -741,3 +741,78 @@ async fn a_manual_stage_with_min_age_waits_refuses_an_early_approval_and_takes_o
         Some(dev1.as_str())
     );
 }
+
+#[tokio::test]
+async fn named_approvers_each_approve_an_unknown_token_is_refused_and_the_status_names_who() {
+    let env = Env::start();
+    let (token_line, _) = secrets(&env);
+    let alice = env.dir.path().join("alice-token");
+    let ci = env.dir.path().join("ci-token");
+    // CRLF and no newline: the secret-file rule reads both.
+    std::fs::write(&alice, "alice-7a1f\r\n").unwrap();
+    std::fs::write(&ci, "ci-93be").unwrap();
+    let approvers = format!(
+        "\n[[server.approvers]]\nname = \"alice\"\ntoken_file = \"{}\"\n\n[[server.approvers]]\nname = \"ci@github\"\ntoken_file = \"{}\"\n",
+        alice.display(),
+        ci.display()
+    );
+    let config = env.write(
+        &env.config("1h", AUTO, MANUAL)
+            .server_setting(&token_line)
+            .table(&approvers),
+    );
+    let dev1 = env.push(REPO, "v1.2.0-dev.1", 1).await;
+    let daemon = Daemon::start(&config, env.dir.path().join("daemon.log"));
+    let api = Api::new(daemon.address().await);
+    api.current("staging", "v1.2.0-rc.1").await;
+
+    let (code, body) = api
+        .promote("api-gateway", "production", Some("Bearer nobody-0000"), "")
+        .await;
+    assert_eq!(code, 401, "{body}");
+    assert_eq!(env.digest(REPO, "v1.2.0").await, None);
+
+    // alice approves production with a reason; the status and the log name her, never a token.
+    let body = json!({"digest": dev1, "reason": "CAB-1234 signed off"}).to_string();
+    let (code, answer) = api
+        .promote(
+            "api-gateway",
+            "production",
+            Some("Bearer alice-7a1f"),
+            &body,
+        )
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    let (_, p) = api.get("/api/v1/pipelines/api-gateway").await;
+    let last = &stage(&p, "production")["last_promotion"];
+    assert_eq!(last["approved_by"], "alice", "{p:#}");
+    assert_eq!(last["reason"], "CAB-1234 signed off", "{p:#}");
+    assert_eq!(last["forced"], false, "{p:#}");
+    // The automatic promotion into staging has no approver.
+    assert_eq!(
+        stage(&p, "staging")["last_promotion"]["approved_by"],
+        Value::Null
+    );
+
+    // The second approver's token works too (a new build, up to production again).
+    let dev2 = env.push(REPO, "v1.2.1-dev.1", 2).await;
+    // The interval is an hour: a reload makes the pipeline look now.
+    daemon.signal("HUP");
+    api.current("staging", "v1.2.1-rc.1").await;
+    let body = json!({ "digest": dev2 }).to_string();
+    let (code, answer) = api
+        .promote("api-gateway", "production", Some("Bearer ci-93be"), &body)
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    let (_, p) = api.get("/api/v1/pipelines/api-gateway").await;
+    assert_eq!(
+        stage(&p, "production")["last_promotion"]["approved_by"],
+        "ci@github",
+        "{p:#}"
+    );
+    let log = daemon.log();
+    assert!(log.contains("approved_by=alice"), "{log}");
+    for token in ["alice-7a1f", "ci-93be", TOKEN] {
+        assert!(!log.contains(token), "a token in the log:\n{log}");
+    }
+}
