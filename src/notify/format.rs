@@ -166,6 +166,35 @@ mod tests {
     }
 
     #[test]
+    fn an_approved_promotion_names_who_why_and_whether_forced() {
+        let mut e = event(EventKind::Success);
+        e.approved_by = Some("alice".into());
+        e.reason = Some("CAB <1234>".into());
+        e.forced = true;
+        let v: serde_json::Value = serde_json::from_slice(&json_body(&e).unwrap()).unwrap();
+        assert_eq!(
+            (&v["approved_by"], &v["reason"], &v["forced"]),
+            (&json!("alice"), &json!("CAB <1234>"), &json!(true))
+        );
+        assert!(v["summary"]
+            .as_str()
+            .unwrap()
+            .ends_with(", approved by alice, forced past min_age"));
+        let v: serde_json::Value = serde_json::from_slice(&slack_body(&e).unwrap()).unwrap();
+        let fields: Vec<&str> = v["blocks"][0]["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["text"].as_str().unwrap())
+            .collect();
+        assert!(
+            fields.contains(&"*Approved by*\nalice (forced past min_age)"),
+            "{fields:?}"
+        );
+        assert!(fields.contains(&"*Reason*\nCAB &lt;1234&gt;"), "{fields:?}");
+    }
+
+    #[test]
     fn slack_body_has_text_and_one_section_with_fields() {
         let mut e = event(EventKind::Failure);
         e.error = Some("a <b> & c".into());

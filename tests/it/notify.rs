@@ -210,6 +210,9 @@ async fn json_and_slack_bodies_arrive_as_documented() {
         "digest": "sha256:abcd1234ef567890abcd1234ef567890abcd1234ef567890abcd1234ef567890",
         "existing_digest": null,
         "error": null,
+        "approved_by": null,
+        "reason": null,
+        "forced": false,
         "time": "2026-05-04T09:30:00Z",
     });
     assert_eq!(json.body, expected);
