@@ -225,8 +225,8 @@ impl Shared {
 
     /// The one place a reconcile's outcome goes: the log line of a reconcile that could not plan,
     /// the status (and the events it is the first to show, to the notifier), the metrics, and the
-    /// wake-ups of pipelines that read a repository it wrote to. A pipeline that a reload removed meanwhile (an approval that
-    /// finished late) is not recorded.
+    /// wake-ups of pipelines that read a repository it wrote to. A pipeline that a reload removed
+    /// meanwhile (an approval that finished late) is not recorded.
     fn record(&self, outcome: &Outcome) {
         let routes = self.routes();
         if !routes.wake.contains_key(&outcome.pipeline) {
@@ -267,8 +267,8 @@ impl Shared {
         }
     }
 
-    /// Approves the promotion into `stage` as `asked` and carries it out now, on a task of its own: a client that goes away must not cut a copy in
-    /// half or leave it unrecorded.
+    /// Approves the promotion into `stage` as `asked` and carries it out now, on a task of its
+    /// own: a client that goes away must not cut a copy in half or leave it unrecorded.
     pub async fn approve(
         self: &Arc<Self>,
         pipeline: &str,
@@ -319,8 +319,6 @@ impl Shared {
                 forced,
                 "approved"
             );
-        }
-        if matches!(approved, Approved::Promoted { .. }) {
             // The pipeline's own task refreshes the status with the new version.
             wake(&routes, &pipeline.name);
         }

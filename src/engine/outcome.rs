@@ -27,7 +27,8 @@ pub enum PromotionError {
 }
 
 impl PromotionError {
-    /// The bounded `reason` label of the promotion-failure metrics: the registry's reason, or `skipped`.
+    /// The bounded `reason` label of the promotion-failure metrics: the registry's reason, or
+    /// `skipped`.
     pub fn reason(&self) -> &'static str {
         match self {
             PromotionError::Skipped { .. } => "skipped",

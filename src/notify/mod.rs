@@ -52,6 +52,9 @@
 //!   "digest": "sha256:abcd1234ef56...",
 //!   "existing_digest": null,
 //!   "error": null,
+//!   "approved_by": null,
+//!   "reason": null,
+//!   "forced": false,
 //!   "time": "2026-05-04T09:30:00Z",
 //!   "summary": "api-gateway/staging: promoted v1.2.0-dev.3 -> v1.2.0-rc.1 (sha256:abcd1234ef56)"
 //! }
@@ -68,6 +71,8 @@
 //! | `digest` | the manifest digest promoted (or that would be) |
 //! | `existing_digest` | `conflict`: what the target tag holds; otherwise `null` |
 //! | `error` | `failure`: why, in one line; otherwise `null` |
+//! | `approved_by`, `reason` | an approved `success`: the approver's name and reason; otherwise `null` |
+//! | `forced` | an approved `success` that skipped the stage's `min_age` |
 //! | `time` | when it happened, RFC 3339 UTC, whole seconds |
 //! | `summary` | one line for people; its wording may change |
 //!

@@ -218,47 +218,43 @@ pub(super) async fn promote(
             StatusCode::BAD_GATEWAY,
             json!({"result": "failure", "promotion": promotion_json(&promotion), "reason": error.reason(), "error": error.chain()}),
         ),
-        Approved::NotPromoted(Action::Moved {
-            promotion,
-            expected,
-        }) => (
-            StatusCode::CONFLICT,
-            json!({
-                "result": "moved",
-                "expected": expected.as_str(),
-                "found": promotion.digest.as_str(),
-                "promotion": promotion_json(&promotion),
-                "error": format!(
-                    "{} moved since the approval was given: it holds {} ({}) now, not {}; nothing promoted",
-                    promotion.from_stage,
-                    promotion.from_tag,
-                    promotion.digest,
-                    expected
+        // Nothing written; the stage's action says why, in the words `retagd plan` uses. A digest
+        // that moved and a soak not over are 409s with the fields to act on.
+        Approved::NotPromoted(action) => {
+            let error = action_text(&action, SystemTime::now());
+            match action {
+                Action::Moved {
+                    promotion,
+                    expected,
+                } => (
+                    StatusCode::CONFLICT,
+                    json!({
+                        "result": "moved",
+                        "expected": expected.as_str(),
+                        "found": promotion.digest.as_str(),
+                        "promotion": promotion_json(&promotion),
+                        "error": error,
+                    }),
                 ),
-            }),
-        ),
-        Approved::NotPromoted(Action::Waiting { promotion, until }) => (
-            StatusCode::CONFLICT,
-            json!({
-                "result": "waiting",
-                "until": time(Some(until)),
-                "promotion": promotion_json(&promotion),
-                "error": format!(
-                    "{} has not been in {} for the stage's min_age yet; approve after {}, or force it",
-                    promotion.from_tag,
-                    promotion.from_stage,
-                    humantime::format_rfc3339_seconds(until)
+                Action::Waiting { promotion, until } => (
+                    StatusCode::CONFLICT,
+                    json!({
+                        "result": "waiting",
+                        "until": time(Some(until)),
+                        "promotion": promotion_json(&promotion),
+                        "error": error,
+                    }),
                 ),
-            }),
-        ),
-        Approved::NotPromoted(action) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            json!({
-                "result": "not_promoted",
-                "action": action_json(&action),
-                "error": action_text(&action, SystemTime::now()),
-            }),
-        ),
+                other => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    json!({
+                        "result": "not_promoted",
+                        "action": action_json(&other),
+                        "error": error,
+                    }),
+                ),
+            }
+        }
     };
     (status, Json(answer)).into_response()
 }

@@ -3,16 +3,17 @@
 //!
 //! Handlers only translate HTTP: what happens is up to the running daemon, reached through the
 //! small [`Handle`] that `retagd run` plugs in, so the API promotes exactly as a reconcile does
-//! and this module knows nothing of the daemon's internals. Every answer that is not `/metrics` is JSON; errors are
-//! `{"error": "..."}` naming what was wrong.
+//! and this module knows nothing of the daemon's internals. Every answer that is not `/metrics`
+//! is JSON; errors are `{"error": "..."}` naming what was wrong.
 //!
 //! # Security
 //!
 //! Reads are open (like `/metrics`, they show tags and digests, never credentials). Writes need
-//! `Authorization: Bearer <token>` with the token in `server.api_token_file`; webhooks need the
-//! secret in `webhooks.secret_file`, proven the way each registry can. Both files are read at each
-//! request so a rotated Kubernetes Secret takes effect without a restart, and both comparisons
-//! are constant-time. Bodies are bounded before they are parsed, and a webhook whose proof is in
+//! `Authorization: Bearer <token>` with an approver's token (`server.approvers`,
+//! `server.api_token_file`), which says who approves; webhooks need the secret in
+//! `webhooks.secret_file`, proven the way each registry can. The files are read at each request
+//! so a rotated Kubernetes Secret takes effect without a restart, and every comparison is
+//! constant-time. Bodies are bounded before they are parsed, and a webhook whose proof is in
 //! a header or the query is refused before its body is read.
 
 // The helpers return the refusal as a ready `Response`, which is what a handler answers either
