@@ -69,7 +69,14 @@ fn snapshot(pipeline: &Pipeline, tags: &[(String, usize)]) -> Observed {
         .tags
         .insert(key.clone(), tags.iter().map(|(t, _)| t.clone()).collect());
     loop {
-        match plan::plan(pipeline, &observed, &|_, _| None, now(), &Intent::default()) {
+        match plan::plan(
+            pipeline,
+            &observed,
+            &|_, _| None,
+            now(),
+            &Intent::default(),
+            &[],
+        ) {
             Planned::Complete(_) => return observed,
             Planned::Needs(needs) => {
                 for (k, tag) in needs {
@@ -86,7 +93,9 @@ fn snapshot(pipeline: &Pipeline, tags: &[(String, usize)]) -> Observed {
 fn plan_all(pipelines: &[Pipeline], snapshots: &[Observed]) -> usize {
     let mut complete = 0;
     for (p, o) in pipelines.iter().zip(snapshots) {
-        if let Planned::Complete(plan) = plan::plan(p, o, &|_, _| None, now(), &Intent::default()) {
+        if let Planned::Complete(plan) =
+            plan::plan(p, o, &|_, _| None, now(), &Intent::default(), &[])
+        {
             complete += black_box(plan).stages.len();
         }
     }
@@ -124,7 +133,14 @@ fn planner(c: &mut Criterion) {
     group.bench_function("first round, no digest known", |b| {
         b.iter(|| {
             for (p, o) in pipelines.iter().zip(&unresolved) {
-                black_box(plan::plan(p, o, &|_, _| None, now(), &Intent::default()));
+                black_box(plan::plan(
+                    p,
+                    o,
+                    &|_, _| None,
+                    now(),
+                    &Intent::default(),
+                    &[],
+                ));
             }
         })
     });

@@ -12,7 +12,8 @@
 //!    [`reference`](mod@reference): image references and digests by the OCI grammar; the gate
 //!    every name passes before it reaches a URL. [`policy`]: tag selection (`filter_tags` +
 //!    `semver` / `alphabetical` / `numerical`) with Flux's semantics, including the Masterminds
-//!    range language. Pure: no I/O.
+//!    range language. [`calendar`]: promotion windows in IANA time zones, and RFC 3339 times.
+//!    Pure: no I/O.
 //! 2. [`template`]: promotion target tag templates (`v{major}.{minor}.{patch}-rc.{n}`).
 //! 3. [`config`]: the configuration file (TOML or YAML plus `RETAGD_*` overrides), validated up
 //!    front with key paths in every error.
@@ -31,6 +32,7 @@
 //! 8. [`cli`]: the `retagd` command line; it wires the daemon and the server together.
 //!    `main.rs` only maps its result to an exit code.
 
+pub mod calendar;
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -56,7 +58,7 @@ mod layers {
     /// Lowest first; `fuzzing` is the property-test helper every layer may use in tests.
     const LAYERS: &[&[&str]] = &[
         &["fuzzing"],
-        &["secret", "reference", "policy"],
+        &["secret", "reference", "policy", "calendar"],
         &["template"],
         &["config"],
         &["registry", "notify"],

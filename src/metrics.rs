@@ -19,7 +19,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::engine::{Action, Outcome};
+use crate::engine::{Action, Outcome, StagePlan, Wait};
 use crate::registry::{Observer, RetryReason};
 
 /// Seconds; registry requests on loopback take a millisecond, a blob upload over a WAN minutes.
@@ -47,11 +47,15 @@ pub struct Metrics {
     /// Deliveries of notifications, by endpoint host and result.
     pub notifications: IntCounterVec,
     webhooks: IntCounterVec,
+    frozen: IntGaugeVec,
+    waiting_until: GaugeVec,
     /// The label values of the info series set now, per (pipeline, stage), so a change removes
     /// the old series.
     info: Mutex<HashMap<InfoKey, Vec<String>>>,
     /// Pipelines with a last-success series.
     pipelines: Mutex<BTreeSet<String>>,
+    /// Promoted stages (pipeline, stage) with freeze and waiting series.
+    held: Mutex<BTreeSet<(String, String)>>,
 }
 
 /// An info series' family, pipeline and stage.
@@ -102,6 +106,14 @@ impl Metrics {
             &["pipeline"],
         )?;
         registry.register(Box::new(last_success.clone()))?;
+        let waiting_until = GaugeVec::new(
+            Opts::new(
+                "retagd_stage_waiting_until_timestamp_seconds",
+                "Unix time when a promotion held back goes ahead by itself: its source soak (min_age) ends or the stage's promotion window opens (why).",
+            ),
+            &["pipeline", "stage", "why"],
+        )?;
+        registry.register(Box::new(waiting_until.clone()))?;
         let metrics = Metrics {
             stage_version: gauge_vec(
                 "retagd_stage_version_info",
@@ -161,8 +173,15 @@ impl Metrics {
                 "Registry webhooks received, by source and result: accepted, unauthorized, invalid.",
                 &["source", "result"],
             )?,
+            frozen: gauge_vec(
+                "retagd_stage_frozen",
+                "1 while a freeze (configured or set through the API) holds promotions into the stage, else 0.",
+                &["pipeline", "stage"],
+            )?,
+            waiting_until,
             info: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(BTreeSet::new()),
+            held: Mutex::new(BTreeSet::new()),
             registry: registry.clone(),
         };
         let build = gauge_vec(
@@ -254,6 +273,19 @@ impl Metrics {
             }
             kept
         });
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.retain(|(pipeline, stage)| {
+            if stages.contains(&(pipeline.clone(), stage.clone())) {
+                return true;
+            }
+            let _ = self.frozen.remove_label_values(&[pipeline, stage]);
+            for why in [Wait::Soak, Wait::Window].map(Wait::as_str) {
+                let _ = self
+                    .waiting_until
+                    .remove_label_values(&[pipeline, stage, why]);
+            }
+            false
+        });
         let mut info = self.info.lock().unwrap_or_else(|e| e.into_inner());
         info.retain(|(family, pipeline, stage), labels| {
             if stages.contains(&(pipeline.clone(), stage.clone())) {
@@ -289,12 +321,48 @@ impl Metrics {
                     _ => None,
                 };
                 self.pending(name, &st.stage, pending);
+                self.holds(name, st);
             }
         }
         for a in &outcome.applied {
             match &a.result {
                 Ok(_) => self.promotion(name, &a.stage, "success", ""),
                 Err(e) => self.promotion(name, &a.stage, "failure", e.reason()),
+            }
+        }
+    }
+
+    /// Sets a promoted stage's freeze flag and when its held promotion goes ahead.
+    fn holds(&self, pipeline: &str, st: &StagePlan) {
+        if matches!(st.action, Action::Source) {
+            return;
+        }
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((pipeline.to_string(), st.stage.clone()));
+        self.frozen
+            .with_label_values(&[pipeline, &st.stage])
+            .set(i64::from(st.frozen.is_some()));
+        let waiting = match &st.action {
+            Action::Waiting { until, why, .. } => Some((*until, why.as_str())),
+            _ => None,
+        };
+        for why in [Wait::Soak, Wait::Window].map(Wait::as_str) {
+            match waiting {
+                Some((until, w)) if w == why => {
+                    let secs = until
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64());
+                    self.waiting_until
+                        .with_label_values(&[pipeline, &st.stage, why])
+                        .set(secs);
+                }
+                _ => {
+                    let _ = self
+                        .waiting_until
+                        .remove_label_values(&[pipeline, &st.stage, why]);
+                }
             }
         }
     }

@@ -101,9 +101,10 @@ impl StageStatus {
         }
         // A failure stays current while the stage still means to promote that candidate.
         let wanted = match &st.action {
-            Action::Promote(p) | Action::Pending(p) | Action::Waiting { promotion: p, .. } => {
-                Some(candidate(p))
-            }
+            Action::Promote(p)
+            | Action::Pending(p)
+            | Action::Waiting { promotion: p, .. }
+            | Action::Frozen { promotion: p, .. } => Some(candidate(p)),
             _ => None,
         };
         now.failure = was.failure.take().filter(|k| Some(k) == wanted.as_ref());
@@ -266,6 +267,8 @@ impl Status {
                 approved_by: None,
                 reason: None,
                 forced: false,
+                freeze_id: None,
+                until: None,
                 time: at,
             };
             events.extend(stage.record(st, applied, was, at, event));
@@ -339,6 +342,7 @@ mod tests {
                 digest: Digest::of(b"x"),
             }),
             no_current: None,
+            frozen: None,
             action,
         };
         let applied = match (&action, failed) {

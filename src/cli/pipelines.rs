@@ -11,10 +11,11 @@ use futures_util::future::{join_all, BoxFuture};
 use serde_json::{json, Value};
 
 use super::{io_failure, Failure};
+use crate::calendar::Freeze;
 use crate::config::{self, Config};
 use crate::daemon::{self, Signal};
 use crate::engine::describe::{action_text, plan_json, short};
-use crate::engine::{self, Action, Approved, Asked, Engine, Intent, PipelinePlan};
+use crate::engine::{self, Action, Approved, Asked, Engine, FreezeError, Intent, PipelinePlan};
 use crate::metrics::Metrics;
 use crate::reference::Digest;
 use crate::registry::NoObserver;
@@ -156,9 +157,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 }
 
 fn engine(config: &Config) -> Result<Engine, Failure> {
-    let (registries, state) =
-        daemon::build(config, Arc::new(NoObserver)).map_err(Failure::Usage)?;
-    Ok(Engine::new(registries, state))
+    daemon::build(config, Arc::new(NoObserver)).map_err(Failure::Usage)
 }
 
 /// `retagd plan`: one reconcile without writing anything (not even the state file).
@@ -307,7 +306,7 @@ pub fn promote(
         Approved::NotPromoted(action) => Err(Failure::Work(anyhow::anyhow!(
             "nothing promoted into {stage}: {}{}",
             action_text(&action, SystemTime::now()),
-            if matches!(action, Action::Waiting { .. }) {
+            if matches!(action, Action::Waiting { .. } | Action::Frozen { .. }) {
                 " (--force promotes now)"
             } else {
                 ""
@@ -367,6 +366,18 @@ impl server::Handle for daemon::Shared {
 
     fn pushed(&self, host: Option<&str>, repository: &str) -> Vec<String> {
         daemon::Shared::pushed(self, host, repository)
+    }
+
+    fn freezes(&self) -> Vec<Freeze> {
+        daemon::Shared::freezes(self)
+    }
+
+    fn freeze(&self, freeze: Freeze) -> Result<(), FreezeError> {
+        daemon::Shared::freeze(self, freeze)
+    }
+
+    fn unfreeze(&self, id: Option<&str>, by: &str) -> Result<Vec<Freeze>, FreezeError> {
+        daemon::Shared::unfreeze(self, id, by)
     }
 }
 

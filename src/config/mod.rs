@@ -61,6 +61,8 @@ pub struct Config {
     pub webhooks: Webhooks,
     /// `[[notifications]]` in file order.
     pub notifications: Vec<Notification>,
+    /// `[[freezes]]` in file order, with ids `config-1`, `config-2`, ...
+    pub freezes: Vec<crate::calendar::Freeze>,
 }
 
 /// `[webhooks]`.
@@ -81,15 +83,21 @@ pub enum EventKind {
     Conflict,
     /// A manual stage has a new candidate waiting for approval.
     Pending,
+    /// Someone set a freeze through the API.
+    Freeze,
+    /// Someone lifted a freeze.
+    Unfreeze,
 }
 
 impl EventKind {
     /// Every kind, in the order the docs list them.
-    pub const ALL: [EventKind; 4] = [
+    pub const ALL: [EventKind; 6] = [
         EventKind::Success,
         EventKind::Failure,
         EventKind::Conflict,
         EventKind::Pending,
+        EventKind::Freeze,
+        EventKind::Unfreeze,
     ];
 
     /// The name used in the config, payloads and metrics.
@@ -99,6 +107,8 @@ impl EventKind {
             EventKind::Failure => "failure",
             EventKind::Conflict => "conflict",
             EventKind::Pending => "pending",
+            EventKind::Freeze => "freeze",
+            EventKind::Unfreeze => "unfreeze",
         }
     }
 }
@@ -290,6 +300,8 @@ pub struct Promotion {
     pub min_age: Option<Duration>,
     /// Whether an existing target tag with another digest may be moved.
     pub overwrite: bool,
+    /// When promotions into the stage may happen; always when empty.
+    pub windows: Vec<crate::calendar::Window>,
 }
 
 /// One problem, at a key path.

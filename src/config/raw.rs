@@ -28,6 +28,27 @@ pub struct File {
     /// Where promotion events are posted.
     #[serde(default)]
     pub notifications: Vec<Notification>,
+    /// Planned periods without promotions (a release calendar).
+    #[serde(default)]
+    pub freezes: Vec<Freeze>,
+}
+
+/// `[[freezes]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Freeze {
+    /// Why; shown in plans, the status and the API.
+    pub reason: String,
+    /// Start, RFC 3339.
+    pub from: String,
+    /// End, RFC 3339.
+    pub until: String,
+    /// Pipelines covered; all when unset.
+    #[serde(default)]
+    pub pipelines: Vec<String>,
+    /// Stages covered; all when unset.
+    #[serde(default)]
+    pub stages: Vec<String>,
 }
 
 /// `[webhooks]`.
@@ -179,7 +200,7 @@ pub struct Ordered {
     pub order: Option<String>,
 }
 
-/// `promote = { from, tag, approval, min_age, overwrite }`.
+/// `promote = { from, tag, approval, min_age, overwrite, windows }`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Promote {
@@ -193,4 +214,18 @@ pub struct Promote {
     pub min_age: Option<String>,
     /// Whether an existing target tag with another digest may be moved.
     pub overwrite: Option<bool>,
+    /// When promotions into the stage may happen; any time when unset.
+    pub windows: Option<Vec<Window>>,
+}
+
+/// One of `promote.windows`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    /// `mon-fri`, `sat,sun`; every day when unset.
+    pub days: Option<String>,
+    /// `09:00-16:00`; the whole day when unset.
+    pub hours: Option<String>,
+    /// IANA time zone; UTC when unset.
+    pub time_zone: Option<String>,
 }

@@ -17,6 +17,7 @@ use super::{
     API_TOKEN_APPROVER, DEFAULT_INTERVAL, DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENCY,
     DEFAULT_PAGE_SIZE,
 };
+use crate::calendar;
 use crate::policy::{self, Filter, Order, Policy, Selector};
 use crate::reference;
 use crate::template::{Template, Values, Var};
@@ -136,6 +137,8 @@ pub(super) fn validate(file: raw::File) -> Checked {
         }
     }
 
+    let freezes = freezes(&mut p, &file);
+
     let config = match (interval, server) {
         (Some(interval), Some(server)) if p.errors.is_empty() => Some(Config {
             defaults: Defaults { interval },
@@ -144,6 +147,7 @@ pub(super) fn validate(file: raw::File) -> Checked {
             pipelines,
             webhooks,
             notifications,
+            freezes,
         }),
         _ => None,
     };
@@ -152,6 +156,83 @@ pub(super) fn validate(file: raw::File) -> Checked {
         errors: p.errors,
         warnings: p.warnings,
     }
+}
+
+/// `[[freezes]]`: each names known pipelines and stages, and ends after it starts.
+fn freezes(p: &mut Problems, file: &raw::File) -> Vec<calendar::Freeze> {
+    let now = std::time::SystemTime::now();
+    let mut out = Vec::new();
+    for (i, raw) in file.freezes.iter().enumerate() {
+        let path = format!("freezes[{i}]");
+        if raw.reason.trim().is_empty() {
+            p.error(
+                format!("{path}.reason"),
+                "is empty; say why promotions stop",
+            );
+        }
+        let from = p.check(&format!("{path}.from"), calendar::parse_time(&raw.from));
+        let until = p.check(&format!("{path}.until"), calendar::parse_time(&raw.until));
+        let pipelines: Vec<&raw::Pipeline> = file
+            .pipelines
+            .iter()
+            .filter(|pl| raw.pipelines.is_empty() || raw.pipelines.contains(&pl.name))
+            .collect();
+        for (j, name) in raw.pipelines.iter().enumerate() {
+            if !file.pipelines.iter().any(|pl| pl.name == *name) {
+                let known: Vec<&str> = file.pipelines.iter().map(|pl| pl.name.as_str()).collect();
+                p.error(
+                    format!("{path}.pipelines[{j}]"),
+                    format!(
+                        "unknown pipeline {name:?} (pipelines: {})",
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+        for (j, name) in raw.stages.iter().enumerate() {
+            if !pipelines
+                .iter()
+                .any(|pl| pl.stages.iter().any(|s| s.name == *name))
+            {
+                let mut known: Vec<&str> = pipelines
+                    .iter()
+                    .flat_map(|pl| pl.stages.iter().map(|s| s.name.as_str()))
+                    .collect();
+                known.sort_unstable();
+                known.dedup();
+                p.error(
+                    format!("{path}.stages[{j}]"),
+                    format!(
+                        "no stage {name:?} in the pipelines it covers (stages: {})",
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+        let (Some(from), Some(until)) = (from, until) else {
+            continue;
+        };
+        if until <= from {
+            p.error(format!("{path}.until"), "is not after from");
+            continue;
+        }
+        if until <= now {
+            p.warn(
+                format!("{path}.until"),
+                "is in the past; the freeze is over",
+            );
+        }
+        out.push(calendar::Freeze {
+            id: format!("config-{}", i + 1),
+            reason: raw.reason.clone(),
+            by: "config".into(),
+            pipelines: raw.pipelines.clone(),
+            stages: raw.stages.clone(),
+            from,
+            until: Some(until),
+        });
+    }
+    out
 }
 
 fn duration(p: &mut Problems, path: &str, text: &str, positive: bool) -> Option<Duration> {
@@ -717,6 +798,28 @@ fn promotion(
         Some(text) => Some(duration(p, &format!("{ppath}.min_age"), text, false)?),
         None => None,
     };
+    let windows: Vec<Option<calendar::Window>> = raw
+        .windows
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, w)| {
+            p.check(
+                &format!("{ppath}.windows[{i}]"),
+                calendar::Window::parse(
+                    w.days.as_deref(),
+                    w.hours.as_deref(),
+                    w.time_zone.as_deref(),
+                ),
+            )
+        })
+        .collect();
+    if raw.windows.as_ref().is_some_and(Vec::is_empty) {
+        p.error(
+            format!("{ppath}.windows"),
+            "is empty, which would never promote; remove the key to promote at any time",
+        );
+    }
 
     // The source stage must provide what the template uses. An earlier stage that failed to
     // compile is reported on its own; nothing more to say about it here.
@@ -759,6 +862,7 @@ fn promotion(
         approval: approval?,
         min_age,
         overwrite: raw.overwrite.unwrap_or(false),
+        windows: windows.into_iter().collect::<Option<_>>()?,
     })
 }
 

@@ -26,12 +26,14 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 
+use crate::calendar::{self, Freeze};
 use crate::config::{self, Config, EventKind, Pipeline};
 use crate::engine::{
-    self, ApproveError, Approved, Asked, Backend, Engine, Intent, Next, Outcome, State,
+    self, ApproveError, Approved, Asked, Backend, Engine, FreezeError, Freezes, Intent, Next,
+    Outcome, State,
 };
 use crate::metrics::Metrics;
-use crate::notify::Notifier;
+use crate::notify::{Event, Notifier};
 use crate::registry::{Observer, Registries};
 use crate::status::Status;
 
@@ -65,20 +67,21 @@ const SOAK_SLACK: Duration = Duration::from_secs(1);
 /// Longest wait after failures, however long the interval.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-/// Builds the clients and state for `config`; the clients report their requests to `observer`.
-pub fn build(
-    config: &Config,
-    observer: Arc<dyn Observer>,
-) -> anyhow::Result<(Arc<Registries>, State)> {
-    Ok((connect(config, observer)?, load_state(config)?))
+/// Builds the engine for `config` (clients, state and freezes); the clients report their
+/// requests to `observer`.
+pub fn build(config: &Config, observer: Arc<dyn Observer>) -> anyhow::Result<Engine> {
+    engine(config, connect(config, observer)?)
 }
 
-/// The first-seen state: `state_dir`'s file, or memory only.
-fn load_state(config: &Config) -> anyhow::Result<State> {
-    Ok(match &config.server.state_dir {
-        Some(dir) => State::load(dir)?,
-        None => State::in_memory(),
-    })
+/// An engine over `backend` with `config`'s state: the first-seen times and freezes of
+/// `state_dir` (or memory only), and the configuration's calendar of freezes.
+fn engine(config: &Config, backend: Arc<dyn Backend>) -> anyhow::Result<Engine> {
+    let (state, mut freezes) = match &config.server.state_dir {
+        Some(dir) => (State::load(dir)?, Freezes::load(dir)?),
+        None => (State::in_memory(), Freezes::in_memory()),
+    };
+    freezes.set_calendar(config.freezes.clone());
+    Ok(Engine::new(backend, state).with_freezes(freezes))
 }
 
 /// The registry clients of `config` (at start and at each reload).
@@ -205,6 +208,7 @@ impl Shared {
             .flat_map(|p| p.stages.iter().map(|s| (p.name.clone(), s.name.clone())))
             .collect();
         self.metrics.retain_stages(&stages);
+        self.engine.freezes().set_calendar(config.freezes.clone());
         let notifier = Notifier::start(&config.notifications, self.metrics.notifications.clone());
         // The old notifier's queue drains in the background once its last user drops it.
         *self.notifier.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(notifier);
@@ -325,6 +329,56 @@ impl Shared {
         Ok(approved)
     }
 
+    /// Every freeze not over yet: the configuration's, then those set through the API.
+    pub fn freezes(&self) -> Vec<Freeze> {
+        self.engine.freezes().current(SystemTime::now())
+    }
+
+    /// Sets a freeze (validated by the caller): written to `state_dir` first, then logged and
+    /// notified, and the pipelines it covers look again at once so their status shows it.
+    pub fn freeze(&self, freeze: Freeze) -> Result<(), FreezeError> {
+        self.engine
+            .freezes()
+            .add(freeze.clone(), SystemTime::now())?;
+        tracing::warn!(
+            id = %freeze.id,
+            by = %freeze.by,
+            reason = %freeze.reason,
+            pipelines = %list_or_all(&freeze.pipelines),
+            stages = %list_or_all(&freeze.stages),
+            until = freeze.until.map(calendar::format_time).unwrap_or_default(),
+            "frozen"
+        );
+        self.freeze_changed(EventKind::Freeze, &freeze, &freeze.by);
+        Ok(())
+    }
+
+    /// Lifts the freeze `id`, or every freeze set through the API; returns what was lifted.
+    /// The covered pipelines look again at once, so what the freeze held is promoted now.
+    pub fn unfreeze(&self, id: Option<&str>, by: &str) -> Result<Vec<Freeze>, FreezeError> {
+        let lifted = self.engine.freezes().lift(id, SystemTime::now())?;
+        for freeze in &lifted {
+            tracing::warn!(id = %freeze.id, by = %by, reason = %freeze.reason, "unfrozen");
+            self.freeze_changed(EventKind::Unfreeze, freeze, by);
+        }
+        Ok(lifted)
+    }
+
+    fn freeze_changed(&self, kind: EventKind, freeze: &Freeze, by: &str) {
+        let notifier = self
+            .notifier
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        notifier.send(Event::freeze(kind, freeze, by));
+        let routes = self.routes();
+        for p in &routes.config.pipelines {
+            if freeze.pipelines.is_empty() || freeze.pipelines.contains(&p.name) {
+                wake(&routes, &p.name);
+            }
+        }
+    }
+
     /// A registry reported a push of `repository` (on `host`, when it said): wakes every
     /// pipeline with a stage there and returns their names. When `host` names one of the
     /// configured registries only stages of that registry match; an unknown host (a registry
@@ -357,6 +411,15 @@ impl Shared {
             }
         }
         woken
+    }
+}
+
+/// `a, b`, or `all` for an empty list (a freeze's pipelines and stages).
+fn list_or_all(names: &[String]) -> String {
+    if names.is_empty() {
+        "all".to_string()
+    } else {
+        names.join(", ")
     }
 }
 
@@ -425,12 +488,12 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new().context("cannot set up the metrics")?);
     let backend = (wiring.connect)(&config, metrics.clone())?;
     check_secret_files(&config)?;
-    let state = load_state(&config)?;
+    let engine = engine(&config, backend)?.with_parallel(options.parallel);
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
     let address = listener.local_addr()?;
-    let engine = Arc::new(Engine::new(backend, state).with_parallel(options.parallel));
+    let engine = Arc::new(engine);
     let shared = Arc::new(Shared::new(config, engine.clone(), metrics.clone()));
     let (server_stop, server_stopped) = watch::channel(false);
     let server = tokio::spawn((wiring.serve)(listener, shared.clone(), server_stopped));

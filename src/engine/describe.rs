@@ -5,7 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
 
-use super::{plan, Action, PipelinePlan, Promotion, StagePlan};
+use super::{plan, Action, PipelinePlan, Promotion, StagePlan, Wait};
+use crate::calendar::{self, Freeze};
 use crate::reference::Digest;
 
 /// `sha256:` and the first 12 hex digits, as people quote digests.
@@ -28,10 +29,24 @@ pub fn action_text(action: &Action, now: SystemTime) -> String {
             "pending approval: {} -> {} (retagd promote --digest {})",
             p.from_tag, p.to_tag, p.digest
         ),
-        Action::Waiting { promotion, until } => format!(
-            "waiting for min_age until {} ({} left): {} -> {}",
-            humantime::format_rfc3339_seconds(*until),
+        Action::Waiting {
+            promotion,
+            until,
+            why,
+        } => format!(
+            "waiting for {} until {} ({} left): {} -> {}",
+            match why {
+                Wait::Soak => "min_age",
+                Wait::Window => "the promotion window",
+            },
+            calendar::format_time(*until),
             humantime::format_duration(Duration::from_secs(plan::remaining(*until, now).as_secs())),
+            promotion.from_tag,
+            promotion.to_tag
+        ),
+        Action::Frozen { promotion, freeze } => format!(
+            "frozen {}: {} -> {} held",
+            freeze_text(freeze),
             promotion.from_tag,
             promotion.to_tag
         ),
@@ -84,8 +99,34 @@ pub fn stage_json(st: &StagePlan) -> Value {
         "repository": st.repository,
         "current": st.current.as_ref().map(|c| json!({"tag": c.tag, "digest": c.digest.as_str()})),
         "no_current": st.no_current,
+        "frozen": st.frozen.as_ref().map(freeze_json),
         "action": action_json(&st.action),
     })
+}
+
+/// A freeze as the plan JSON and the freeze API show it.
+pub fn freeze_json(f: &Freeze) -> Value {
+    json!({
+        "id": f.id,
+        "reason": f.reason,
+        "by": f.by,
+        "pipelines": f.pipelines,
+        "stages": f.stages,
+        "from": calendar::format_time(f.from),
+        "until": f.until.map(calendar::format_time),
+    })
+}
+
+/// `(by alice until 2026-12-05T09:00:00Z: incident 42)`: who, until when, why.
+pub fn freeze_text(f: &Freeze) -> String {
+    format!(
+        "(by {}{}: {})",
+        f.by,
+        f.until
+            .map(|u| format!(" until {}", calendar::format_time(u)))
+            .unwrap_or_else(|| " until lifted".to_string()),
+        f.reason
+    )
 }
 
 /// The `action` object of [`stage_json`].
@@ -95,10 +136,20 @@ pub fn action_json(action: &Action) -> Value {
         Action::UpToDate { tag } => json!({"kind": "up_to_date", "tag": tag}),
         Action::Promote(p) => json!({"kind": "promote", "promotion": promotion_json(p)}),
         Action::Pending(p) => json!({"kind": "pending", "promotion": promotion_json(p)}),
-        Action::Waiting { promotion, until } => json!({
+        Action::Waiting {
+            promotion,
+            until,
+            why,
+        } => json!({
             "kind": "waiting",
             "promotion": promotion_json(promotion),
-            "until": humantime::format_rfc3339_seconds(*until).to_string(),
+            "until": calendar::format_time(*until),
+            "why": why.as_str(),
+        }),
+        Action::Frozen { promotion, freeze } => json!({
+            "kind": "frozen",
+            "promotion": promotion_json(promotion),
+            "freeze": freeze_json(freeze),
         }),
         Action::Conflict {
             promotion,

@@ -21,6 +21,7 @@
 pub mod approval;
 pub mod backend;
 pub mod describe;
+pub mod freeze;
 #[cfg(test)]
 pub(crate) mod memory;
 pub mod outcome;
@@ -40,8 +41,9 @@ use crate::reference::Digest;
 use crate::registry;
 pub use approval::{approval_target, ApproveError, Approved, Asked, TargetError};
 pub use backend::Backend;
+pub use freeze::{FreezeError, Freezes};
 pub use outcome::{Applied, Next, Outcome, PromotionError};
-pub use plan::{Action, Intent, Observed, PipelinePlan, Planned, Promotion, StagePlan};
+pub use plan::{Action, Intent, Observed, PipelinePlan, Planned, Promotion, StagePlan, Wait};
 pub use state::State;
 
 /// Planning rounds beyond the number of stages before giving up: a stage can need a round of
@@ -110,6 +112,8 @@ impl Error {
 pub struct Engine {
     backend: std::sync::RwLock<Arc<dyn Backend>>,
     state: Mutex<State>,
+    /// Freezes from the configuration and the API, consulted by every plan.
+    freezes: Mutex<Freezes>,
     /// Digests of tags that are not a stage's current tag, from earlier reconciles. Deciding a
     /// promotion needs the digest of every tag of the target stage; re-reading them on every
     /// pass while a promotion waits for approval would cost one HEAD per tag per interval.
@@ -137,6 +141,7 @@ impl Engine {
         Engine {
             backend: std::sync::RwLock::new(backend),
             state: Mutex::new(state),
+            freezes: Mutex::new(Freezes::in_memory()),
             known: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
@@ -155,6 +160,19 @@ impl Engine {
     pub fn with_parallel(mut self, parallel: usize) -> Engine {
         self.parallel = parallel.max(1);
         self
+    }
+
+    /// Plans with these freezes (loaded from `state_dir`, with the configuration's calendar).
+    #[must_use]
+    pub fn with_freezes(self, freezes: Freezes) -> Engine {
+        *self.freezes() = freezes;
+        self
+    }
+
+    /// The freezes every plan consults; the API sets and lifts them here.
+    pub fn freezes(&self) -> std::sync::MutexGuard<'_, Freezes> {
+        // Plain data, changed only after its file is written.
+        self.freezes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Swaps in new clients (after a configuration reload); reconciles in flight finish with
@@ -224,6 +242,7 @@ impl Engine {
     ) -> Result<PipelinePlan, Error> {
         let mut observed = self.list(pipeline).await?;
         let now = SystemTime::now();
+        let freezes = self.freezes().current(now);
         let rounds = pipeline.stages.len() + EXTRA_ROUNDS;
         for round in 0..rounds {
             let planned = {
@@ -231,7 +250,7 @@ impl Engine {
                 let first_seen = |stage: usize, digest: &Digest| {
                     state.first_seen(&pipeline.name, &pipeline.stages[stage].name, digest)
                 };
-                plan::plan(pipeline, &observed, &first_seen, now, intent)
+                plan::plan(pipeline, &observed, &first_seen, now, intent, &freezes)
             };
             match planned {
                 Planned::Complete(p) => {

@@ -158,13 +158,15 @@ impl Outcome {
         }
     }
 
-    /// When the first stage waiting for `min_age` ends its soak, if one waits.
+    /// The first time a held promotion may go ahead by itself: a soak ends, a window opens or
+    /// a freeze runs out. The daemon looks again then rather than an interval later.
     pub fn waiting_until(&self) -> Option<SystemTime> {
         let stages = self.plan.as_ref().map(|p| &p.stages[..]).unwrap_or(&[]);
         stages
             .iter()
             .filter_map(|s| match &s.action {
                 Action::Waiting { until, .. } => Some(*until),
+                Action::Frozen { freeze, .. } => freeze.until,
                 _ => None,
             })
             .min()
@@ -251,6 +253,7 @@ impl Outcome {
             failed,
             pending = count(|a| matches!(a, Action::Pending(_))),
             waiting = count(|a| matches!(a, Action::Waiting { .. })),
+            frozen = count(|a| matches!(a, Action::Frozen { .. })),
             conflicts = count(|a| matches!(a, Action::Conflict { .. })),
             duration_ms,
             "reconciled"

@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
+use crate::calendar::{self, Freeze};
 use crate::config::{self, Approval, Pipeline, Stage};
 use crate::policy::Selected;
 use crate::reference::{self, Digest};
@@ -109,6 +110,8 @@ pub struct StagePlan {
     pub current: Option<Current>,
     /// Why there is no current tag, when there is none.
     pub no_current: Option<String>,
+    /// The freeze covering the stage now, whatever its action (a promoted stage only).
+    pub frozen: Option<Freeze>,
     /// What to do.
     pub action: Action,
 }
@@ -146,12 +149,22 @@ pub enum Action {
     Promote(Promotion),
     /// Waits for a human (`approval = "manual"`).
     Pending(Promotion),
-    /// `min_age` not reached yet.
+    /// Not yet: the candidate has not soaked for `min_age`, or the stage's promotion window is
+    /// closed.
     Waiting {
         /// The promotion that will happen.
         promotion: Promotion,
-        /// When the candidate will be old enough.
+        /// When it can happen.
         until: SystemTime,
+        /// What it waits for.
+        why: Wait,
+    },
+    /// A freeze holds promotions into the stage.
+    Frozen {
+        /// The promotion held.
+        promotion: Promotion,
+        /// The freeze (the one that ends last, when several cover the stage).
+        freeze: Freeze,
     },
     /// An approval named a digest that is not the candidate's: the source stage moved since the
     /// approver looked, and nothing is promoted.
@@ -179,6 +192,25 @@ pub enum Action {
         /// Why.
         reason: String,
     },
+}
+
+/// What a [`Action::Waiting`] stage waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// The candidate's `min_age` in the source stage.
+    Soak,
+    /// The next opening of the stage's `promote.windows`.
+    Window,
+}
+
+impl Wait {
+    /// `min_age` or `window`, as plans, the API and metrics name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Wait::Soak => "min_age",
+            Wait::Window => "window",
+        }
+    }
 }
 
 /// A stage's current selection with what templates need.
@@ -268,6 +300,18 @@ struct Context<'a> {
     first_seen: &'a dyn Fn(usize, &Digest) -> Option<SystemTime>,
     now: SystemTime,
     intent: &'a Intent,
+    /// Freezes in force (the planner picks those covering each stage now).
+    freezes: &'a [Freeze],
+}
+
+impl Context<'_> {
+    /// The freeze covering `stage` now that ends last (an open-ended one last of all).
+    fn freeze(&self, stage: &str) -> Option<&Freeze> {
+        self.freezes
+            .iter()
+            .filter(|f| f.covers(&self.pipeline.name, stage, self.now))
+            .max_by_key(|f| f.until.map_or((1, SystemTime::UNIX_EPOCH), |u| (0, u)))
+    }
 }
 
 /// A promoted stage, as its decision sees it.
@@ -280,12 +324,15 @@ struct Step<'a> {
     current: Option<&'a Chosen>,
     /// A human approved this stage's promotion in this request.
     approved: bool,
+    /// The freeze holding the stage, if one does.
+    frozen: Option<&'a Freeze>,
 }
 
 impl Step<'_> {
-    /// When the target stage can take `promotion`: not before the candidate has been seen in
-    /// the source stage for `min_age` (manual stages too: an approval does not skip the soak,
-    /// only a forced one does); then at once when automatic or approved, else on approval.
+    /// When the target stage can take `promotion`. Not while a freeze holds the stage; not
+    /// before the candidate has been seen in the source stage for `min_age` (manual stages too:
+    /// an approval does not skip the soak); not outside the stage's windows. A forced approval
+    /// passes all three. Then at once when automatic or approved, else on approval.
     fn gate(&self, cx: &Context<'_>, promotion: Promotion) -> Action {
         if let (true, Some(expected)) = (self.approved, &cx.intent.digest) {
             if *expected != promotion.digest {
@@ -296,14 +343,34 @@ impl Step<'_> {
             }
         }
         let forced = self.approved && cx.intent.force;
-        let until = self.rule.min_age.map(|min_age| {
+        if let (Some(freeze), false) = (self.frozen, forced) {
+            return Action::Frozen {
+                promotion,
+                freeze: freeze.clone(),
+            };
+        }
+        let soaked = self.rule.min_age.map_or(cx.now, |min_age| {
             (cx.first_seen)(self.rule.from, &promotion.digest).unwrap_or(cx.now) + min_age
         });
-        match (until, self.rule.approval) {
-            (Some(until), _) if cx.now < until && !forced => Action::Waiting { promotion, until },
+        let ready = soaked.max(cx.now);
+        // Windows are validated non-empty, so one opens within a week; `ready` if not.
+        let open = calendar::next_open(&self.rule.windows, ready).unwrap_or(ready);
+        if open > cx.now && !forced {
+            let why = if open > ready {
+                Wait::Window
+            } else {
+                Wait::Soak
+            };
+            return Action::Waiting {
+                promotion,
+                until: open,
+                why,
+            };
+        }
+        match self.rule.approval {
             _ if self.approved => Action::Promote(promotion),
-            (_, Approval::Manual) => Action::Pending(promotion),
-            (_, Approval::Auto) => Action::Promote(promotion),
+            Approval::Manual => Action::Pending(promotion),
+            Approval::Auto => Action::Promote(promotion),
         }
     }
 
@@ -399,6 +466,11 @@ impl Pass<'_> {
                 digest: c.digest,
             }),
             no_current,
+            frozen: stage
+                .promote
+                .as_ref()
+                .and_then(|_| cx.freeze(&stage.name))
+                .cloned(),
             action: action?,
         })
     }
@@ -449,6 +521,7 @@ impl Pass<'_> {
             key: repo_key(stage),
             current,
             approved: cx.intent.approve == Some(index),
+            frozen: cx.freeze(&stage.name),
         };
         let candidate = match self.candidate(cx, &step)? {
             Candidate::Chosen(c) => c,
@@ -582,19 +655,22 @@ pub fn repo_key_of(registry: &str, repository: &str) -> RepoKey {
 }
 
 /// Plans one pipeline; see the module docs. `first_seen` gives when a digest was first
-/// observed as a stage's current (by stage index); unknown means now.
+/// observed as a stage's current (by stage index); unknown means now. `freezes` are those in
+/// force, from the configuration and the API; the planner keeps those covering each stage now.
 pub fn plan(
     pipeline: &Pipeline,
     observed: &Observed,
     first_seen: &dyn Fn(usize, &Digest) -> Option<SystemTime>,
     now: SystemTime,
     intent: &Intent,
+    freezes: &[Freeze],
 ) -> Planned {
     let cx = Context {
         pipeline,
         first_seen,
         now,
         intent,
+        freezes,
     };
     let count = pipeline.stages.len();
     let mut pass = Pass {
@@ -712,7 +788,7 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
         intent: &Intent,
         first_seen: &dyn Fn(usize, &Digest) -> Option<SystemTime>,
     ) -> Vec<Action> {
-        match plan(p, o, first_seen, now(), intent) {
+        match plan(p, o, first_seen, now(), intent, &[]) {
             Planned::Complete(plan) => plan.stages.into_iter().map(|s| s.action).collect(),
             Planned::Needs(n) => panic!("needs {n:?}"),
         }
@@ -854,7 +930,7 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
         );
         // Knowing no digest, the first round asks for exactly the three current tags.
         o.digests.clear();
-        match plan(&p, &o, &|_, _| None, now(), &Intent::default()) {
+        match plan(&p, &o, &|_, _| None, now(), &Intent::default(), &[]) {
             Planned::Needs(n) => {
                 let tags: Vec<&str> = n.iter().map(|(_, t)| t.as_str()).collect();
                 assert_eq!(tags, ["v1.2.0", "v1.2.0-dev.1", "v1.2.0-rc.1"]);
@@ -894,7 +970,9 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
         let o = observed(&[("v1.2.0-dev.1", 1)]);
         let hour_ago = |_: usize, _: &Digest| Some(now() - Duration::from_secs(3600));
         match &run_at(&p, &o, &Intent::default(), &hour_ago)[1] {
-            Action::Waiting { until, promotion } => {
+            Action::Waiting {
+                until, promotion, ..
+            } => {
                 assert_eq!(*until, now() + Duration::from_secs(3600));
                 assert_eq!(promotion.to_tag, "v1.2.0-rc.1");
             }
@@ -907,6 +985,124 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
         }
         let long_ago = |_: usize, _: &Digest| Some(now() - Duration::from_secs(3 * 3600));
         assert!(promote_to(&run_at(&p, &o, &Intent::default(), &long_ago)[1]).is_some());
+    }
+
+    fn freeze(pipelines: &[&str], stages: &[&str], until: Option<SystemTime>) -> Freeze {
+        Freeze {
+            id: "f-1".into(),
+            reason: "incident 42".into(),
+            by: "alice".into(),
+            pipelines: pipelines.iter().map(|s| s.to_string()).collect(),
+            stages: stages.iter().map(|s| s.to_string()).collect(),
+            from: now() - Duration::from_secs(60),
+            until,
+        }
+    }
+
+    fn plan_with(p: &Pipeline, o: &Observed, intent: &Intent, freezes: &[Freeze]) -> PipelinePlan {
+        match plan(p, o, &|_, _| None, now(), intent, freezes) {
+            Planned::Complete(plan) => plan,
+            Planned::Needs(n) => panic!("needs {n:?}"),
+        }
+    }
+
+    #[test]
+    fn a_freeze_holds_promotions_into_the_stages_it_covers_until_forced() {
+        let p = pipeline(AUTO, MANUAL);
+        let o = observed(&[("v1.2.0-dev.1", 1), ("v1.1.0", 7)]);
+        let until = now() + Duration::from_secs(600);
+        let staging = [freeze(&["app"], &["staging"], Some(until))];
+        let plan = plan_with(&p, &o, &Intent::default(), &staging);
+        match &plan.stages[1].action {
+            Action::Frozen { promotion, freeze } => {
+                assert_eq!(promotion.to_tag, "v1.2.0-rc.1");
+                assert_eq!((freeze.by.as_str(), freeze.until), ("alice", Some(until)));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(plan.stages[1].frozen.is_some());
+        assert!(plan.stages[2].frozen.is_none(), "production is not covered");
+        assert!(plan.stages[0].frozen.is_none(), "the source stage is never frozen");
+        // Another pipeline's freeze, or one that ended or has not begun, holds nothing.
+        for other in [
+            freeze(&["web"], &[], None),
+            freeze(&[], &[], Some(now())),
+            Freeze {
+                from: now() + Duration::from_secs(1),
+                ..freeze(&[], &[], None)
+            },
+        ] {
+            let plan = plan_with(&p, &o, &Intent::default(), &[other]);
+            assert!(promote_to(&plan.stages[1].action).is_some(), "{plan:?}");
+        }
+        // The one that ends last is shown; a forced approval passes.
+        let both = [
+            freeze(&[], &[], Some(until)),
+            freeze(&["app"], &["staging"], None),
+        ];
+        let plan = plan_with(&p, &o, &Intent::default(), &both);
+        assert_eq!(plan.stages[1].frozen.as_ref().and_then(|f| f.until), None);
+        let forced = Intent {
+            approve: Some(1),
+            force: true,
+            ..Intent::default()
+        };
+        let plan = plan_with(&p, &o, &forced, &both);
+        assert!(promote_to(&plan.stages[1].action).is_some());
+        let approved = Intent {
+            approve: Some(1),
+            ..Intent::default()
+        };
+        let plan = plan_with(&p, &o, &approved, &both);
+        assert!(matches!(plan.stages[1].action, Action::Frozen { .. }));
+    }
+
+    #[test]
+    fn outside_its_window_a_stage_waits_for_the_next_opening() {
+        // now() is Friday 2027-01-15 08:00 UTC.
+        let closed = r#"approval = "auto", windows = [{ days = "mon-fri", hours = "09:00-16:00", time_zone = "UTC" }]"#;
+        let p = pipeline(closed, MANUAL);
+        let o = observed(&[("v1.2.0-dev.1", 1)]);
+        match &run(&p, &o, &Intent::default())[1] {
+            Action::Waiting { until, why, .. } => {
+                assert_eq!(*until, now() + Duration::from_secs(3600));
+                assert_eq!(*why, Wait::Window);
+            }
+            other => panic!("{other:?}"),
+        }
+        let open = r#"approval = "auto", windows = [{ days = "fri", hours = "07:00-09:00" }, { days = "sat" }]"#;
+        assert!(promote_to(&run(&pipeline(open, MANUAL), &o, &Intent::default())[1]).is_some());
+        // A soak that ends after hours waits for the next opening after it, as a window wait.
+        let soak = r#"approval = "auto", min_age = "9h", windows = [{ days = "mon-fri", hours = "09:00-16:00" }]"#;
+        match &run(&pipeline(soak, MANUAL), &o, &Intent::default())[1] {
+            Action::Waiting { until, why, .. } => {
+                // Friday 17:00 is after hours: Monday 09:00.
+                assert_eq!(*until, now() + Duration::from_secs((24 * 3 + 1) * 3600));
+                assert_eq!(*why, Wait::Window);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A soak that ends inside the window is a soak wait.
+        let short = r#"approval = "auto", min_age = "2h", windows = [{ days = "fri", hours = "09:00-16:00" }]"#;
+        match &run(&pipeline(short, MANUAL), &o, &Intent::default())[1] {
+            Action::Waiting { why, until, .. } => {
+                assert_eq!((*why, *until), (Wait::Soak, now() + Duration::from_secs(7200)));
+            }
+            other => panic!("{other:?}"),
+        }
+        // An approval outside the window is refused unless forced.
+        let manual = r#"approval = "manual", windows = [{ days = "sat-sun" }]"#;
+        let p = pipeline(manual, MANUAL);
+        let approve = Intent {
+            approve: Some(1),
+            ..Intent::default()
+        };
+        assert!(matches!(run(&p, &o, &approve)[1], Action::Waiting { why: Wait::Window, .. }));
+        let forced = Intent {
+            force: true,
+            ..approve
+        };
+        assert!(promote_to(&run(&p, &o, &forced)[1]).is_some());
     }
 
     #[test]
@@ -986,6 +1182,7 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
                 Action::Waiting {
                     until: u,
                     promotion,
+                    ..
                 } => {
                     assert_eq!((*u, promotion.to_tag.as_str()), (until, "v1.3.0"));
                 }

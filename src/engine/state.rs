@@ -158,20 +158,25 @@ impl State {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-        {
-            use std::io::Write as _;
-            let mut f = tmp.as_file();
-            f.write_all(&text).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        tmp.persist(&path).map_err(|e| io(e.error))?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
+        write_atomically(&path, &text).map_err(io)?;
         self.dirty = false;
         Ok(())
     }
+}
+
+/// Writes `path` so that a crash leaves the old file or the new one: a temporary file beside it,
+/// fsynced, renamed over it, and the directory fsynced.
+pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::NamedTempFile::new_in(dir)?;
+    {
+        use std::io::Write as _;
+        let mut f = tmp.as_file();
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    tmp.persist(path).map_err(|e| e.error)?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all())
 }
 
 /// Reads and parses the state file; a missing one is empty.

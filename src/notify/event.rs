@@ -1,10 +1,11 @@
 //! The event model: what the notifier is told about one promotion, and its one-line summary.
 //! Who builds events is up to the caller (the daemon's status); the formats read them.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::{Serialize, Serializer};
 
+use crate::calendar::{format_time, Freeze};
 use crate::config::EventKind;
 use crate::reference::short_digest;
 
@@ -38,6 +39,10 @@ pub struct Event {
     pub reason: Option<String>,
     /// For an approved promotion: it skipped the stage's `min_age`.
     pub forced: bool,
+    /// For a freeze or unfreeze: the freeze's id.
+    pub freeze_id: Option<String>,
+    /// For a freeze: when it ends by itself (RFC 3339); `null` until lifted.
+    pub until: Option<String>,
     /// When it happened; serialized as RFC 3339 UTC.
     #[serde(serialize_with = "rfc3339")]
     pub time: SystemTime,
@@ -48,13 +53,41 @@ fn kind_str<S: Serializer>(kind: &EventKind, s: S) -> Result<S::Ok, S::Error> {
 }
 
 fn rfc3339<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    // humantime panics before 1970 and fails after 9999: a wrong clock must not lose the event.
-    let last = UNIX_EPOCH + Duration::from_secs(253_402_300_799);
-    let time = (*time).clamp(UNIX_EPOCH, last);
-    s.collect_str(&humantime::format_rfc3339_seconds(time))
+    s.collect_str(&format_time(*time))
 }
 
 impl Event {
+    /// A freeze set or lifted (`kind` is [`EventKind::Freeze`] or [`EventKind::Unfreeze`]) by
+    /// `by`. `pipeline` and `stage` list what it covers (`*` for all); `approved_by` is who
+    /// acted and `reason` the freeze's; the promotion fields are empty.
+    pub fn freeze(kind: EventKind, freeze: &Freeze, by: &str) -> Event {
+        let names = |n: &[String]| {
+            if n.is_empty() {
+                "*".to_string()
+            } else {
+                n.join(",")
+            }
+        };
+        Event {
+            kind,
+            pipeline: names(&freeze.pipelines),
+            stage: names(&freeze.stages),
+            registry: String::new(),
+            repository: String::new(),
+            from_tag: String::new(),
+            to_tag: String::new(),
+            digest: String::new(),
+            existing_digest: None,
+            error: None,
+            approved_by: Some(by.to_string()),
+            reason: Some(freeze.reason.clone()),
+            forced: false,
+            freeze_id: Some(freeze.id.clone()),
+            until: freeze.until.map(format_time),
+            time: SystemTime::now(),
+        }
+    }
+
     /// One line for people, as in the JSON `summary` and the Slack text.
     pub fn summary(&self) -> String {
         let Event {
@@ -92,6 +125,19 @@ impl Event {
             EventKind::Pending => format!(
                 "{pipeline}/{stage}: {from_tag} -> {to_tag} ({digest}) is waiting for approval"
             ),
+            EventKind::Freeze => format!(
+                "promotions into {pipeline}/{stage} frozen by {}{}: {}",
+                self.approved_by.as_deref().unwrap_or("?"),
+                self.until
+                    .as_deref()
+                    .map_or_else(|| " until lifted".to_string(), |u| format!(" until {u}")),
+                self.reason.as_deref().unwrap_or_default()
+            ),
+            EventKind::Unfreeze => format!(
+                "promotions into {pipeline}/{stage} unfrozen by {} (freeze was: {})",
+                self.approved_by.as_deref().unwrap_or("?"),
+                self.reason.as_deref().unwrap_or_default()
+            ),
         }
     }
 }
@@ -113,7 +159,9 @@ pub(super) fn example(kind: EventKind) -> Event {
         approved_by: None,
         reason: None,
         forced: false,
-        time: UNIX_EPOCH + Duration::from_secs(1_777_887_000),
+        freeze_id: None,
+        until: None,
+        time: std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_777_887_000),
     }
 }
 
@@ -123,6 +171,7 @@ mod tests {
 
     use super::example as event;
     use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
     fn summaries_name_the_stage_the_tags_and_the_short_digest() {

@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::Event;
-use crate::config::NotifyFormat;
+use crate::config::{EventKind, NotifyFormat};
 use crate::reference::short_digest;
 
 /// The `version` of the JSON format this module writes.
@@ -43,6 +43,28 @@ fn slack_body(event: &Event) -> serde_json::Result<Vec<u8>> {
     let summary = mrkdwn(&event.summary(), SLACK_TEXT_MAX);
     let field =
         |name: &str, value: String| json!({"type": "mrkdwn", "text": format!("*{name}*\n{value}")});
+    if matches!(event.kind, EventKind::Freeze | EventKind::Unfreeze) {
+        let fields = vec![
+            field("Pipelines", mrkdwn(&event.pipeline, 500)),
+            field("Stages", mrkdwn(&event.stage, 500)),
+            field(
+                "By",
+                mrkdwn(event.approved_by.as_deref().unwrap_or_default(), 200),
+            ),
+            field(
+                "Until",
+                mrkdwn(event.until.as_deref().unwrap_or("lifted by hand"), 100),
+            ),
+            field(
+                "Reason",
+                mrkdwn(
+                    event.reason.as_deref().unwrap_or_default(),
+                    SLACK_FIELD_MAX - 20,
+                ),
+            ),
+        ];
+        return slack_message(&summary, fields);
+    }
     // Names and tags are short; only the error is cut to fit a field with its heading.
     let mut fields = vec![
         field("Pipeline", mrkdwn(&event.pipeline, 200)),
@@ -84,6 +106,11 @@ fn slack_body(event: &Event) -> serde_json::Result<Vec<u8>> {
     if let Some(reason) = &event.reason {
         fields.push(field("Reason", mrkdwn(reason, SLACK_FIELD_MAX - 20)));
     }
+    slack_message(&summary, fields)
+}
+
+/// Slack's message: the summary as its text and one section with `fields`.
+fn slack_message(summary: &str, fields: Vec<serde_json::Value>) -> serde_json::Result<Vec<u8>> {
     serde_json::to_vec(&json!({
         "text": summary,
         "blocks": [{
@@ -156,6 +183,8 @@ mod tests {
             "approved_by",
             "reason",
             "forced",
+            "freeze_id",
+            "until",
             "time",
             "summary",
         ];

@@ -17,8 +17,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{authorize, body_or_answer, error, Shared, API_BODY_LIMIT};
-use crate::engine::describe::{action_json, action_text, promotion_json, stage_json};
-use crate::engine::{Action, ApproveError, Approved, Asked, TargetError};
+use crate::calendar::{self, Freeze};
+use crate::engine::describe::{action_json, action_text, freeze_json, promotion_json, stage_json};
+use crate::engine::{Action, ApproveError, Approved, Asked, FreezeError, TargetError};
 use crate::reference;
 use crate::status::PipelineStatus;
 
@@ -27,7 +28,7 @@ const MAX_REASON: usize = 500;
 
 fn time(t: Option<SystemTime>) -> Value {
     t.map_or(Value::Null, |t| {
-        Value::String(humantime::format_rfc3339_seconds(t).to_string())
+        Value::String(crate::calendar::format_time(t))
     })
 }
 
@@ -99,6 +100,17 @@ pub(super) async fn one(
     }
 }
 
+/// Checks a person's free text (an approval's or a freeze's reason): it goes into logs,
+/// notifications and the status.
+fn check_reason(reason: &str) -> Result<(), String> {
+    if reason.chars().count() > MAX_REASON || reason.chars().any(char::is_control) {
+        return Err(format!(
+            "reason: at most {MAX_REASON} characters on one line, without control characters"
+        ));
+    }
+    Ok(())
+}
+
 /// The optional body of an approval.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -137,11 +149,7 @@ fn parse_body(body: &Bytes) -> Result<Asked, String> {
         None => None,
     };
     if let Some(reason) = &parsed.reason {
-        if reason.chars().count() > MAX_REASON || reason.chars().any(char::is_control) {
-            return Err(format!(
-                "reason: at most {MAX_REASON} characters on one line, without control characters"
-            ));
-        }
+        check_reason(reason)?;
     }
     Ok(Asked {
         tag: parsed.tag,
@@ -236,11 +244,25 @@ pub(super) async fn promote(
                         "error": error,
                     }),
                 ),
-                Action::Waiting { promotion, until } => (
+                Action::Waiting {
+                    promotion,
+                    until,
+                    why,
+                } => (
                     StatusCode::CONFLICT,
                     json!({
                         "result": "waiting",
                         "until": time(Some(until)),
+                        "why": why.as_str(),
+                        "promotion": promotion_json(&promotion),
+                        "error": error,
+                    }),
+                ),
+                Action::Frozen { promotion, freeze } => (
+                    StatusCode::CONFLICT,
+                    json!({
+                        "result": "frozen",
+                        "freeze": freeze_json(&freeze),
                         "promotion": promotion_json(&promotion),
                         "error": error,
                     }),
@@ -257,6 +279,177 @@ pub(super) async fn promote(
         }
     };
     (status, Json(answer)).into_response()
+}
+
+/// `GET /api/v1/freeze`: every freeze not over yet.
+pub(super) async fn freezes(State(shared): State<Arc<Shared>>) -> Response {
+    let freezes: Vec<Value> = shared.freezes().iter().map(freeze_json).collect();
+    Json(json!({ "freezes": freezes })).into_response()
+}
+
+/// The body of `POST /api/v1/freeze`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FreezeBody {
+    reason: String,
+    #[serde(default)]
+    pipelines: Vec<String>,
+    #[serde(default)]
+    stages: Vec<String>,
+    until: Option<String>,
+}
+
+/// What is wrong with a freeze request: a bad body (400) or a name the configuration does not
+/// have (404, with the known names).
+#[derive(Debug, PartialEq, Eq)]
+enum FreezeRefusal {
+    Bad(String),
+    Unknown(String),
+}
+
+/// The freeze a body asks for, checked against the configuration, at `now`, set by `by`.
+fn parse_freeze(
+    body: &Bytes,
+    config: &crate::config::Config,
+    by: &str,
+    now: SystemTime,
+) -> Result<Freeze, FreezeRefusal> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    let parsed: FreezeBody = serde_path_to_error::deserialize(de).map_err(|e| {
+        FreezeRefusal::Bad(format!("invalid body (expected {{\"reason\": \"...\", \"pipelines\": [...], \"stages\": [...], \"until\": \"<RFC 3339>\"}}; only reason is required): {e}"))
+    })?;
+    if parsed.reason.trim().is_empty() {
+        return Err(FreezeRefusal::Bad("reason: say why promotions stop".into()));
+    }
+    check_reason(&parsed.reason).map_err(FreezeRefusal::Bad)?;
+    let pipelines = &config.pipelines;
+    if let Some(unknown) = parsed
+        .pipelines
+        .iter()
+        .find(|name| !pipelines.iter().any(|p| p.name == **name))
+    {
+        let known: Vec<&str> = pipelines.iter().map(|p| p.name.as_str()).collect();
+        return Err(FreezeRefusal::Unknown(format!(
+            "no pipeline {:?} (pipelines: {})",
+            unknown.chars().take(100).collect::<String>(),
+            known.join(", ")
+        )));
+    }
+    let covered = || {
+        pipelines
+            .iter()
+            .filter(|p| parsed.pipelines.is_empty() || parsed.pipelines.contains(&p.name))
+    };
+    if let Some(unknown) = parsed
+        .stages
+        .iter()
+        .find(|name| !covered().any(|p| p.stages.iter().any(|s| s.name == **name)))
+    {
+        let mut known: Vec<&str> = covered()
+            .flat_map(|p| p.stages.iter().map(|s| s.name.as_str()))
+            .collect();
+        known.sort_unstable();
+        known.dedup();
+        return Err(FreezeRefusal::Unknown(format!(
+            "no stage {:?} in the pipelines the freeze covers (stages: {})",
+            unknown.chars().take(100).collect::<String>(),
+            known.join(", ")
+        )));
+    }
+    let until = match &parsed.until {
+        None => None,
+        Some(text) => {
+            let until = calendar::parse_time(text)
+                .map_err(|e| FreezeRefusal::Bad(format!("until: {e}")))?;
+            if until <= now {
+                return Err(FreezeRefusal::Bad(format!(
+                    "until: {} is not in the future (now is {})",
+                    calendar::format_time(until),
+                    calendar::format_time(now)
+                )));
+            }
+            Some(until)
+        }
+    };
+    Ok(Freeze {
+        id: format!("f-{:08x}", fastrand::u32(..)),
+        reason: parsed.reason,
+        by: by.to_string(),
+        pipelines: parsed.pipelines,
+        stages: parsed.stages,
+        from: now,
+        until,
+    })
+}
+
+/// The answer to a freeze the store refused.
+fn freeze_error(e: &FreezeError) -> Response {
+    let status = match e {
+        FreezeError::Unknown(_) => StatusCode::NOT_FOUND,
+        FreezeError::Configured(_) | FreezeError::TooMany => StatusCode::CONFLICT,
+        FreezeError::Store(_) | FreezeError::Damaged { .. } => {
+            tracing::error!(error = %e, "cannot write the freezes");
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    };
+    error(status, e.to_string())
+}
+
+/// `POST /api/v1/freeze`: stops promotions into the stages it covers until `until` or until
+/// lifted; 201 with the freeze.
+pub(super) async fn freeze(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let by = match authorize(&*shared, &headers) {
+        Ok(name) => name,
+        Err(answer) => return answer,
+    };
+    let body = match body_or_answer(body, API_BODY_LIMIT) {
+        Ok(b) => b,
+        Err(answer) => return answer,
+    };
+    let freeze = match parse_freeze(&body, &shared.config(), &by, SystemTime::now()) {
+        Ok(f) => f,
+        Err(FreezeRefusal::Bad(m)) => return error(StatusCode::BAD_REQUEST, m),
+        Err(FreezeRefusal::Unknown(m)) => return error(StatusCode::NOT_FOUND, m),
+    };
+    match shared.freeze(freeze.clone()) {
+        Ok(()) => (StatusCode::CREATED, Json(freeze_json(&freeze))).into_response(),
+        Err(e) => freeze_error(&e),
+    }
+}
+
+/// `DELETE /api/v1/freeze`: lifts every freeze set through the API.
+pub(super) async fn unfreeze_all(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+) -> Response {
+    lift(&*shared, &headers, None)
+}
+
+/// `DELETE /api/v1/freeze/{id}`: lifts one.
+pub(super) async fn unfreeze(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    lift(&*shared, &headers, Some(&id))
+}
+
+fn lift(shared: &Shared, headers: &HeaderMap, id: Option<&str>) -> Response {
+    let by = match authorize(shared, headers) {
+        Ok(name) => name,
+        Err(answer) => return answer,
+    };
+    match shared.unfreeze(id, &by) {
+        Ok(lifted) => {
+            let lifted: Vec<Value> = lifted.iter().map(freeze_json).collect();
+            Json(json!({ "lifted": lifted })).into_response()
+        }
+        Err(e) => freeze_error(&e),
+    }
 }
 
 #[cfg(test)]

@@ -33,15 +33,16 @@ use axum::extract::{
 };
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 use tokio::sync::watch;
 
+use crate::calendar::Freeze;
 use crate::config::Config;
-use crate::engine::{ApproveError, Approved, Asked};
+use crate::engine::{ApproveError, Approved, Asked, FreezeError};
 use crate::metrics::Metrics;
 use crate::secret::{self, Secret};
 use crate::status::Status;
@@ -65,6 +66,12 @@ pub trait Handle: Send + Sync + 'static {
     /// A registry reported a push of `repository` (on `host`, when it said): wakes the
     /// pipelines with a stage there and returns their names.
     fn pushed(&self, host: Option<&str>, repository: &str) -> Vec<String>;
+    /// Every freeze not over yet.
+    fn freezes(&self) -> Vec<Freeze>;
+    /// Sets a freeze, already checked against the configuration.
+    fn freeze(&self, freeze: Freeze) -> Result<(), FreezeError>;
+    /// Lifts freeze `id`, or all set through the API; `by` is the approver.
+    fn unfreeze(&self, id: Option<&str>, by: &str) -> Result<Vec<Freeze>, FreezeError>;
 }
 
 /// The daemon as the handlers see it.
@@ -101,6 +108,14 @@ pub fn router(shared: Arc<dyn Handle>) -> Router {
             post(api::promote).layer(DefaultBodyLimit::max(API_BODY_LIMIT)),
         )
         .route(
+            "/api/v1/freeze",
+            get(api::freezes)
+                .post(api::freeze)
+                .delete(api::unfreeze_all)
+                .layer(DefaultBodyLimit::max(API_BODY_LIMIT)),
+        )
+        .route("/api/v1/freeze/{id}", delete(api::unfreeze))
+        .route(
             "/webhooks/{source}",
             post(webhook).layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT)),
         )
@@ -108,7 +123,7 @@ pub fn router(shared: Arc<dyn Handle>) -> Router {
         .method_not_allowed_fallback(|| async {
             error(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed here (reads are GET, approvals and webhooks POST)".to_string(),
+                "method not allowed here (reads are GET; approvals, freezes and webhooks POST; lifting a freeze DELETE)".to_string(),
             )
         })
         .with_state(shared)

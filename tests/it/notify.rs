@@ -158,6 +158,8 @@ fn event(kind: EventKind, to_tag: &str) -> Event {
         approved_by: None,
         reason: None,
         forced: false,
+        freeze_id: None,
+        until: None,
         time: UNIX_EPOCH + Duration::from_secs(1_777_887_000),
     }
 }
