@@ -57,7 +57,8 @@ pub enum Command {
     ///
     /// Exit 1 when a promotion failed or conflicted or a pipeline could not be reconciled.
     Reconcile(pipelines::ReconcileArgs),
-    /// Approve a promotion: promote into STAGE now (manual approval, min_age waived).
+    /// Approve a promotion: promote into STAGE now (min_age, windows and freezes still hold
+    /// unless --force).
     ///
     /// Promotes the source stage's current tag, or --tag. An existing target tag with another
     /// digest is still a conflict unless the stage allows overwrite.
@@ -76,6 +77,14 @@ pub enum Command {
     /// The token comes from --token-file or RETAGD_API_TOKEN. Exit 0 when promoted (or already
     /// there), 1 when not (conflict, failure, nothing to promote), 2 when refused.
     Approve(remote::ApproveArgs),
+    /// Stop promotions through a running daemon (POST /api/v1/freeze), e.g. during an incident.
+    ///
+    /// Nothing is promoted into a frozen stage, automatically or by approval, until the freeze
+    /// ends (--until) or is lifted (`retagd unfreeze`); `--force` on an approval still passes.
+    /// The freeze survives a restart (server.state_dir). `--list` shows the freezes in force.
+    Freeze(remote::FreezeArgs),
+    /// Lift a freeze (DELETE /api/v1/freeze/ID), or every freeze set through the API.
+    Unfreeze(remote::UnfreezeArgs),
 }
 
 /// `retagd check`.
@@ -167,6 +176,8 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Fai
         Command::Run(args) => pipelines::run(&args, err),
         Command::Status(args) => remote::status(&args, out),
         Command::Approve(args) => remote::approve(&args, out),
+        Command::Freeze(args) => remote::freeze(&args, out),
+        Command::Unfreeze(args) => remote::unfreeze(&args, out),
     }
 }
 

@@ -1,5 +1,5 @@
-//! `retagd status` and `retagd approve`: clients of a running daemon's HTTP API, for people at
-//! a terminal and for CI jobs that approve a release.
+//! `retagd status`, `approve`, `freeze` and `unfreeze`: clients of a running daemon's HTTP API,
+//! for people at a terminal and for CI jobs that approve a release or stop the line.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -39,9 +39,53 @@ pub struct ApproveArgs {
     endpoint: Endpoint,
     #[command(flatten)]
     approval: super::pipelines::Approval,
-    /// File holding the API token; without it, RETAGD_API_TOKEN.
+    #[command(flatten)]
+    token: Token,
+}
+
+/// An approver's token, for the write API.
+#[derive(Debug, Args)]
+pub struct Token {
+    /// File holding an approver's API token; without it, RETAGD_API_TOKEN.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+}
+
+/// `retagd freeze`.
+#[derive(Debug, Args)]
+pub struct FreezeArgs {
+    #[command(flatten)]
+    endpoint: Endpoint,
+    #[command(flatten)]
+    token: Token,
+    /// Why promotions stop (shown in plans, the status and notifications).
+    #[arg(long, required_unless_present = "list")]
+    reason: Option<String>,
+    /// A pipeline to freeze (repeat for several); every pipeline when none is given.
+    #[arg(long = "pipeline", value_name = "PIPELINE")]
+    pipelines: Vec<String>,
+    /// A stage to freeze, in each frozen pipeline (repeat for several); every stage when none.
+    #[arg(long = "stage", value_name = "STAGE")]
+    stages: Vec<String>,
+    /// When the freeze ends by itself: an RFC 3339 time or a duration from now (`2h`, `3d`).
+    /// Without it the freeze holds until `retagd unfreeze`.
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// List the freezes in force instead (configured and set through the API).
+    #[arg(long, conflicts_with_all = ["reason", "pipelines", "stages", "until"])]
+    list: bool,
+}
+
+/// `retagd unfreeze`.
+#[derive(Debug, Args)]
+pub struct UnfreezeArgs {
+    #[command(flatten)]
+    endpoint: Endpoint,
+    #[command(flatten)]
+    token: Token,
+    /// The freeze to lift (`retagd freeze --list` shows ids); every freeze set through the API
+    /// when omitted.
+    id: Option<String>,
 }
 
 fn client(timeout: Duration) -> Result<reqwest::Client, Failure> {
@@ -151,6 +195,13 @@ pub fn status_table(answer: &Value) -> String {
                     stage = text(s, "stage"),
                 ));
             }
+            if let Some(f) = s.get("frozen").filter(|f| !f.is_null()) {
+                notes.push(format!(
+                    "{name}/{}: frozen ({})",
+                    text(s, "stage"),
+                    freeze_line(f)
+                ));
+            }
             if let Some(e) = s.get("last_error").and_then(Value::as_str) {
                 notes.push(format!(
                     "{name}/{}: last promotion failed: {e}",
@@ -197,7 +248,7 @@ pub fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<(), Failure> {
     out.write_all(printed.as_bytes()).map_err(io_failure)
 }
 
-fn token(args: &ApproveArgs) -> Result<String, Failure> {
+fn token(args: &Token) -> Result<String, Failure> {
     let usage = |m: String| Failure::Usage(anyhow::anyhow!(m));
     let token = match &args.token_file {
         Some(path) => crate::secret::read("--token-file", path)
@@ -220,7 +271,7 @@ fn token(args: &ApproveArgs) -> Result<String, Failure> {
 /// `retagd approve`: exit 0 promoted or already there, 1 not promoted (conflict, failure,
 /// nothing to promote), 2 refused (token, names).
 pub fn approve(args: &ApproveArgs, out: &mut dyn Write) -> Result<(), Failure> {
-    let token = token(args)?;
+    let token = token(&args.token)?;
     let path = format!(
         "api/v1/pipelines/{}/stages/{}/promote",
         urlencode(&args.approval.pipeline),
@@ -240,7 +291,6 @@ pub fn approve(args: &ApproveArgs, out: &mut dyn Write) -> Result<(), Failure> {
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(body.to_string());
     let (code, answer) = exchange(request, "the approval")?;
-    let error = || anyhow::anyhow!("retagd answered {code}: {}", text(&answer, "error"));
     match code {
         200 => {
             let line = match text(&answer, "result") {
@@ -266,9 +316,125 @@ pub fn approve(args: &ApproveArgs, out: &mut dyn Write) -> Result<(), Failure> {
             };
             writeln!(out, "{line}").map_err(io_failure)
         }
-        400 | 401 | 403 | 404 => Err(Failure::Usage(error())),
-        _ => Err(Failure::Work(error())),
+        _ => Err(refused(code, &answer)),
     }
+}
+
+/// A freeze as one line: `f-1a2b3c4d by alice, app/production, until 2026-12-05T09:00:00Z:
+/// incident 42`.
+fn freeze_line(f: &Value) -> String {
+    let names = |key: &str| {
+        let list: Vec<&str> = f
+            .get(key)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if list.is_empty() {
+            "*".to_string()
+        } else {
+            list.join(",")
+        }
+    };
+    format!(
+        "{} by {}, {}/{}, {}: {}",
+        text(f, "id"),
+        text(f, "by"),
+        names("pipelines"),
+        names("stages"),
+        match f.get("until").and_then(Value::as_str) {
+            Some(u) => format!("until {u}"),
+            None => "until lifted".to_string(),
+        },
+        text(f, "reason")
+    )
+}
+
+/// `--until`: an RFC 3339 time as given, or a duration from now as RFC 3339.
+fn until(text: &str) -> Result<String, Failure> {
+    if crate::calendar::parse_time(text).is_ok() {
+        return Ok(text.to_string());
+    }
+    humantime::parse_duration(text)
+        .ok()
+        .and_then(|d| std::time::SystemTime::now().checked_add(d))
+        .map(crate::calendar::format_time)
+        .ok_or_else(|| {
+            Failure::Usage(anyhow::anyhow!(
+                "--until {text:?}: give an RFC 3339 time (2026-12-24T09:00:00Z) or a duration (2h, 3d)"
+            ))
+        })
+}
+
+/// Maps an answer that is not `ok` to the exit code: refused (bad request, token, names) is
+/// 2, anything else 1.
+fn refused(code: u16, answer: &Value) -> Failure {
+    let error = anyhow::anyhow!("retagd answered {code}: {}", text(answer, "error"));
+    match code {
+        400 | 401 | 403 | 404 => Failure::Usage(error),
+        _ => Failure::Work(error),
+    }
+}
+
+/// `retagd freeze`: sets a freeze (or lists them with `--list`).
+pub fn freeze(args: &FreezeArgs, out: &mut dyn Write) -> Result<(), Failure> {
+    let target = url(&args.endpoint, "api/v1/freeze")?;
+    if args.list {
+        let (code, answer) = exchange(client(Duration::from_secs(30))?.get(target), "the freezes")?;
+        if code != 200 {
+            return Err(refused(code, &answer));
+        }
+        let freezes = answer.get("freezes").and_then(Value::as_array);
+        let lines: Vec<String> = freezes.into_iter().flatten().map(freeze_line).collect();
+        let text = if lines.is_empty() {
+            "no freeze in force\n".to_string()
+        } else {
+            lines.join("\n") + "\n"
+        };
+        return out.write_all(text.as_bytes()).map_err(io_failure);
+    }
+    let body = serde_json::json!({
+        "reason": args.reason,
+        "pipelines": args.pipelines,
+        "stages": args.stages,
+        "until": args.until.as_deref().map(until).transpose()?,
+    });
+    let request = client(Duration::from_secs(30))?
+        .post(target)
+        .bearer_auth(token(&args.token)?)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body.to_string());
+    let (code, answer) = exchange(request, "the freeze")?;
+    if code != 201 {
+        return Err(refused(code, &answer));
+    }
+    writeln!(out, "frozen: {}", freeze_line(&answer)).map_err(io_failure)
+}
+
+/// `retagd unfreeze`: lifts one freeze or every freeze set through the API.
+pub fn unfreeze(args: &UnfreezeArgs, out: &mut dyn Write) -> Result<(), Failure> {
+    let path = match &args.id {
+        Some(id) => format!("api/v1/freeze/{}", urlencode(id)),
+        None => "api/v1/freeze".to_string(),
+    };
+    let request = client(Duration::from_secs(30))?
+        .delete(url(&args.endpoint, &path)?)
+        .bearer_auth(token(&args.token)?);
+    let (code, answer) = exchange(request, "lifting the freeze")?;
+    if code != 200 {
+        return Err(refused(code, &answer));
+    }
+    let lifted = answer.get("lifted").and_then(Value::as_array);
+    let lines: Vec<String> = lifted
+        .into_iter()
+        .flatten()
+        .map(|f| format!("lifted: {}\n", freeze_line(f)))
+        .collect();
+    let text = if lines.is_empty() {
+        "no freeze set through the API to lift\n".to_string()
+    } else {
+        lines.concat()
+    };
+    out.write_all(text.as_bytes()).map_err(io_failure)
 }
 
 /// Pipeline and stage names are `[A-Za-z0-9_.-]`; anything else is escaped so it cannot

@@ -1002,4 +1002,65 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn windows_and_freezes_name_the_key_that_is_wrong() {
+        let pipeline = |promote: &str| {
+            format!(
+                "[registries.r]\nurl = \"http://127.0.0.1:5000\"\n\
+                 [[pipelines]]\nname = \"p\"\nregistry = \"r\"\nrepository = \"a/p\"\n\
+                 [[pipelines.stages]]\nname = \"dev\"\npolicy = {{ alphabetical = {{ order = \"asc\" }} }}\n\
+                 [[pipelines.stages]]\nname = \"prod\"\npolicy = {{ alphabetical = {{ order = \"asc\" }} }}\n\
+                 promote = {{ from = \"dev\", tag = \"{{tag}}-prod\", {promote} }}\n"
+            )
+        };
+        let good = format!(
+            "{}[[freezes]]\nreason = \"year end\"\nfrom = \"2026-12-20T00:00:00+01:00\"\n\
+             until = \"2030-01-04T00:00:00Z\"\nstages = [\"prod\"]\n",
+            pipeline(
+                r#"windows = [{ days = "mon-fri", hours = "09:00-16:00", time_zone = "Europe/Berlin" }]"#
+            )
+        );
+        let config = parse(&good, Format::Toml, "t").expect("valid").config;
+        let promote = config.pipelines[0].stages[1].promote.as_ref().unwrap();
+        assert_eq!(promote.windows.len(), 1);
+        assert_eq!(config.freezes[0].id, "config-1");
+        assert_eq!(config.freezes[0].by, "config");
+
+        let bad = format!(
+            "{}[[freezes]]\nreason = \"\"\nfrom = \"soon\"\nuntil = \"2030-01-01T00:00:00Z\"\n\
+             pipelines = [\"q\"]\nstages = [\"qa\"]\n\
+             [[freezes]]\nreason = \"x\"\nfrom = \"2030-01-02T00:00:00Z\"\nuntil = \"2030-01-01T00:00:00Z\"\n",
+            pipeline(r#"windows = [{ days = "mon-fry" }, { time_zone = "Mars/Olympus" }, { hours = "9-5" }]"#)
+        );
+        let Err(Error::Invalid { problems, .. }) = parse(&bad, Format::Toml, "t") else {
+            panic!("bad windows and freezes must be refused");
+        };
+        let found: Vec<(&str, &str)> = problems
+            .iter()
+            .map(|p| (p.path.as_str(), p.message.as_str()))
+            .collect();
+        let paths: Vec<&str> = found.iter().map(|(p, _)| *p).collect();
+        assert_eq!(
+            paths,
+            [
+                "pipelines[0].stages[1].promote.windows[0]",
+                "pipelines[0].stages[1].promote.windows[1]",
+                "pipelines[0].stages[1].promote.windows[2]",
+                "freezes[0].reason",
+                "freezes[0].from",
+                "freezes[0].pipelines[0]",
+                "freezes[0].stages[0]",
+                "freezes[1].until",
+            ],
+            "{found:#?}"
+        );
+        assert!(found[1].1.contains("Mars/Olympus"), "{found:#?}");
+        assert!(found[5].1.contains("pipelines: p"), "{found:#?}");
+        let empty = pipeline("windows = []");
+        let Err(Error::Invalid { problems, .. }) = parse(&empty, Format::Toml, "t") else {
+            panic!("an empty window list must be refused");
+        };
+        assert_eq!(problems[0].path, "pipelines[0].stages[1].promote.windows");
+    }
 }

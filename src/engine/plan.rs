@@ -1022,7 +1022,10 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
         }
         assert!(plan.stages[1].frozen.is_some());
         assert!(plan.stages[2].frozen.is_none(), "production is not covered");
-        assert!(plan.stages[0].frozen.is_none(), "the source stage is never frozen");
+        assert!(
+            plan.stages[0].frozen.is_none(),
+            "the source stage is never frozen"
+        );
         // Another pipeline's freeze, or one that ended or has not begun, holds nothing.
         for other in [
             freeze(&["web"], &[], None),
@@ -1086,7 +1089,10 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
         let short = r#"approval = "auto", min_age = "2h", windows = [{ days = "fri", hours = "09:00-16:00" }]"#;
         match &run(&pipeline(short, MANUAL), &o, &Intent::default())[1] {
             Action::Waiting { why, until, .. } => {
-                assert_eq!((*why, *until), (Wait::Soak, now() + Duration::from_secs(7200)));
+                assert_eq!(
+                    (*why, *until),
+                    (Wait::Soak, now() + Duration::from_secs(7200))
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -1097,7 +1103,13 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
             approve: Some(1),
             ..Intent::default()
         };
-        assert!(matches!(run(&p, &o, &approve)[1], Action::Waiting { why: Wait::Window, .. }));
+        assert!(matches!(
+            run(&p, &o, &approve)[1],
+            Action::Waiting {
+                why: Wait::Window,
+                ..
+            }
+        ));
         let forced = Intent {
             force: true,
             ..approve

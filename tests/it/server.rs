@@ -816,3 +816,162 @@ async fn named_approvers_each_approve_an_unknown_token_is_refused_and_the_status
         assert!(!log.contains(token), "a token in the log:\n{log}");
     }
 }
+
+impl Api {
+    async fn delete(&self, path: &str, auth: &str) -> (u16, Value) {
+        let answer = self
+            .client
+            .delete(format!("{}{path}", self.base))
+            .header("Authorization", auth)
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status().as_u16();
+        let body = answer.bytes().await.unwrap();
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    async fn metrics(&self) -> String {
+        let answer = self.client.get(format!("{}/metrics", self.base));
+        answer.send().await.unwrap().text().await.unwrap()
+    }
+
+    /// Waits until the stage's action in the status API is of `kind`.
+    async fn action(&self, stage: &str, kind: &str) -> Value {
+        support::poll_until(&format!("{stage} to be {kind}"), DEADLINE, || async {
+            let (_, p) = self.get("/api/v1/pipelines/api-gateway").await;
+            let st = p["stages"]
+                .as_array()?
+                .iter()
+                .find(|s| s["stage"] == stage)?
+                .clone();
+            (st["action"]["kind"] == kind).then_some(st)
+        })
+        .await
+    }
+}
+
+#[tokio::test]
+async fn a_freeze_stops_the_next_automatic_promotion_survives_a_restart_and_lifting_it_promotes() {
+    let env = Env::start();
+    let (token_line, _) = secrets(&env);
+    let alice = env.dir.path().join("alice-token");
+    std::fs::write(&alice, "alice-7a1f\n").unwrap();
+    let approvers = format!(
+        "\n[[server.approvers]]\nname = \"alice\"\ntoken_file = \"{}\"\n",
+        alice.display()
+    );
+    let config = env.write(
+        &env.config("1h", AUTO, MANUAL)
+            .server_setting(&token_line)
+            .table(&approvers),
+    );
+    env.push(REPO, "v1.2.0-dev.1", 1).await;
+    let daemon = Daemon::start(&config, env.dir.path().join("daemon.log"));
+    let api = Api::new(daemon.address().await);
+    api.current("staging", "v1.2.0-rc.1").await;
+    let freeze = |body: Value, auth: Option<&'static str>| {
+        let api = &api;
+        async move {
+            api.post("/api/v1/freeze", auth, body.to_string().into_bytes())
+                .await
+        }
+    };
+
+    // Refusals first: no token, unknown names (with the known ones), a past or bad `until`.
+    let body = json!({"reason": "incident 42", "stages": ["staging"]});
+    let (code, _) = freeze(body.clone(), None).await;
+    assert_eq!(code, 401);
+    let (code, answer) = freeze(
+        json!({"reason": "x", "pipelines": ["web"]}),
+        Some("Bearer alice-7a1f"),
+    )
+    .await;
+    assert_eq!(code, 404, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("pipelines: api-gateway"),
+        "{answer}"
+    );
+    let (code, answer) = freeze(
+        json!({"reason": "x", "stages": ["prod"]}),
+        Some("Bearer alice-7a1f"),
+    )
+    .await;
+    assert_eq!(code, 404, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("stages: dev, production, staging"),
+        "{answer}"
+    );
+    for until in ["2020-01-01T00:00:00Z", "tomorrow"] {
+        let (code, answer) = freeze(
+            json!({"reason": "x", "until": until}),
+            Some("Bearer alice-7a1f"),
+        )
+        .await;
+        assert_eq!(code, 400, "{until}: {answer}");
+    }
+    let (code, answer) = api
+        .delete("/api/v1/freeze/f-00000000", "Bearer alice-7a1f")
+        .await;
+    assert_eq!(code, 404, "{answer}");
+
+    // alice freezes staging; the next dev build is not promoted.
+    let (code, created) = freeze(body, Some("Bearer alice-7a1f")).await;
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["by"], "alice");
+    let id = created["id"].as_str().unwrap().to_string();
+    let (_, listed) = api.get("/api/v1/freeze").await;
+    assert_eq!(listed["freezes"][0]["id"], id.as_str(), "{listed}");
+    env.push(REPO, "v1.2.1-dev.1", 2).await;
+    daemon.signal("HUP");
+    let st = api.action("staging", "frozen").await;
+    assert_eq!(st["frozen"]["reason"], "incident 42", "{st:#}");
+    assert_eq!(st["action"]["promotion"]["to_tag"], "v1.2.1-rc.1", "{st:#}");
+    assert_eq!(env.digest(REPO, "v1.2.1-rc.1").await, None);
+    let metrics = api.metrics().await;
+    assert!(
+        metrics.contains(r#"retagd_stage_frozen{pipeline="api-gateway",stage="staging"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"retagd_stage_frozen{pipeline="api-gateway",stage="production"} 0"#),
+        "{metrics}"
+    );
+    // An approval of a frozen stage is refused with the freeze.
+    let (code, answer) = api
+        .promote("api-gateway", "staging", Some("Bearer alice-7a1f"), "")
+        .await;
+    assert_eq!(
+        (code, &answer["result"]),
+        (409, &json!("frozen")),
+        "{answer}"
+    );
+    assert_eq!(env.digest(REPO, "v1.2.1-rc.1").await, None);
+
+    // The freeze survives a restart.
+    drop(daemon);
+    let daemon = Daemon::start(&config, env.dir.path().join("daemon2.log"));
+    let api = Api::new(daemon.address().await);
+    api.action("staging", "frozen").await;
+    assert_eq!(env.digest(REPO, "v1.2.1-rc.1").await, None);
+
+    // Lifting it promotes at once, without waiting for the hour's interval.
+    let (code, answer) = api
+        .delete(&format!("/api/v1/freeze/{id}"), "Bearer alice-7a1f")
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["lifted"][0]["id"], id.as_str());
+    wait_tag(&env, REPO, "v1.2.1-rc.1").await;
+    let (_, listed) = api.get("/api/v1/freeze").await;
+    assert_eq!(listed["freezes"], json!([]), "{listed}");
+    daemon.wait_log("unfrozen").await;
+    let log = daemon.log();
+    assert!(log.contains("by=alice"), "{log}");
+    assert!(!log.contains("alice-7a1f"), "a token in the log:\n{log}");
+}
