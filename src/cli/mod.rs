@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
+use crate::calendar;
 use crate::config::{self, Auth, Config};
 use crate::policy::{self, Filter, Order, Policy, Selector};
 use crate::reference::{self, Reference};
@@ -263,8 +264,34 @@ pub fn summary(origin: &str, config: &Config) -> String {
             if pr.overwrite {
                 line.push_str(", may overwrite");
             }
+            if !pr.windows.is_empty() {
+                let windows: Vec<String> = pr.windows.iter().map(ToString::to_string).collect();
+                let _ = write!(line, ", in {}", windows.join(" or "));
+            }
             let _ = writeln!(s, "{line})");
         }
+    }
+    if !config.freezes.is_empty() {
+        s.push_str("\nfreezes:\n");
+    }
+    for f in &config.freezes {
+        let names = |n: &[String]| {
+            if n.is_empty() {
+                "*".to_string()
+            } else {
+                n.join(",")
+            }
+        };
+        let _ = writeln!(
+            s,
+            "  {}  {}/{}  {} to {}: {}",
+            f.id,
+            names(&f.pipelines),
+            names(&f.stages),
+            calendar::format_time(f.from),
+            f.until.map_or("lifted".to_string(), calendar::format_time),
+            f.reason
+        );
     }
     s
 }

@@ -596,6 +596,47 @@ mod tests {
         assert!(t.warnings.is_empty() && y.warnings.is_empty());
     }
 
+    /// The example with its commented promotion settings and freeze calendar switched on.
+    fn uncommented(text: &str) -> String {
+        const KEYS: [&str; 10] = [
+            "min_age",
+            "overwrite",
+            "windows",
+            "[[freezes]]",
+            "freezes:",
+            "reason",
+            "- reason",
+            "from",
+            "until",
+            "stages",
+        ];
+        text.lines()
+            .map(|line| {
+                let indent = line.len() - line.trim_start().len();
+                match line.trim_start().strip_prefix("# ") {
+                    Some(rest) if KEYS.iter().any(|k| rest.trim_start().starts_with(k)) => {
+                        format!("{}{rest}\n", &line[..indent])
+                    }
+                    _ => format!("{line}\n"),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_examples_optional_promotion_and_freeze_lines_sit_where_they_belong() {
+        let t = parse(&uncommented(EXAMPLE_TOML), Format::Toml, "toml").expect("valid toml");
+        let y = parse(&uncommented(EXAMPLE_YAML), Format::Yaml, "yaml").expect("valid yaml");
+        for c in [&t.config, &y.config] {
+            let production = c.pipelines[0].stages[2].promote.as_ref().unwrap();
+            assert_eq!(production.min_age, Some(Duration::from_secs(86_400)));
+            assert_eq!(production.windows.len(), 1);
+            assert_eq!(c.freezes.len(), 1);
+            assert_eq!(c.freezes[0].stages, ["production"]);
+        }
+        assert_eq!(t.config.freezes, y.config.freezes);
+    }
+
     #[test]
     fn an_error_at_an_overridden_key_names_the_variable() {
         let overrides = [(
