@@ -45,10 +45,12 @@ const RESTRICTED_VOLUME_TYPES: [&str; 8] = [
     "secret",
 ];
 /// The Secrets named in ci/all-on-values.yaml.
-const ALL_ON_SECRETS: [&str; 6] = [
+const ALL_ON_SECRETS: [&str; 8] = [
     "retagd-registry-auth",
     "retagd-harbor",
     "retagd-api-token",
+    "retagd-approver-alice",
+    "retagd-approver-ci",
     "retagd-webhook-secret",
     "retagd-slack",
     "retagd-teams-relay",
@@ -561,6 +563,12 @@ fn credential_paths(config: &Value) -> Vec<(String, String)> {
     for (i, n) in array(&config["notifications"]).iter().enumerate() {
         add(format!("notifications[{i}].url_file"), &n["url_file"]);
     }
+    for (i, a) in array(&config["server"]["approvers"]).iter().enumerate() {
+        add(
+            format!("server.approvers[{i}].token_file"),
+            &a["token_file"],
+        );
+    }
     found
 }
 
@@ -602,6 +610,14 @@ fn the_configmap_holds_paths_to_mounted_secrets_and_no_secret() {
     let container = &spec["containers"][0];
     let expected: BTreeMap<&str, (&str, &str)> = [
         ("server.api_token_file", ("retagd-api-token", "token")),
+        (
+            "server.approvers[0].token_file",
+            ("retagd-approver-alice", "token"),
+        ),
+        (
+            "server.approvers[1].token_file",
+            ("retagd-approver-ci", "api-token"),
+        ),
         ("webhooks.secret_file", ("retagd-webhook-secret", "secret")),
         (
             "registries.harbor.password_file",

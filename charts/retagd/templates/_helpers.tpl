@@ -131,6 +131,13 @@ credentials of its own. */}}
 {{- if .Values.apiToken.existingSecret }}
 {{- $_ = set $server "api_token_file" (include "retagd.apiTokenFile" .) }}
 {{- end }}
+{{- if .Values.approvers }}
+{{- $approvers := get $server "approvers" | default list }}
+{{- range $i, $a := .Values.approvers }}
+{{- $approvers = append $approvers (dict "name" $a.name "token_file" (printf "%s/approvers/%d/token" (include "retagd.secretsDir" $) $i)) }}
+{{- end }}
+{{- $_ = set $server "approvers" $approvers }}
+{{- end }}
 {{- $_ = set $cfg "server" $server }}
 {{- if .Values.webhooks.existingSecret }}
 {{- $webhooks := get $cfg "webhooks" | default dict }}
