@@ -975,3 +975,28 @@ async fn a_freeze_stops_the_next_automatic_promotion_survives_a_restart_and_lift
     assert!(log.contains("by=alice"), "{log}");
     assert!(!log.contains("alice-7a1f"), "a token in the log:\n{log}");
 }
+
+#[tokio::test]
+async fn a_calendar_freeze_holds_until_it_ends_then_the_daemon_promotes_without_waiting_an_interval(
+) {
+    let env = Env::start();
+    let now = std::time::SystemTime::now();
+    let rfc3339 = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    // Whole seconds: the freeze ends 3 to 4 s from now.
+    let until = now + Duration::from_secs(4);
+    let freezes = format!(
+        "\n[[freezes]]\nreason = \"release calendar\"\nfrom = \"{}\"\nuntil = \"{}\"\nstages = [\"staging\"]\n",
+        rfc3339(now - Duration::from_secs(60)),
+        rfc3339(until)
+    );
+    let config = env.write(&env.config("1h", AUTO, MANUAL).table(&freezes));
+    env.push(REPO, "v1.2.0-dev.1", 1).await;
+    let daemon = Daemon::start(&config, env.dir.path().join("daemon.log"));
+    let api = Api::new(daemon.address().await);
+    let st = api.action("staging", "frozen").await;
+    assert_eq!(st["frozen"]["id"], "config-1", "{st:#}");
+    assert_eq!(st["frozen"]["by"], "config", "{st:#}");
+    // The interval is an hour: only the freeze's end can wake the pipeline in time.
+    wait_tag(&env, REPO, "v1.2.0-rc.1").await;
+    assert!(std::time::SystemTime::now() >= until - Duration::from_secs(1));
+}
