@@ -316,12 +316,12 @@ pub fn approve(args: &ApproveArgs, out: &mut dyn Write) -> Result<(), Failure> {
             };
             writeln!(out, "{line}").map_err(io_failure)
         }
-        409 if matches!(text(&answer, "result"), "waiting" | "frozen") => Err(Failure::Work(
-            anyhow::anyhow!(
+        409 if matches!(text(&answer, "result"), "waiting" | "frozen") => {
+            Err(Failure::Work(anyhow::anyhow!(
                 "retagd answered {code}: {} (--force promotes now)",
                 text(&answer, "error")
-            ),
-        )),
+            )))
+        }
         _ => Err(refused(code, &answer)),
     }
 }

@@ -94,18 +94,52 @@ impl Api {
         .await;
     }
 
-    /// Waits until the stage's current tag is `tag` in the status API.
-    async fn current(&self, stage: &str, tag: &str) -> Value {
-        support::poll_until(&format!("{stage} to show {tag}"), DEADLINE, || async {
+    /// Waits until the stage's object in the status API satisfies `done`; returns it.
+    async fn stage_where(&self, stage: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        support::poll_until(&format!("{stage} to {what}"), DEADLINE, || async {
             let (_, p) = self.get("/api/v1/pipelines/api-gateway").await;
             let st = p["stages"]
                 .as_array()?
                 .iter()
                 .find(|s| s["stage"] == stage)?
                 .clone();
-            (st["current"]["tag"] == tag).then_some(st)
+            done(&st).then_some(st)
         })
         .await
+    }
+
+    /// Waits until the stage's current tag is `tag` in the status API.
+    async fn current(&self, stage: &str, tag: &str) -> Value {
+        self.stage_where(stage, &format!("show {tag}"), |st| {
+            st["current"]["tag"] == tag
+        })
+        .await
+    }
+
+    /// Waits until the stage's action in the status API is of `kind`.
+    async fn action(&self, stage: &str, kind: &str) -> Value {
+        self.stage_where(stage, &format!("be {kind}"), |st| {
+            st["action"]["kind"] == kind
+        })
+        .await
+    }
+
+    async fn delete(&self, path: &str, auth: &str) -> (u16, Value) {
+        let answer = self
+            .client
+            .delete(format!("{}{path}", self.base))
+            .header("Authorization", auth)
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status().as_u16();
+        let body = answer.bytes().await.unwrap();
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    async fn metrics(&self) -> String {
+        let answer = self.client.get(format!("{}/metrics", self.base));
+        answer.send().await.unwrap().text().await.unwrap()
     }
 }
 
@@ -814,40 +848,6 @@ async fn named_approvers_each_approve_an_unknown_token_is_refused_and_the_status
     assert!(log.contains("approved_by=alice"), "{log}");
     for token in ["alice-7a1f", "ci-93be", TOKEN] {
         assert!(!log.contains(token), "a token in the log:\n{log}");
-    }
-}
-
-impl Api {
-    async fn delete(&self, path: &str, auth: &str) -> (u16, Value) {
-        let answer = self
-            .client
-            .delete(format!("{}{path}", self.base))
-            .header("Authorization", auth)
-            .send()
-            .await
-            .unwrap();
-        let status = answer.status().as_u16();
-        let body = answer.bytes().await.unwrap();
-        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
-    }
-
-    async fn metrics(&self) -> String {
-        let answer = self.client.get(format!("{}/metrics", self.base));
-        answer.send().await.unwrap().text().await.unwrap()
-    }
-
-    /// Waits until the stage's action in the status API is of `kind`.
-    async fn action(&self, stage: &str, kind: &str) -> Value {
-        support::poll_until(&format!("{stage} to be {kind}"), DEADLINE, || async {
-            let (_, p) = self.get("/api/v1/pipelines/api-gateway").await;
-            let st = p["stages"]
-                .as_array()?
-                .iter()
-                .find(|s| s["stage"] == stage)?
-                .clone();
-            (st["action"]["kind"] == kind).then_some(st)
-        })
-        .await
     }
 }
 
