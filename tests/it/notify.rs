@@ -215,6 +215,8 @@ async fn json_and_slack_bodies_arrive_as_documented() {
         "approved_by": null,
         "reason": null,
         "forced": false,
+        "freeze_id": null,
+        "until": null,
         "time": "2026-05-04T09:30:00Z",
     });
     assert_eq!(json.body, expected);
@@ -339,7 +341,7 @@ async fn endpoints_get_only_the_events_they_subscribe_to() {
     assert_eq!(kinds(&problems), ["failure", "conflict"]);
     assert_eq!(
         kinds(&everything),
-        ["success", "failure", "conflict", "pending"]
+        ["success", "failure", "conflict", "pending", "freeze", "unfreeze"]
     );
 }
 
