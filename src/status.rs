@@ -338,6 +338,7 @@ mod tests {
             registry: "local".into(),
             repository: "myorg/api-gateway".into(),
             current: Some(Current {
+                since: SystemTime::UNIX_EPOCH,
                 tag: "v1".into(),
                 digest: Digest::of(b"x"),
             }),

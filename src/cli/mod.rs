@@ -68,10 +68,11 @@ pub enum Command {
     ///
     /// SIGHUP reloads the configuration (an invalid one is logged and ignored).
     Run(pipelines::RunArgs),
-    /// Show a running daemon's pipelines: each stage's tag, digest and pending promotion.
+    /// Show a running daemon's pipelines: each stage's tag, digest and state (up to date,
+    /// pending approval, waiting, frozen, conflict, error), and what to do about it.
     ///
     /// Reads GET /api/v1/pipelines from --url (default http://127.0.0.1:9090). Exit 1 when the
-    /// daemon cannot be reached.
+    /// daemon cannot be reached, 2 for an unknown PIPELINE.
     Status(remote::StatusArgs),
     /// Approve a promotion through a running daemon's API (POST .../promote).
     ///

@@ -27,10 +27,18 @@ pub struct Endpoint {
 pub struct StatusArgs {
     #[command(flatten)]
     endpoint: Endpoint,
+    /// Only this pipeline.
+    pipeline: Option<String>,
     /// Print the API's JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Redraw every 2 seconds until interrupted (Ctrl-C).
+    #[arg(long, conflicts_with = "json")]
+    watch: bool,
 }
+
+/// How often `retagd status --watch` redraws.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
 
 /// `retagd approve`.
 #[derive(Debug, Args)]
@@ -147,6 +155,43 @@ fn text<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
+/// A stage's STATE cell: what the stage is doing or waiting for, in a few words.
+fn state_cell(s: &Value) -> String {
+    let action = s.get("action").unwrap_or(&Value::Null);
+    let p = action.get("promotion").unwrap_or(&Value::Null);
+    let step = || format!("{} -> {}", text(p, "from_tag"), text(p, "to_tag"));
+    let kind = text(action, "kind");
+    if s.get("last_error").is_some_and(|e| !e.is_null())
+        && matches!(kind, "promote" | "pending" | "waiting" | "frozen")
+    {
+        return format!("error ({})", step());
+    }
+    match kind {
+        "source" => "source".to_string(),
+        "up_to_date" => "up to date".to_string(),
+        "promote" => format!("promoting {}", step()),
+        "pending" => format!("pending approval: {}", step()),
+        "waiting" => format!(
+            "waiting for {} until {}: {}",
+            if text(action, "why") == "window" {
+                "window"
+            } else {
+                "min_age"
+            },
+            text(action, "until"),
+            step()
+        ),
+        "frozen" => {
+            let f = action.get("freeze").unwrap_or(&Value::Null);
+            format!("frozen by {}: {}", text(f, "by"), step())
+        }
+        "conflict" => format!("conflict: {} exists", text(p, "to_tag")),
+        "no_candidate" => "nothing to promote".to_string(),
+        "invalid" => "invalid".to_string(),
+        _ => "not reconciled yet".to_string(),
+    }
+}
+
 /// The table `retagd status` prints.
 pub fn status_table(answer: &Value) -> String {
     let mut rows: Vec<[String; 5]> = vec![[
@@ -154,7 +199,7 @@ pub fn status_table(answer: &Value) -> String {
         "STAGE".into(),
         "TAG".into(),
         "DIGEST".into(),
-        "PENDING".into(),
+        "STATE".into(),
     ]];
     let mut notes = Vec::new();
     let empty = Vec::new();
@@ -170,11 +215,6 @@ pub fn status_table(answer: &Value) -> String {
         let stages = p.get("stages").and_then(Value::as_array).unwrap_or(&empty);
         for (i, s) in stages.iter().enumerate() {
             let current = s.get("current").filter(|c| !c.is_null());
-            let pending = s
-                .get("pending")
-                .filter(|c| !c.is_null())
-                .map(|p| format!("{} -> {}", text(p, "from_tag"), text(p, "to_tag")))
-                .unwrap_or_default();
             rows.push([
                 if i == 0 {
                     name.to_string()
@@ -184,7 +224,7 @@ pub fn status_table(answer: &Value) -> String {
                 text(s, "stage").to_string(),
                 current.map_or("(none)".to_string(), |c| text(c, "tag").to_string()),
                 current.map_or(String::new(), |c| short_digest(text(c, "digest"))),
-                pending,
+                state_cell(s),
             ]);
             if let Some(p) = s.get("pending").filter(|p| !p.is_null()) {
                 notes.push(format!(
@@ -232,20 +272,37 @@ pub fn status_table(answer: &Value) -> String {
 
 /// `retagd status`: exit 1 when the daemon cannot be reached.
 pub fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<(), Failure> {
-    let target = url(&args.endpoint, "api/v1/pipelines")?;
-    let (code, answer) = exchange(client(Duration::from_secs(30))?.get(target), "the status")?;
-    if code != 200 {
-        return Err(Failure::Work(anyhow::anyhow!(
-            "retagd answered {code}: {}",
-            text(&answer, "error")
-        )));
-    }
-    let printed = if args.json {
-        format!("{answer:#}\n")
-    } else {
-        status_table(&answer)
+    let path = match &args.pipeline {
+        Some(p) => format!("api/v1/pipelines/{}", urlencode(p)),
+        None => "api/v1/pipelines".to_string(),
     };
-    out.write_all(printed.as_bytes()).map_err(io_failure)
+    let target = url(&args.endpoint, &path)?;
+    let client = client(Duration::from_secs(30))?;
+    loop {
+        let (code, answer) = exchange(client.get(target.clone()), "the status")?;
+        let answer = match code {
+            200 if args.pipeline.is_some() => serde_json::json!({ "pipelines": [answer] }),
+            200 => answer,
+            _ => return Err(refused(code, &answer)),
+        };
+        let printed = if args.json {
+            format!("{answer:#}\n")
+        } else {
+            status_table(&answer)
+        };
+        if !args.watch {
+            return out.write_all(printed.as_bytes()).map_err(io_failure);
+        }
+        // Home and clear, then the table and when it was read.
+        let stamp = crate::calendar::format_time(std::time::SystemTime::now());
+        write!(
+            out,
+            "\x1b[H\x1b[2J{printed}\n{stamp}  (every 2s; Ctrl-C stops)\n"
+        )
+        .and_then(|()| out.flush())
+        .map_err(io_failure)?;
+        std::thread::sleep(WATCH_EVERY);
+    }
 }
 
 fn token(args: &Token) -> Result<String, Failure> {
@@ -449,4 +506,58 @@ fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes())
         .collect::<String>()
         .replace('.', "%2E")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_status_table_says_what_each_stage_waits_for() {
+        let promotion =
+            |from: &str, to: &str| json!({"from_tag": from, "to_tag": to, "digest": "sha256:ab"});
+        let answer = json!({"pipelines": [{
+            "pipeline": "app",
+            "last_error": null,
+            "stages": [
+                {"stage": "dev", "current": {"tag": "v1-dev.2", "digest": "sha256:0123456789abcdef"},
+                 "action": {"kind": "source"}, "pending": null, "frozen": null, "last_error": null},
+                {"stage": "rc", "current": null,
+                 "action": {"kind": "frozen", "promotion": promotion("v1-dev.2", "v1-rc.1"),
+                            "freeze": {"id": "f-1", "by": "alice", "reason": "incident", "until": null}},
+                 "pending": null,
+                 "frozen": {"id": "f-1", "by": "alice", "reason": "incident", "until": null},
+                 "last_error": null},
+                {"stage": "release", "current": null,
+                 "action": {"kind": "waiting", "why": "window", "until": "2027-01-18T08:00:00Z",
+                            "promotion": promotion("v0-rc.1", "v0")},
+                 "pending": null, "frozen": null, "last_error": null},
+                {"stage": "mirror", "current": null,
+                 "action": {"kind": "promote", "promotion": promotion("v0", "v0")},
+                 "pending": null, "frozen": null, "last_error": "registry unavailable"}
+            ]
+        }]});
+        let table = status_table(&answer);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].ends_with("STATE"), "{table}");
+        assert!(lines[1].ends_with("source"), "{table}");
+        assert!(
+            lines[2].ends_with("frozen by alice: v1-dev.2 -> v1-rc.1"),
+            "{table}"
+        );
+        assert!(
+            lines[3].ends_with("waiting for window until 2027-01-18T08:00:00Z: v0-rc.1 -> v0"),
+            "{table}"
+        );
+        assert!(lines[4].ends_with("error (v0 -> v0)"), "{table}");
+        assert!(
+            table.contains("app/rc: frozen (f-1 by alice, */*, until lifted: incident)"),
+            "{table}"
+        );
+        assert!(
+            table.contains("app/mirror: last promotion failed: registry unavailable"),
+            "{table}"
+        );
+    }
 }

@@ -97,7 +97,11 @@ pub fn stage_json(st: &StagePlan) -> Value {
         "stage": st.stage,
         "registry": st.registry,
         "repository": st.repository,
-        "current": st.current.as_ref().map(|c| json!({"tag": c.tag, "digest": c.digest.as_str()})),
+        "current": st.current.as_ref().map(|c| json!({
+            "tag": c.tag,
+            "digest": c.digest.as_str(),
+            "since": calendar::format_time(c.since),
+        })),
         "no_current": st.no_current,
         "frozen": st.frozen.as_ref().map(freeze_json),
         "action": action_json(&st.action),

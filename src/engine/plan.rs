@@ -95,6 +95,8 @@ pub struct Current {
     pub tag: String,
     /// Its digest.
     pub digest: Digest,
+    /// Since when the stage has held it (its first sighting; now for a new one).
+    pub since: SystemTime,
 }
 
 /// One stage in a plan.
@@ -462,6 +464,7 @@ impl Pass<'_> {
             registry: stage.registry.clone(),
             repository: stage.repository.clone(),
             current: current.map(|c| Current {
+                since: (cx.first_seen)(index, &c.digest).unwrap_or(cx.now),
                 tag: c.tag,
                 digest: c.digest,
             }),

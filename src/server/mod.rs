@@ -1,10 +1,10 @@
-//! The HTTP side of `retagd run`: metrics, health, the status and approval API, and registry
-//! webhooks, on one listener (`server.listen`).
+//! The HTTP side of `retagd run`: the dashboard, metrics, health, the status, approval and
+//! freeze API, and registry webhooks, on one listener (`server.listen`).
 //!
 //! Handlers only translate HTTP: what happens is up to the running daemon, reached through the
 //! small [`Handle`] that `retagd run` plugs in, so the API promotes exactly as a reconcile does
-//! and this module knows nothing of the daemon's internals. Every answer that is not `/metrics`
-//! is JSON; errors are `{"error": "..."}` naming what was wrong.
+//! and this module knows nothing of the daemon's internals. Every answer but `/metrics`
+//! and the dashboard's three files is JSON; errors are `{"error": "..."}` naming what was wrong.
 //!
 //! # Security
 //!
@@ -21,6 +21,7 @@
 #![allow(clippy::result_large_err)]
 
 mod api;
+mod dashboard;
 pub mod webhooks;
 
 use std::path::Path;
@@ -98,6 +99,9 @@ pub async fn serve(
 /// Every route.
 pub fn router(shared: Arc<dyn Handle>) -> Router {
     Router::new()
+        .route("/", get(dashboard::index))
+        .route("/assets/app.js", get(dashboard::script))
+        .route("/assets/app.css", get(dashboard::style))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
