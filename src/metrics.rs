@@ -52,6 +52,7 @@ pub struct Metrics {
     info: Mutex<HashMap<InfoKey, Vec<String>>>,
     /// Pipelines with a last-success series.
     pipelines: Mutex<BTreeSet<String>>,
+    referrers: IntCounterVec,
 }
 
 /// An info series' family, pipeline and stage.
@@ -163,6 +164,11 @@ impl Metrics {
             )?,
             info: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(BTreeSet::new()),
+            referrers: counter_vec(
+                "retagd_referrers_total",
+                "Referrers (signatures, attestations, SBOMs) carried into promoted stages, by result: copied (a manifest written to the target), failed (retried next round).",
+                &["pipeline", "stage", "result"],
+            )?,
             registry: registry.clone(),
         };
         let build = gauge_vec(
@@ -295,6 +301,15 @@ impl Metrics {
             match &a.result {
                 Ok(_) => self.promotion(name, &a.stage, "success", ""),
                 Err(e) => self.promotion(name, &a.stage, "failure", e.reason()),
+            }
+        }
+        for c in &outcome.referrers {
+            for (result, n) in [
+                ("copied", c.report.written),
+                ("failed", c.report.failures.len()),
+            ] {
+                let counter = self.referrers.with_label_values(&[name, &c.stage, result]);
+                counter.inc_by(n as u64);
             }
         }
     }

@@ -193,4 +193,18 @@ pub struct Promote {
     pub min_age: Option<String>,
     /// Whether an existing target tag with another digest may be moved.
     pub overwrite: Option<bool>,
+    /// Whether and which signatures, attestations and SBOMs follow the image.
+    pub referrers: Option<Referrers>,
+}
+
+/// `promote.referrers = { enabled, artifact_types, window }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Referrers {
+    /// Carry referrers at all (default true).
+    pub enabled: Option<bool>,
+    /// Only these artifactTypes (default: all).
+    pub artifact_types: Option<Vec<String>>,
+    /// How long after its promotion a digest that is no longer current is still watched.
+    pub window: Option<String>,
 }

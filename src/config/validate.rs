@@ -759,7 +759,34 @@ fn promotion(
         approval: approval?,
         min_age,
         overwrite: raw.overwrite.unwrap_or(false),
+        referrers: referrers(p, &ppath, raw.referrers.as_ref())?,
     })
+}
+
+/// `promote.referrers`, defaults filled in.
+fn referrers(
+    p: &mut Problems,
+    ppath: &str,
+    raw: Option<&raw::Referrers>,
+) -> Option<super::Referrers> {
+    let mut out = super::Referrers::default();
+    let Some(raw) = raw else {
+        return Some(out);
+    };
+    out.enabled = raw.enabled.unwrap_or(true);
+    out.artifact_types = raw.artifact_types.clone().unwrap_or_default();
+    for (i, t) in out.artifact_types.iter().enumerate() {
+        if t.is_empty() || t.len() > 255 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            p.error(
+                format!("{ppath}.referrers.artifact_types[{i}]"),
+                format!("{t:?} is not a media type (e.g. \"application/spdx+json\")"),
+            );
+        }
+    }
+    if let Some(text) = &raw.window {
+        out.window = duration(p, &format!("{ppath}.referrers.window"), text, false)?;
+    }
+    Some(out)
 }
 
 /// Renders the template for a typical source version and warns when the target stage's own

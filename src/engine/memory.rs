@@ -303,4 +303,13 @@ impl Backend for Memory {
             self.copy_now(promotion, to)
         })
     }
+
+    /// The in-memory registry holds tags and digests only, no referrers: nothing to carry.
+    fn referrers<'a>(
+        &'a self,
+        _job: &'a super::backend::ReferrerJob<'a>,
+        _memo: &'a mut registry::referrers::Memo,
+    ) -> BoxFuture<'a, Result<registry::referrers::Report>> {
+        Box::pin(async move { Ok(registry::referrers::Report::default()) })
+    }
 }

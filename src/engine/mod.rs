@@ -25,6 +25,7 @@ pub mod describe;
 pub(crate) mod memory;
 pub mod outcome;
 pub mod plan;
+mod referrers;
 pub mod state;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -42,6 +43,7 @@ pub use approval::{approval_target, ApproveError, Approved, Asked, TargetError};
 pub use backend::Backend;
 pub use outcome::{Applied, Next, Outcome, PromotionError};
 pub use plan::{Action, Intent, Observed, PipelinePlan, Planned, Promotion, StagePlan};
+pub use referrers::Carried;
 pub use state::State;
 
 /// Planning rounds beyond the number of stages before giving up: a stage can need a round of
@@ -122,6 +124,8 @@ pub struct Engine {
     /// [`Engine::with_parallel`]), created as registries are first used.
     slots: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     parallel: usize,
+    /// Promoted digests whose referrers are watched, with what their targets have.
+    referrers: referrers::Watched,
 }
 
 impl std::fmt::Debug for Engine {
@@ -141,6 +145,7 @@ impl Engine {
             locks: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
             parallel: DEFAULT_PARALLEL,
+            referrers: referrers::Watched::default(),
         }
     }
 
@@ -184,7 +189,9 @@ impl Engine {
         record: bool,
     ) -> Result<PipelinePlan, Error> {
         let _slots = self.slots(pipeline).await;
-        self.plan_holding_slots(pipeline, intent, record).await
+        self.plan_holding_slots(pipeline, intent, record)
+            .await
+            .map(|(plan, _)| plan)
     }
 
     /// Waits for a slot of every registry `pipeline` uses, in name order, so two pipelines
@@ -221,7 +228,7 @@ impl Engine {
         pipeline: &Pipeline,
         intent: &Intent,
         record: bool,
-    ) -> Result<PipelinePlan, Error> {
+    ) -> Result<(PipelinePlan, Observed), Error> {
         let mut observed = self.list(pipeline).await?;
         let now = SystemTime::now();
         let rounds = pipeline.stages.len() + EXTRA_ROUNDS;
@@ -243,7 +250,7 @@ impl Engine {
                             }
                         }
                     }
-                    return Ok(p);
+                    return Ok((p, observed));
                 }
                 // The first round asks for the current tags: always fresh.
                 Planned::Needs(needs) => self.resolve(&mut observed, needs, round > 0).await?,
@@ -420,14 +427,20 @@ impl Engine {
         stopping: &(dyn Fn() -> bool + Sync),
     ) -> Outcome {
         let started = Instant::now();
-        let (plan, applied) = {
+        let (plan, applied, referrers) = {
             let _held = self.lock_targets(pipeline).await;
             match self.plan_holding_slots(pipeline, intent, true).await {
-                Ok(plan) => {
+                Ok((plan, observed)) => {
                     let applied = self.apply(pipeline, &plan, intent, stopping).await;
-                    (Ok(plan), applied)
+                    let referrers = if stopping() {
+                        Vec::new()
+                    } else {
+                        self.carry_referrers(pipeline, &plan, &observed, &applied)
+                            .await
+                    };
+                    (Ok(plan), applied, referrers)
                 }
-                Err(e) => (Err(e), Vec::new()),
+                Err(e) => (Err(e), Vec::new(), Vec::new()),
             }
         };
         self.save_state();
@@ -437,6 +450,7 @@ impl Engine {
             applied,
             duration: started.elapsed(),
             at: SystemTime::now(),
+            referrers,
         };
         outcome.log();
         outcome

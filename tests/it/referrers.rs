@@ -1,0 +1,240 @@
+//! Signatures, attestations and SBOMs follow a promoted image into other repositories and
+//! registries (issue 16), against the CNCF registry 2.8, which has no referrers API: the cosign
+//! tags and the referrers tag schema (`sha256-<hex>` indexes) are the paths here.
+
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
+use crate::support;
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use support::config::AUTO;
+use support::cosign::{
+    fallback_tag, payload, referrer, referrers_index, signature_manifest, Signer, SPDX,
+};
+use support::images::{Pusher, TestImage, OCI_INDEX};
+use support::pipeline::{digest_at, Daemon, Env, DEADLINE, REPO};
+use support::registry::{Registry, RegistryOptions};
+
+const STAGING: &str = "staging/api-gateway";
+const RELEASE: &str = "release/api-gateway";
+
+/// Requests a registry logged, `METHOD URI` each, from its log text.
+fn requests(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("response completed"))
+        .filter_map(|l| {
+            let field = |name: &str| {
+                let start = l.find(&format!("{name}="))? + name.len() + 1;
+                let rest = &l[start..];
+                let value = match rest.strip_prefix('"') {
+                    Some(quoted) => &quoted[..quoted.find('"')?],
+                    None => rest.split_whitespace().next()?,
+                };
+                Some(value.to_string())
+            };
+            Some(format!(
+                "{} {}",
+                field("http.request.method")?,
+                field("http.request.uri")?
+            ))
+        })
+        .collect()
+}
+
+/// The manifest bytes of `repo:reference` in `registry`, if it has them.
+async fn manifest_at(registry: &Registry, repo: &str, reference: &str) -> Option<Vec<u8>> {
+    let response = support::http_client()
+        .get(format!(
+            "{}/v2/{repo}/manifests/{reference}",
+            registry.url()
+        ))
+        .header(
+            "accept",
+            "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json",
+        )
+        .send()
+        .await
+        .unwrap();
+    if !response.status().is_success() {
+        return None;
+    }
+    Some(response.bytes().await.unwrap().to_vec())
+}
+
+/// The digests a `sha256-<hex>` index lists in `registry`.
+async fn listed(registry: &Registry, repo: &str, subject: &str) -> Vec<String> {
+    let Some(bytes) = manifest_at(registry, repo, &fallback_tag(subject)).await else {
+        return Vec::new();
+    };
+    let index: Value = serde_json::from_slice(&bytes).unwrap();
+    index["manifests"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|d| d["digest"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_signed_image_with_an_sbom_arrives_with_both_and_later_attestations_follow() {
+    let env = Env::start();
+    let prod = Registry::start(RegistryOptions::anonymous());
+    let dev = Pusher::new(&env.registry.url());
+    let image = TestImage::generate(1, &[512]);
+    dev.push_image(REPO, &image, Some("v1.2.0-dev.1")).await;
+    let d = image.digest.clone();
+
+    // cosign 2's signature tag, an SBOM as an OCI 1.1 referrer listed in the fallback index,
+    // and an impostor: listed there too, but its subject is another image.
+    let signer = Signer::generate();
+    let signed = payload(&format!("{}/{REPO}", env.registry.host()), &d);
+    let signature = signer.sign(&signed);
+    let sig = signature_manifest(&[(signed, signature)]);
+    let sig_tag = format!("{}.sig", fallback_tag(&d));
+    sig.push(&dev, REPO, Some(&sig_tag)).await;
+    let sbom = referrer(
+        &d,
+        image.manifest.len(),
+        SPDX,
+        br#"{"spdxVersion":"SPDX-2.3"}"#,
+    );
+    sbom.push(&dev, REPO, None).await;
+    let other = TestImage::generate(2, &[64]);
+    dev.push_image(REPO, &other, None).await;
+    let impostor = referrer(&other.digest, other.manifest.len(), SPDX, b"{}");
+    impostor.push(&dev, REPO, None).await;
+    let index = referrers_index(&[sbom.descriptor(SPDX), impostor.descriptor(SPDX)]);
+    dev.push_manifest(REPO, &fallback_tag(&d), &index, OCI_INDEX)
+        .await;
+
+    // Production's fallback index already lists a referrer someone else wrote: it stays.
+    let prod_pusher = Pusher::new(&prod.url());
+    let theirs = referrer(&d, image.manifest.len(), "application/x-theirs", b"theirs");
+    theirs.push(&prod_pusher, RELEASE, None).await;
+    prod_pusher
+        .push_manifest(
+            RELEASE,
+            &fallback_tag(&d),
+            &referrers_index(&[theirs.descriptor("application/x-theirs")]),
+            OCI_INDEX,
+        )
+        .await;
+
+    let config = env.write(
+        &env.config("1s", AUTO, AUTO)
+            .registry("prod", &prod.url())
+            .map_pipeline("api-gateway", |p| {
+                p.map_stage("staging", |s| s.in_repository(STAGING))
+                    .map_stage("production", |s| {
+                        s.in_registry("prod").in_repository(RELEASE)
+                    })
+            }),
+    );
+    let daemon = Daemon::start(&config, env.dir.path().join("daemon.log"));
+    let addr = daemon.address().await;
+
+    // Staging (another repository: mounts) and production (another registry: transfers).
+    for (registry, repo) in [(&env.registry, STAGING), (&prod, RELEASE)] {
+        support::poll_until(
+            &format!("{repo} to have the referrers"),
+            DEADLINE,
+            || async {
+                let has_sig = digest_at(registry, repo, &sig_tag).await;
+                let listed = listed(registry, repo, &d).await;
+                (has_sig.as_deref() == Some(sig.digest.as_str()) && listed.contains(&sbom.digest))
+                    .then_some(())
+            },
+        )
+        .await;
+        assert_eq!(
+            manifest_at(registry, repo, &sbom.digest).await.unwrap(),
+            sbom.manifest.to_vec(),
+            "{repo}: the SBOM's bytes are unchanged"
+        );
+        assert_eq!(
+            manifest_at(registry, repo, &sig_tag).await.unwrap(),
+            sig.manifest.to_vec()
+        );
+        assert!(
+            manifest_at(registry, repo, &impostor.digest)
+                .await
+                .is_none(),
+            "{repo}: a referrer of another image is not carried"
+        );
+    }
+    let prod_listed = listed(&prod, RELEASE, &d).await;
+    assert!(
+        prod_listed.contains(&theirs.digest) && prod_listed.contains(&sbom.digest),
+        "{prod_listed:?}"
+    );
+
+    // The status says how many arrived and which was skipped.
+    let body = support::http_client()
+        .get(format!("http://{addr}/api/v1/pipelines/api-gateway"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let status: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        status["stages"][2]["referrers"]["summary"], "2 of 2 copied",
+        "{status:#}"
+    );
+    assert!(
+        status["stages"][1]["referrers"]["skipped"]
+            .to_string()
+            .contains(&impostor.digest),
+        "{status:#}"
+    );
+
+    // Steady state, counted from both registries' logs over two whole rounds: tag lists and
+    // HEADs only, at most one HEAD per cosign or fallback tag per round.
+    let rounds = || daemon.log().matches("reconciled").count();
+    let wait_round = |after: usize| {
+        support::poll_until("a reconcile", DEADLINE, move || async move {
+            (rounds() > after).then_some(())
+        })
+    };
+    let start = rounds();
+    wait_round(start).await;
+    let (dev_from, prod_from) = (env.registry.log().len(), prod.log().len());
+    let start = rounds();
+    wait_round(start + 1).await;
+    let mut seen: Vec<String> = requests(&env.registry.log()[dev_from..]);
+    seen.extend(requests(&prod.log()[prod_from..]));
+    let writes_or_reads: Vec<&String> = seen
+        .iter()
+        .filter(|r| {
+            !(r.starts_with("HEAD ") || (r.starts_with("GET ") && r.contains("/tags/list")))
+        })
+        .collect();
+    assert!(writes_or_reads.is_empty(), "{seen:#?}");
+    let mut heads: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in seen.iter().filter(|r| r.contains("/manifests/sha256-")) {
+        *heads.entry(r.as_str()).or_default() += 1;
+    }
+    assert_eq!(
+        heads.len(),
+        4,
+        "dev and staging: .sig and the index: {seen:#?}"
+    );
+    assert!(heads.values().all(|n| *n <= 2), "{seen:#?}");
+    println!("steady state, two rounds: {seen:#?}");
+
+    // An attestation pushed after the promotion arrives by the next round.
+    let att = signature_manifest(&[(b"{\"payloadType\":\"x\"}".to_vec(), signer.sign(b"x"))]);
+    let att_tag = format!("{}.att", fallback_tag(&d));
+    att.push(&dev, REPO, Some(&att_tag)).await;
+    support::poll_until("the attestation in production", DEADLINE, || async {
+        (digest_at(&prod, RELEASE, &att_tag).await.as_deref() == Some(att.digest.as_str()))
+            .then_some(())
+    })
+    .await;
+}
