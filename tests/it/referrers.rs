@@ -10,12 +10,13 @@ use crate::support;
 use std::collections::BTreeMap;
 
 use serde_json::Value;
-use support::config::AUTO;
+use support::config::{AUTO, MANUAL};
 use support::cosign::{
     fallback_tag, payload, referrer, referrers_index, signature_manifest, Signer, SPDX,
 };
 use support::images::{Pusher, TestImage, OCI_INDEX};
-use support::pipeline::{digest_at, Daemon, Env, DEADLINE, REPO};
+use support::pipeline::{digest_at, run, text, Daemon, Env, DEADLINE, REPO};
+use support::proxy::{Fault, FaultAction};
 use support::registry::{Registry, RegistryOptions};
 
 const STAGING: &str = "staging/api-gateway";
@@ -237,4 +238,112 @@ async fn a_signed_image_with_an_sbom_arrives_with_both_and_later_attestations_fo
             .then_some(())
     })
     .await;
+}
+
+/// The referrers API path. No registry here serves `GET /v2/<name>/referrers/<digest>` (the
+/// CNCF registry 2.8 answers 404), so the test proxy answers it for the source repository, with
+/// the listing a registry with the API would give; everything else is the real registry. The
+/// SBOM is pushed by digest only: without the API answer, nothing would tell it exists.
+#[tokio::test]
+async fn referrers_listed_by_the_referrers_api_are_carried_and_indexed_in_a_target_without_it() {
+    let env = Env::start();
+    let dev = Pusher::new(&env.registry.url());
+    let image = TestImage::generate(3, &[256]);
+    dev.push_image(REPO, &image, Some("v1.2.0-dev.1")).await;
+    let d = image.digest.clone();
+    let sbom = referrer(
+        &d,
+        image.manifest.len(),
+        SPDX,
+        br#"{"spdxVersion":"SPDX-2.3"}"#,
+    );
+    sbom.push(&dev, REPO, None).await;
+    env.proxy.inject(
+        Fault::new(FaultAction::Respond {
+            status: 200,
+            headers: vec![("Content-Type".into(), OCI_INDEX.into())],
+            body: String::from_utf8(referrers_index(&[sbom.descriptor(SPDX)]).to_vec()).unwrap(),
+        })
+        .on("GET")
+        .path_contains(&format!("/v2/{REPO}/referrers/{d}"))
+        .times(usize::MAX),
+    );
+    // Any other subject of the source has no referrers (asked for the SBOM's own).
+    env.proxy.inject(
+        Fault::new(FaultAction::Respond {
+            status: 200,
+            headers: vec![("Content-Type".into(), OCI_INDEX.into())],
+            body: String::from_utf8(referrers_index(&[]).to_vec()).unwrap(),
+        })
+        .on("GET")
+        .path_contains(&format!("/v2/{REPO}/referrers/"))
+        .times(usize::MAX),
+    );
+    let config = env.write(
+        &env.config("1s", AUTO, MANUAL)
+            .map_pipeline("api-gateway", |p| {
+                p.map_stage("staging", |s| s.in_repository(STAGING))
+            }),
+    );
+    let out = run(&config, &["reconcile"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        manifest_at(&env.registry, STAGING, &sbom.digest)
+            .await
+            .unwrap(),
+        sbom.manifest.to_vec()
+    );
+    assert_eq!(
+        listed(&env.registry, STAGING, &d).await,
+        [sbom.digest.clone()]
+    );
+    let asked: Vec<String> = env
+        .proxy
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/referrers/"))
+        .map(|r| format!("{} {} {}", r.method, r.path, r.status))
+        .collect();
+    // The image's listing, one probe of the target (404: no API, so the index is kept), and
+    // the SBOM's own listing (referrers of referrers).
+    assert_eq!(asked.len(), 3, "{asked:#?}");
+    assert!(
+        asked[1].starts_with(&format!("GET /v2/{STAGING}/referrers/")),
+        "{asked:#?}"
+    );
+}
+
+/// A referrers answer that is not JSON (here from the proxy, in front of the real registry)
+/// fails the referrers, never the promotion, and says so.
+#[tokio::test]
+async fn a_broken_referrers_answer_does_not_undo_the_promotion() {
+    let env = Env::start();
+    let dev = env.push(REPO, "v1.2.0-dev.1", 4).await;
+    env.proxy.inject(
+        Fault::new(FaultAction::Respond {
+            status: 200,
+            headers: vec![("Content-Type".into(), OCI_INDEX.into())],
+            body: "<html>not an index</html>".into(),
+        })
+        .on("GET")
+        .path_contains("/referrers/")
+        .times(usize::MAX),
+    );
+    let config = env.write(
+        &env.config("1s", AUTO, MANUAL)
+            .map_pipeline("api-gateway", |p| {
+                p.map_stage("staging", |s| s.in_repository(STAGING))
+            }),
+    );
+    let out = run(&config, &["reconcile"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        env.digest(STAGING, "v1.2.0-rc.1").await.as_deref(),
+        Some(dev.as_str())
+    );
+    let log = text(&out);
+    assert!(
+        log.contains("referrers: 0 of 0 copied") && log.contains("not a JSON index"),
+        "{log}"
+    );
 }
