@@ -293,10 +293,7 @@ async fn referrers_listed_by_the_referrers_api_are_carried_and_indexed_in_a_targ
             .unwrap(),
         sbom.manifest.to_vec()
     );
-    assert_eq!(
-        listed(&env.registry, STAGING, &d).await,
-        [sbom.digest.clone()]
-    );
+    assert_eq!(listed(&env.registry, STAGING, &d).await, vec![sbom.digest]);
     let asked: Vec<String> = env
         .proxy
         .requests()
