@@ -14,6 +14,8 @@
 //!    `semver` / `alphabetical` / `numerical`) with Flux's semantics, including the Masterminds
 //!    range language. Pure: no I/O.
 //! 2. [`template`]: promotion target tag templates (`v{major}.{minor}.{patch}-rc.{n}`).
+//!    [`cosign`]: key-based cosign signatures checked against a digest (`promote.verify`);
+//!    pure as well.
 //! 3. [`config`]: the configuration file (TOML or YAML plus `RETAGD_*` overrides), validated up
 //!    front with key paths in every error.
 //! 4. [`registry`]: the registry client: tag lists, manifests, and copies with the fewest
@@ -33,6 +35,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod cosign;
 pub mod daemon;
 pub mod engine;
 #[cfg(test)]
@@ -57,7 +60,7 @@ mod layers {
     const LAYERS: &[&[&str]] = &[
         &["fuzzing"],
         &["secret", "reference", "policy"],
-        &["template"],
+        &["template", "cosign"],
         &["config"],
         &["registry", "notify"],
         &["engine"],

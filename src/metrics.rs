@@ -53,6 +53,7 @@ pub struct Metrics {
     /// Pipelines with a last-success series.
     pipelines: Mutex<BTreeSet<String>>,
     referrers: IntCounterVec,
+    unverified: IntCounterVec,
 }
 
 /// An info series' family, pipeline and stage.
@@ -168,6 +169,11 @@ impl Metrics {
                 "retagd_referrers_total",
                 "Referrers (signatures, attestations, SBOMs) carried into promoted stages, by result: copied (a manifest written to the target), failed (retried next round).",
                 &["pipeline", "stage", "result"],
+            )?,
+            unverified: counter_vec(
+                "retagd_unverified_total",
+                "Reconciles that refused a stage's candidate for want of a valid cosign signature by the stage's key (promote.verify), by reason: no_signature, not_verified, other_digest, malformed, unreadable.",
+                &["pipeline", "stage", "reason"],
             )?,
             registry: registry.clone(),
         };
@@ -295,6 +301,11 @@ impl Metrics {
                     _ => None,
                 };
                 self.pending(name, &st.stage, pending);
+                if let Action::Unverified { code, .. } = &st.action {
+                    self.unverified
+                        .with_label_values(&[name, &st.stage, code])
+                        .inc();
+                }
             }
         }
         for a in &outcome.applied {

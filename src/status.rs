@@ -131,6 +131,17 @@ impl StageStatus {
                     });
                 }
             }
+            Action::Unverified {
+                promotion, reason, ..
+            } => {
+                now.unverified = Some(candidate(promotion));
+                if was.unverified != now.unverified {
+                    events.push(Event {
+                        error: Some(format!("unverified: {reason}")),
+                        ..event(EventKind::Failure, promotion)
+                    });
+                }
+            }
             _ => {}
         }
         // A failure stays current while the stage still means to promote that candidate.
@@ -197,6 +208,8 @@ struct Announced {
     /// The target tag and digest of the failing promotion: a failure is announced once per
     /// candidate, not per retry (error texts differ between attempts).
     failure: Option<(String, String)>,
+    /// The candidate refused for want of a valid signature, announced once (as a failure).
+    unverified: Option<(String, String)>,
 }
 
 #[derive(Debug)]

@@ -292,6 +292,17 @@ pub struct Promotion {
     pub overwrite: bool,
     /// Which referrers follow a promoted image into this stage.
     pub referrers: Referrers,
+    /// The key whose cosign signature a candidate needs before it is promoted here.
+    pub verify: Option<Verify>,
+}
+
+/// `promote.verify`: only a candidate signed with this key (cosign, key-based) is promoted.
+#[derive(Debug, Clone)]
+pub struct Verify {
+    /// Where the key was read from, for messages.
+    pub cosign_key_file: PathBuf,
+    /// The key, read and checked at start.
+    pub key: crate::cosign::PublicKey,
 }
 
 /// `promote.referrers`: the signatures, attestations and SBOMs carried with a promotion into

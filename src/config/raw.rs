@@ -195,6 +195,16 @@ pub struct Promote {
     pub overwrite: Option<bool>,
     /// Whether and which signatures, attestations and SBOMs follow the image.
     pub referrers: Option<Referrers>,
+    /// A signature every candidate must carry.
+    pub verify: Option<Verify>,
+}
+
+/// `promote.verify = { cosign_key_file }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verify {
+    /// A PEM ECDSA P-256 public key (`cosign.pub`).
+    pub cosign_key_file: String,
 }
 
 /// `promote.referrers = { enabled, artifact_types, window }`.

@@ -760,7 +760,35 @@ fn promotion(
         min_age,
         overwrite: raw.overwrite.unwrap_or(false),
         referrers: referrers(p, &ppath, raw.referrers.as_ref())?,
+        verify: match &raw.verify {
+            Some(v) => Some(verify(p, &ppath, v)?),
+            None => None,
+        },
     })
+}
+
+/// `promote.verify`: the key file is read and must hold a P-256 public key, so a wrong key is a
+/// configuration error at start rather than every candidate refused.
+fn verify(p: &mut Problems, ppath: &str, raw: &raw::Verify) -> Option<super::Verify> {
+    let path = format!("{ppath}.verify.cosign_key_file");
+    let file = nonempty_path(p, &path, &Some(raw.cosign_key_file.clone()))?;
+    let text = match std::fs::read_to_string(&file) {
+        Ok(text) => text,
+        Err(e) => {
+            p.error(path, format!("cannot read {}: {e}", file.display()));
+            return None;
+        }
+    };
+    match crate::cosign::PublicKey::from_pem(&text) {
+        Ok(key) => Some(super::Verify {
+            cosign_key_file: file,
+            key,
+        }),
+        Err(e) => {
+            p.error(path, format!("{}: {e}", file.display()));
+            None
+        }
+    }
 }
 
 /// `promote.referrers`, defaults filled in.

@@ -46,6 +46,16 @@ pub trait Backend: Send + Sync {
         job: &'a ReferrerJob<'a>,
         memo: &'a mut referrers::Memo,
     ) -> BoxFuture<'a, Result<referrers::Report>>;
+
+    /// The cosign signatures of `digest` in a repository, unchecked (see
+    /// [`registry::referrers::signatures`]); `tags` is the repository's listing.
+    fn signatures<'a>(
+        &'a self,
+        registry: &'a str,
+        repository: &'a str,
+        digest: &'a Digest,
+        tags: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<crate::cosign::Evidence>>>;
 }
 
 /// The referrers of one promoted digest to carry, by configured registry name.
@@ -141,6 +151,19 @@ impl Backend for Registries {
                 artifact_types: job.artifact_types,
             };
             Ok(referrers::carry(&route, job.digest, job.source_tags, memo).await)
+        })
+    }
+
+    fn signatures<'a>(
+        &'a self,
+        registry: &'a str,
+        repository: &'a str,
+        digest: &'a Digest,
+        tags: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<crate::cosign::Evidence>>> {
+        Box::pin(async move {
+            let client = self.client(registry)?;
+            referrers::signatures(&client, repository, digest, tags).await
         })
     }
 }

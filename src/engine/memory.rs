@@ -312,4 +312,15 @@ impl Backend for Memory {
     ) -> BoxFuture<'a, Result<registry::referrers::Report>> {
         Box::pin(async move { Ok(registry::referrers::Report::default()) })
     }
+
+    /// No referrers, so no signatures either.
+    fn signatures<'a>(
+        &'a self,
+        _registry: &'a str,
+        _repository: &'a str,
+        _digest: &'a Digest,
+        _tags: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<crate::cosign::Evidence>>> {
+        Box::pin(async move { Ok(Vec::new()) })
+    }
 }

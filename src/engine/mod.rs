@@ -29,6 +29,7 @@ mod referrers;
 pub mod state;
 #[cfg(test)]
 pub(crate) mod tests;
+mod verify;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -242,6 +243,7 @@ impl Engine {
             };
             match planned {
                 Planned::Complete(p) => {
+                    let p = self.verify(pipeline, p, &observed).await;
                     if record {
                         let mut state = self.state();
                         for s in &p.stages {
@@ -369,6 +371,10 @@ impl Engine {
         let mut applied = Vec::new();
         for (index, stage) in plan.stages.iter().enumerate() {
             let Action::Promote(p) = &stage.action else {
+                // A promotion out of a stage whose candidate was refused has nothing to copy.
+                if matches!(stage.action, Action::Unverified { .. }) {
+                    failed.insert(stage.stage.as_str());
+                }
                 continue;
             };
             if stopping() {

@@ -179,6 +179,16 @@ pub enum Action {
         /// Why.
         reason: String,
     },
+    /// The stage requires a signature (`promote.verify`) and the candidate has no valid one:
+    /// nothing is promoted; a later signature promotes it on the next round.
+    Unverified {
+        /// The promotion refused.
+        promotion: Promotion,
+        /// Why, in words.
+        reason: String,
+        /// Why, as the bounded `reason` label of `retagd_unverified_total`.
+        code: &'static str,
+    },
 }
 
 /// A stage's current selection with what templates need.

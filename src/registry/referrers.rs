@@ -33,6 +33,7 @@ use super::auth::{self, Scopes};
 use super::manifest::{self, Contents, Manifest};
 use super::transport::Request;
 use super::{copy, Client, Error};
+use crate::cosign::{Evidence, MAX_EVIDENCE_BYTES};
 use crate::reference::{Digest, Reference};
 
 /// Referrers of referrers are followed this deep (image -> SBOM -> signature of the SBOM).
@@ -191,7 +192,7 @@ pub async fn carry(
                 Err(e) => report.failures.push(format!("{tag}: {e}")),
             }
         }
-        let entries = match listing(route, &subject, &tags, memo).await {
+        let entries = match listing(route.src, route.src_repo, &subject, &tags, memo).await {
             Ok(Listing::None) => Vec::new(),
             Ok(Listing::Known(entries)) => entries,
             Ok(Listing::Fresh(entries, remember)) => {
@@ -321,24 +322,22 @@ async fn cosign_tag(
 /// The OCI referrers of `subject` in the source: the referrers API's answer, or the fallback
 /// index when the source has no referrers API.
 async fn listing(
-    route: &Route<'_>,
+    src: &Client,
+    src_repo: &str,
     subject: &Digest,
     tags: &HashSet<&str>,
     memo: &mut Memo,
 ) -> Result<Listing, Error> {
     if memo.source_api != Some(false) {
-        let scopes = Scopes::from([auth::pull(route.src_repo)]);
+        let scopes = Scopes::from([auth::pull(src_repo)]);
         let mut req = Request::new(
             Method::GET,
-            route
-                .src
-                .url(&format!("/v2/{}/referrers/{subject}", route.src_repo))?,
+            src.url(&format!("/v2/{src_repo}/referrers/{subject}"))?,
             &scopes,
         );
         req.headers
             .insert(ACCEPT, HeaderValue::from_static(manifest::OCI_INDEX));
-        let answer = route
-            .src
+        let answer = src
             .transport
             .fetch(&req, manifest::MAX_MANIFEST_BYTES)
             .await?;
@@ -351,22 +350,22 @@ async fn listing(
                         memo.entries.get(subject).cloned().unwrap_or_default(),
                     ));
                 }
-                let entries = parse_index(&answer.body)
-                    .map_err(|what| route.src.transport.protocol(&req, what))?;
+                let entries =
+                    parse_index(&answer.body).map_err(|what| src.transport.protocol(&req, what))?;
                 return Ok(Listing::Fresh(entries, Remember::Answer(hash)));
             }
             // No referrers API (the CNCF registry 2.8, GHCR): the tag schema.
             StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::BAD_REQUEST => {
                 memo.source_api = Some(false);
             }
-            _ => return Err(route.src.unexpected(&req, &answer)),
+            _ => return Err(src.unexpected(&req, &answer)),
         }
     }
     let tag = fallback_tag(subject);
     if !tags.contains(tag.as_str()) {
         return Ok(Listing::None);
     }
-    let Some(head) = route.src.head_manifest(route.src_repo, &tag).await? else {
+    let Some(head) = src.head_manifest(src_repo, &tag).await? else {
         return Ok(Listing::None);
     };
     if memo.tags.get(&tag) == Some(&head.digest) {
@@ -374,22 +373,19 @@ async fn listing(
             memo.entries.get(subject).cloned().unwrap_or_default(),
         ));
     }
-    let index = route
-        .src
-        .get_manifest(route.src_repo, head.digest.as_str())
-        .await?;
+    let index = src.get_manifest(src_repo, head.digest.as_str()).await?;
     if index.media_type != manifest::OCI_INDEX {
         return Err(Error::Protocol {
-            registry: route.src.name().to_string(),
+            registry: src.name().to_string(),
             what: format!(
                 "{}:{tag} is a {}, not a referrers index",
-                route.src_repo, index.media_type
+                src_repo, index.media_type
             ),
         });
     }
     let entries = parse_index(&index.bytes).map_err(|what| Error::Protocol {
-        registry: route.src.name().to_string(),
-        what: format!("{}:{tag}: {what}", route.src_repo),
+        registry: src.name().to_string(),
+        what: format!("{}:{tag}: {what}", src_repo),
     })?;
     Ok(Listing::Fresh(entries, Remember::Tag(tag, head.digest)))
 }
@@ -661,6 +657,144 @@ async fn fallback_index(
     known.extend(listed.iter().filter_map(|d| d.parse::<Digest>().ok()));
     known.extend(carried.iter().map(|e| e.digest.clone()));
     Ok(())
+}
+
+/// A Sigstore bundle's artifactType and layer media type.
+pub const SIGSTORE_BUNDLE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+/// cosign's simple-signing layer media type.
+const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+/// The layer annotation holding a simple-signing payload's signature.
+const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+/// The artifactType some referrers indexes give bundles (cosign 3 has been seen writing it).
+const EMPTY: &str = "application/vnd.oci.empty.v1+json";
+/// Signature manifests read per candidate; more are not looked at.
+pub const MAX_SIGNATURE_MANIFESTS: usize = 16;
+
+/// The cosign signatures of `digest` in `repo`, unchecked: the simple-signing layers of its
+/// `.sig` tag (when `tags`, the repository's listing, shows one) and the OCI 1.1 referrers that
+/// are cosign signatures or Sigstore bundles (from the referrers API, else the fallback index).
+pub async fn signatures(
+    src: &Client,
+    repo: &str,
+    digest: &Digest,
+    tags: &[String],
+) -> Result<Vec<Evidence>, Error> {
+    let tags: HashSet<&str> = tags.iter().map(String::as_str).collect();
+    let mut found = Vec::new();
+    let sig_tag = format!("{}.sig", fallback_tag(digest));
+    if tags.contains(sig_tag.as_str()) {
+        let m = src.get_manifest(repo, &sig_tag).await?;
+        evidence(src, repo, &m, &mut found).await?;
+    }
+    let entries = match listing(src, repo, digest, &tags, &mut Memo::default()).await? {
+        Listing::Fresh(entries, _) | Listing::Known(entries) => entries,
+        Listing::None => Vec::new(),
+    };
+    let candidates = entries.iter().filter(|e| {
+        e.artifact_type
+            .as_deref()
+            .is_none_or(|t| [COSIGN_SIGNATURE, SIGSTORE_BUNDLE, EMPTY].contains(&t))
+    });
+    for e in candidates.take(MAX_SIGNATURE_MANIFESTS) {
+        let m = src.get_manifest(repo, e.digest.as_str()).await?;
+        let described: Option<Described> = serde_json::from_slice(&m.bytes).ok();
+        let subject = described
+            .as_ref()
+            .and_then(|d| d.subject.as_ref())
+            .map(|s| s.digest.as_str());
+        if subject == Some(digest.as_str()) {
+            evidence(src, repo, &m, &mut found).await?;
+        }
+    }
+    Ok(found)
+}
+
+/// The signatures one manifest holds: simple-signing layers with their annotation, and
+/// Sigstore bundle layers.
+async fn evidence(
+    src: &Client,
+    repo: &str,
+    m: &Manifest,
+    found: &mut Vec<Evidence>,
+) -> Result<(), Error> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Layers {
+        layers: Option<Vec<Layer>>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Layer {
+        media_type: Option<String>,
+        digest: String,
+        size: u64,
+        annotations: Option<BTreeMap<String, String>>,
+    }
+    let Ok(parsed) = serde_json::from_slice::<Layers>(&m.bytes) else {
+        return Ok(());
+    };
+    for layer in parsed
+        .layers
+        .unwrap_or_default()
+        .into_iter()
+        .take(MAX_SIGNATURE_MANIFESTS)
+    {
+        let Ok(digest) = layer.digest.parse::<Digest>() else {
+            continue;
+        };
+        let signature = layer
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SIGNATURE_ANNOTATION))
+            .cloned();
+        match (layer.media_type.as_deref(), signature) {
+            (Some(SIMPLE_SIGNING), Some(signature)) => {
+                let payload = blob(src, repo, &digest, layer.size).await?;
+                found.push(Evidence::SimpleSigning {
+                    payload: payload.to_vec(),
+                    signature,
+                });
+            }
+            (Some(SIGSTORE_BUNDLE), _) => {
+                let bytes = blob(src, repo, &digest, layer.size).await?;
+                found.push(Evidence::Bundle(bytes.to_vec()));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A small blob (a payload, a bundle), read whole and verified by digest.
+async fn blob(src: &Client, repo: &str, digest: &Digest, size: u64) -> Result<bytes::Bytes, Error> {
+    if size > MAX_EVIDENCE_BYTES {
+        return Err(Error::TooLarge {
+            registry: src.name().to_string(),
+            what: format!("signature blob {digest}"),
+            limit: MAX_EVIDENCE_BYTES,
+            size: Some(size),
+        });
+    }
+    let scopes = Scopes::from([auth::pull(repo)]);
+    let req = Request::new(
+        Method::GET,
+        src.url(&format!("/v2/{repo}/blobs/{digest}"))?,
+        &scopes,
+    );
+    let answer = src.transport.fetch(&req, MAX_EVIDENCE_BYTES).await?;
+    if !answer.status.is_success() {
+        return Err(src.unexpected(&req, &answer));
+    }
+    let actual = Digest::of(&answer.body);
+    if actual != *digest {
+        return Err(Error::DigestMismatch {
+            registry: src.name().to_string(),
+            what: format!("blob {repo}@{digest}"),
+            expected: digest.clone(),
+            actual,
+        });
+    }
+    Ok(answer.body)
 }
 
 #[cfg(test)]

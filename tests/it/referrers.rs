@@ -344,3 +344,106 @@ async fn a_broken_referrers_answer_does_not_undo_the_promotion() {
         "{log}"
     );
 }
+
+/// `promote.verify`: a candidate signed with the stage's key is promoted; one signed with another
+/// key is not (the plan says why), until a signature by the key arrives, here a cosign 3 Sigstore
+/// bundle stored as an OCI 1.1 referrer through the fallback index.
+#[tokio::test]
+async fn a_stage_with_verify_promotes_only_what_its_key_signed() {
+    let env = Env::start();
+    let dev = Pusher::new(&env.registry.url());
+    let (ours, theirs) = (Signer::generate(), Signer::generate());
+    let key_file = env.dir.path().join("cosign.pub");
+    std::fs::write(&key_file, ours.public_pem()).unwrap();
+    let sign_with = |signer: &Signer, digest: &str| {
+        let signed = payload(&format!("{}/{REPO}", env.registry.host()), digest);
+        let signature = signer.sign(&signed);
+        signature_manifest(&[(signed, signature)])
+    };
+    let verify = format!(
+        "{AUTO}, verify = {{ cosign_key_file = \"{}\" }}",
+        key_file.display()
+    );
+    let config = env.write(&env.config("1s", &verify, MANUAL));
+
+    let one = TestImage::generate(5, &[128]);
+    dev.push_image(REPO, &one, Some("v1.2.0-dev.1")).await;
+    sign_with(&ours, &one.digest)
+        .push(
+            &dev,
+            REPO,
+            Some(&format!("{}.sig", fallback_tag(&one.digest))),
+        )
+        .await;
+    let out = run(&config, &["reconcile"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        env.digest(REPO, "v1.2.0-rc.1").await.as_deref(),
+        Some(one.digest.as_str())
+    );
+
+    // Signed by another key: not promoted, and the plan says why.
+    let two = TestImage::generate(6, &[128]);
+    dev.push_image(REPO, &two, Some("v1.2.0-dev.2")).await;
+    sign_with(&theirs, &two.digest)
+        .push(
+            &dev,
+            REPO,
+            Some(&format!("{}.sig", fallback_tag(&two.digest))),
+        )
+        .await;
+    let out = run(&config, &["reconcile"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(env.digest(REPO, "v1.2.0-rc.2").await, None);
+    let out = run(&config, &["plan", "--json"]).await;
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let staging = &plan["pipelines"][0]["stages"][1]["action"];
+    assert_eq!(staging["kind"], "unverified", "{plan:#}");
+    assert_eq!(staging["code"], "not_verified", "{plan:#}");
+    assert!(
+        staging["reason"].as_str().unwrap().contains("another key"),
+        "{plan:#}"
+    );
+
+    // cosign 3 signs with our key: a bundle referrer, listed in the fallback index.
+    let bundle = referrer(
+        &two.digest,
+        two.manifest.len(),
+        support::cosign::BUNDLE,
+        &support::cosign::bundle(&ours, &two.digest),
+    );
+    bundle.push(&dev, REPO, None).await;
+    let index = referrers_index(&[bundle.descriptor(support::cosign::BUNDLE)]);
+    dev.push_manifest(REPO, &fallback_tag(&two.digest), &index, OCI_INDEX)
+        .await;
+    let out = run(&config, &["reconcile"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        env.digest(REPO, "v1.2.0-rc.2").await.as_deref(),
+        Some(two.digest.as_str())
+    );
+}
+
+/// A key that is not an ECDSA P-256 public key is a configuration error at start.
+#[tokio::test]
+async fn a_verify_key_that_is_not_p256_is_a_config_error() {
+    use aws_lc_rs::encoding::AsDer as _;
+    use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P384_SHA384_ASN1_SIGNING};
+    let env = Env::start();
+    let p384 = EcdsaKeyPair::generate(&ECDSA_P384_SHA384_ASN1_SIGNING).unwrap();
+    let der = p384.public_key().as_der().unwrap();
+    let key_file = env.dir.path().join("p384.pub");
+    std::fs::write(&key_file, support::cosign::pem("PUBLIC KEY", der.as_ref())).unwrap();
+    let verify = format!(
+        "{AUTO}, verify = {{ cosign_key_file = \"{}\" }}",
+        key_file.display()
+    );
+    let config = env.write(&env.config("1s", &verify, MANUAL));
+    let out = run(&config, &["reconcile"]).await;
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(
+        said.contains("promote.verify.cosign_key_file") && said.contains("P-256"),
+        "{said}"
+    );
+}
