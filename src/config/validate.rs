@@ -953,4 +953,64 @@ mod tests {
             ]
         );
     }
+    #[test]
+    fn promote_referrers_default_on_and_verify_needs_a_readable_p256_key() {
+        let pipeline = |promote_extra: &str| {
+            format!(
+                "[registries.r]\nurl = \"http://127.0.0.1:5000\"\n\
+                 [[pipelines]]\nname = \"p\"\nregistry = \"r\"\nrepository = \"a/p\"\n\
+                 [[pipelines.stages]]\nname = \"dev\"\n\
+                 policy = {{ alphabetical = {{ order = \"asc\" }} }}\n\
+                 [[pipelines.stages]]\nname = \"rc\"\nrepository = \"a/rc\"\n\
+                 policy = {{ alphabetical = {{ order = \"asc\" }} }}\n\
+                 promote = {{ from = \"dev\", tag = \"{{tag}}\"{promote_extra} }}\n"
+            )
+        };
+        let promotion = |text: &str| {
+            parse(text, Format::Toml, "t").map(|l| l.config.pipelines[0].stages[1].promote.clone())
+        };
+        let default = promotion(&pipeline("")).expect("valid").expect("promote");
+        assert_eq!(default.referrers, super::super::Referrers::default());
+        assert!(default.referrers.enabled && default.verify.is_none());
+        let set = promotion(&pipeline(
+            ", referrers = { enabled = false, artifact_types = [\"application/spdx+json\"], window = \"2h\" }",
+        ))
+        .expect("valid")
+        .expect("promote");
+        assert_eq!(
+            (
+                set.referrers.enabled,
+                set.referrers.artifact_types,
+                set.referrers.window
+            ),
+            (
+                false,
+                vec!["application/spdx+json".to_string()],
+                Duration::from_secs(7200)
+            )
+        );
+        let refused = |extra: &str| match promotion(&pipeline(extra)) {
+            Err(Error::Invalid { problems, .. }) => problems
+                .iter()
+                .map(|p| p.path.clone())
+                .collect::<Vec<_>>()
+                .join(" "),
+            other => panic!("{extra}: {other:?}"),
+        };
+        assert!(refused(", referrers = { window = \"soon\" }").contains("referrers.window"));
+        assert!(refused(", referrers = { artifact_types = [\"a b\"] }")
+            .contains("referrers.artifact_types[0]"));
+        assert!(
+            refused(", verify = { cosign_key_file = \"/nonexistent/cosign.pub\" }")
+                .contains("verify.cosign_key_file")
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let not_a_key = dir.path().join("cosign.pub");
+        std::fs::write(&not_a_key, "hello").expect("write");
+        assert!(refused(&format!(
+            ", verify = {{ cosign_key_file = \"{}\" }}",
+            not_a_key.display()
+        ))
+        .contains("verify.cosign_key_file"));
+    }
 }

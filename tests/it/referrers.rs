@@ -14,7 +14,7 @@ use support::config::{AUTO, MANUAL};
 use support::cosign::{
     fallback_tag, payload, referrer, referrers_index, signature_manifest, Signer, SPDX,
 };
-use support::images::{Pusher, TestImage, OCI_INDEX};
+use support::images::{Pusher, TestImage, TestIndex, OCI_INDEX};
 use support::pipeline::{digest_at, run, text, Daemon, Env, DEADLINE, REPO};
 use support::proxy::{Fault, FaultAction};
 use support::registry::{Registry, RegistryOptions};
@@ -445,5 +445,34 @@ async fn a_verify_key_that_is_not_p256_is_a_config_error() {
     assert!(
         said.contains("promote.verify.cosign_key_file") && said.contains("P-256"),
         "{said}"
+    );
+}
+
+/// For a multi-platform index, the referrers of each child come along too (cosign signs each
+/// platform's manifest when asked to `--recursive`).
+#[tokio::test]
+async fn the_referrers_of_an_index_children_come_along() {
+    let env = Env::start();
+    let dev = Pusher::new(&env.registry.url());
+    let index = TestIndex::generate(7, &[128]);
+    dev.push_index(REPO, &index, Some("v1.2.0-dev.1")).await;
+    let child = &index.children[1].digest;
+    let signer = Signer::generate();
+    let signed = payload("x", child);
+    let signature = signer.sign(&signed);
+    let sig = signature_manifest(&[(signed, signature)]);
+    let sig_tag = format!("{}.sig", fallback_tag(child));
+    sig.push(&dev, REPO, Some(&sig_tag)).await;
+    let config = env.write(
+        &env.config("1s", AUTO, MANUAL)
+            .map_pipeline("api-gateway", |p| {
+                p.map_stage("staging", |s| s.in_repository(STAGING))
+            }),
+    );
+    let out = run(&config, &["reconcile"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        env.digest(STAGING, &sig_tag).await.as_deref(),
+        Some(sig.digest.as_str())
     );
 }
