@@ -476,3 +476,64 @@ async fn the_referrers_of_an_index_children_come_along() {
         Some(sig.digest.as_str())
     );
 }
+
+/// A `sha256-<hex>` tag that is not an index is refused where it is read: in the source the
+/// referrers it would list are not found, in the target it is left alone; the promotion stands
+/// and the log says why.
+#[tokio::test]
+async fn a_fallback_tag_that_is_not_an_index_is_left_alone() {
+    let env = Env::start();
+    let dev = Pusher::new(&env.registry.url());
+    let image = TestImage::generate(8, &[128]);
+    dev.push_image(REPO, &image, Some("v1.2.0-dev.1")).await;
+    let d = image.digest.clone();
+    let sbom = referrer(&d, image.manifest.len(), SPDX, b"{}");
+    sbom.push(&dev, REPO, None).await;
+    dev.push_manifest(
+        REPO,
+        &fallback_tag(&d),
+        &referrers_index(&[sbom.descriptor(SPDX)]),
+        OCI_INDEX,
+    )
+    .await;
+    // In the target, the tag holds an image.
+    let squatter = TestImage::generate(9, &[64]);
+    dev.push_image(STAGING, &squatter, Some(&fallback_tag(&d)))
+        .await;
+    let config = env.write(
+        &env.config("1s", AUTO, MANUAL)
+            .map_pipeline("api-gateway", |p| {
+                p.map_stage("staging", |s| s.in_repository(STAGING))
+            }),
+    );
+    let out = run(&config, &["reconcile"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        env.digest(STAGING, "v1.2.0-rc.1").await.as_deref(),
+        Some(d.as_str())
+    );
+    assert_eq!(
+        env.digest(STAGING, &fallback_tag(&d)).await.as_deref(),
+        Some(squatter.digest.as_str())
+    );
+    let said = text(&out);
+    assert!(said.contains("not a referrers index; left alone"), "{said}");
+
+    // In the source: nothing to list, said so, and the promotion of the next build stands.
+    let next = TestImage::generate(10, &[128]);
+    dev.push_image(REPO, &next, Some("v1.2.0-dev.2")).await;
+    dev.push_image(REPO, &squatter, Some(&fallback_tag(&next.digest)))
+        .await;
+    let out = run(&config, &["reconcile"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        env.digest(STAGING, "v1.2.0-rc.2").await.as_deref(),
+        Some(next.digest.as_str())
+    );
+    let said = text(&out);
+    let source_tag = format!("{REPO}:{} is a", fallback_tag(&next.digest));
+    assert!(
+        said.contains(&source_tag) && said.contains("not a referrers index"),
+        "{said}"
+    );
+}
