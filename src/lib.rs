@@ -15,6 +15,8 @@
 //!    range language. [`calendar`]: promotion windows in IANA time zones, and RFC 3339 times.
 //!    Pure: no I/O.
 //! 2. [`template`]: promotion target tag templates (`v{major}.{minor}.{patch}-rc.{n}`).
+//!    [`cosign`]: key-based cosign signatures checked against a digest (`promote.verify`);
+//!    pure as well.
 //! 3. [`config`]: the configuration file (TOML or YAML plus `RETAGD_*` overrides), validated up
 //!    front with key paths in every error.
 //! 4. [`registry`]: the registry client: tag lists, manifests, and copies with the fewest
@@ -35,6 +37,7 @@
 pub mod calendar;
 pub mod cli;
 pub mod config;
+pub mod cosign;
 pub mod daemon;
 pub mod engine;
 #[cfg(test)]
@@ -59,7 +62,7 @@ mod layers {
     const LAYERS: &[&[&str]] = &[
         &["fuzzing"],
         &["secret", "reference", "policy", "calendar"],
-        &["template"],
+        &["template", "cosign"],
         &["config"],
         &["registry", "notify"],
         &["engine"],

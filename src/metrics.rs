@@ -56,6 +56,8 @@ pub struct Metrics {
     pipelines: Mutex<BTreeSet<String>>,
     /// Promoted stages (pipeline, stage) with freeze and waiting series.
     held: Mutex<BTreeSet<(String, String)>>,
+    referrers: IntCounterVec,
+    unverified: IntCounterVec,
 }
 
 /// An info series' family, pipeline and stage.
@@ -182,6 +184,16 @@ impl Metrics {
             info: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(BTreeSet::new()),
             held: Mutex::new(BTreeSet::new()),
+            referrers: counter_vec(
+                "retagd_referrers_total",
+                "Referrers (signatures, attestations, SBOMs) carried into promoted stages, by result: copied (a manifest written to the target), failed (retried next round).",
+                &["pipeline", "stage", "result"],
+            )?,
+            unverified: counter_vec(
+                "retagd_unverified_total",
+                "Reconciles that refused a stage's candidate for want of a valid cosign signature by the stage's key (promote.verify), by reason: no_signature, not_verified, other_digest, malformed, unreadable.",
+                &["pipeline", "stage", "reason"],
+            )?,
             registry: registry.clone(),
         };
         let build = gauge_vec(
@@ -322,12 +334,26 @@ impl Metrics {
                 };
                 self.pending(name, &st.stage, pending);
                 self.holds(name, st);
+                if let Action::Unverified { code, .. } = &st.action {
+                    self.unverified
+                        .with_label_values(&[name, &st.stage, code])
+                        .inc();
+                }
             }
         }
         for a in &outcome.applied {
             match &a.result {
                 Ok(_) => self.promotion(name, &a.stage, "success", ""),
                 Err(e) => self.promotion(name, &a.stage, "failure", e.reason()),
+            }
+        }
+        for c in &outcome.referrers {
+            for (result, n) in [
+                ("copied", c.report.written),
+                ("failed", c.report.failures.len()),
+            ] {
+                let counter = self.referrers.with_label_values(&[name, &c.stage, result]);
+                counter.inc_by(n as u64);
             }
         }
     }

@@ -42,6 +42,40 @@ pub struct StageStatus {
     pub last_promotion: Option<LastPromotion>,
     /// Why the last promotion into this stage failed; cleared by a success.
     pub last_error: Option<String>,
+    /// The referrers of the digests watched for this stage (`2 of 3 copied`), and what failed
+    /// in the last round; `None` for a stage that carries none.
+    pub referrers: Option<ReferrersStatus>,
+}
+
+/// The referrers carried into a stage, as of the last reconcile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReferrersStatus {
+    /// `2 of 3 copied`: in the target, of those found in the source.
+    pub summary: String,
+    /// What failed in the last round (retried next round).
+    pub failures: Vec<String>,
+    /// Referrers left out, and why.
+    pub skipped: Vec<String>,
+}
+
+impl ReferrersStatus {
+    /// The stage's reports of one reconcile taken together; `None` when there are none.
+    fn of(outcome: &Outcome, stage: &str) -> Option<ReferrersStatus> {
+        let mut total = crate::registry::referrers::Report::default();
+        let mut any = false;
+        for c in outcome.referrers.iter().filter(|c| c.stage == stage) {
+            any = true;
+            total.found += c.report.found;
+            total.in_target += c.report.in_target;
+            total.failures.extend(c.report.failures.iter().cloned());
+            total.skipped.extend(c.report.skipped.iter().cloned());
+        }
+        any.then(|| ReferrersStatus {
+            summary: total.summary(),
+            failures: total.failures,
+            skipped: total.skipped,
+        })
+    }
 }
 
 /// The last promotion into a stage that succeeded.
@@ -94,6 +128,17 @@ impl StageStatus {
                     events.push(Event {
                         existing_digest: Some(existing.as_str().to_string()),
                         ..event(EventKind::Conflict, promotion)
+                    });
+                }
+            }
+            Action::Unverified {
+                promotion, reason, ..
+            } => {
+                now.unverified = Some(candidate(promotion));
+                if was.unverified != now.unverified {
+                    events.push(Event {
+                        error: Some(format!("unverified: {reason}")),
+                        ..event(EventKind::Failure, promotion)
                     });
                 }
             }
@@ -164,6 +209,8 @@ struct Announced {
     /// The target tag and digest of the failing promotion: a failure is announced once per
     /// candidate, not per retry (error texts differ between attempts).
     failure: Option<(String, String)>,
+    /// The candidate refused for want of a valid signature, announced once (as a failure).
+    unverified: Option<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -190,6 +237,7 @@ fn blank(pipeline: &Pipeline) -> PipelineStatus {
                 plan: None,
                 last_promotion: None,
                 last_error: None,
+                referrers: None,
             })
             .collect(),
         last_reconcile: None,
@@ -272,6 +320,7 @@ impl Status {
                 time: at,
             };
             events.extend(stage.record(st, applied, was, at, event));
+            stage.referrers = ReferrersStatus::of(outcome, &st.stage);
         }
         events
     }
@@ -375,6 +424,7 @@ mod tests {
             applied,
             duration: Duration::ZERO,
             at: SystemTime::now(),
+            referrers: Vec::new(),
         }
     }
 

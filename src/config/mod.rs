@@ -302,6 +302,45 @@ pub struct Promotion {
     pub overwrite: bool,
     /// When promotions into the stage may happen; always when empty.
     pub windows: Vec<crate::calendar::Window>,
+    /// Which referrers follow a promoted image into this stage.
+    pub referrers: Referrers,
+    /// The key whose cosign signature a candidate needs before it is promoted here.
+    pub verify: Option<Verify>,
+}
+
+/// `promote.verify`: only a candidate signed with this key (cosign, key-based) is promoted.
+#[derive(Debug, Clone)]
+pub struct Verify {
+    /// Where the key was read from, for messages.
+    pub cosign_key_file: PathBuf,
+    /// The key, read and checked at start.
+    pub key: crate::cosign::PublicKey,
+}
+
+/// `promote.referrers`: the signatures, attestations and SBOMs carried with a promotion into
+/// another repository or registry, and for how long late ones are still looked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Referrers {
+    /// On by default: an image promoted without its signature fails admission policies later.
+    pub enabled: bool,
+    /// artifactTypes carried; empty carries all.
+    pub artifact_types: Vec<String>,
+    /// A digest promoted this recently is still watched for referrers after the stage moved on
+    /// (default [`DEFAULT_REFERRERS_WINDOW`]); the current digest always is.
+    pub window: Duration,
+}
+
+/// 24 h: CI signs and attests within minutes to hours of a push.
+pub const DEFAULT_REFERRERS_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+impl Default for Referrers {
+    fn default() -> Referrers {
+        Referrers {
+            enabled: true,
+            artifact_types: Vec::new(),
+            window: DEFAULT_REFERRERS_WINDOW,
+        }
+    }
 }
 
 /// One problem, at a key path.

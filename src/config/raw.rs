@@ -216,6 +216,30 @@ pub struct Promote {
     pub overwrite: Option<bool>,
     /// When promotions into the stage may happen; any time when unset.
     pub windows: Option<Vec<Window>>,
+    /// Whether and which signatures, attestations and SBOMs follow the image.
+    pub referrers: Option<Referrers>,
+    /// A signature every candidate must carry.
+    pub verify: Option<Verify>,
+}
+
+/// `promote.verify = { cosign_key_file }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verify {
+    /// A PEM ECDSA P-256 public key (`cosign.pub`).
+    pub cosign_key_file: String,
+}
+
+/// `promote.referrers = { enabled, artifact_types, window }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Referrers {
+    /// Carry referrers at all (default true).
+    pub enabled: Option<bool>,
+    /// Only these artifactTypes (default: all).
+    pub artifact_types: Option<Vec<String>>,
+    /// How long after its promotion a digest that is no longer current is still watched.
+    pub window: Option<String>,
 }
 
 /// One of `promote.windows`.

@@ -863,7 +863,62 @@ fn promotion(
         min_age,
         overwrite: raw.overwrite.unwrap_or(false),
         windows: windows.into_iter().collect::<Option<_>>()?,
+        referrers: referrers(p, &ppath, raw.referrers.as_ref())?,
+        verify: match &raw.verify {
+            Some(v) => Some(verify(p, &ppath, v)?),
+            None => None,
+        },
     })
+}
+
+/// `promote.verify`: the key file is read and must hold a P-256 public key, so a wrong key is a
+/// configuration error at start rather than every candidate refused.
+fn verify(p: &mut Problems, ppath: &str, raw: &raw::Verify) -> Option<super::Verify> {
+    let path = format!("{ppath}.verify.cosign_key_file");
+    let file = nonempty_path(p, &path, &Some(raw.cosign_key_file.clone()))?;
+    let text = match std::fs::read_to_string(&file) {
+        Ok(text) => text,
+        Err(e) => {
+            p.error(path, format!("cannot read {}: {e}", file.display()));
+            return None;
+        }
+    };
+    match crate::cosign::PublicKey::from_pem(&text) {
+        Ok(key) => Some(super::Verify {
+            cosign_key_file: file,
+            key,
+        }),
+        Err(e) => {
+            p.error(path, format!("{}: {e}", file.display()));
+            None
+        }
+    }
+}
+
+/// `promote.referrers`, defaults filled in.
+fn referrers(
+    p: &mut Problems,
+    ppath: &str,
+    raw: Option<&raw::Referrers>,
+) -> Option<super::Referrers> {
+    let mut out = super::Referrers::default();
+    let Some(raw) = raw else {
+        return Some(out);
+    };
+    out.enabled = raw.enabled.unwrap_or(true);
+    out.artifact_types = raw.artifact_types.clone().unwrap_or_default();
+    for (i, t) in out.artifact_types.iter().enumerate() {
+        if t.is_empty() || t.len() > 255 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            p.error(
+                format!("{ppath}.referrers.artifact_types[{i}]"),
+                format!("{t:?} is not a media type (e.g. \"application/spdx+json\")"),
+            );
+        }
+    }
+    if let Some(text) = &raw.window {
+        out.window = duration(p, &format!("{ppath}.referrers.window"), text, false)?;
+    }
+    Some(out)
 }
 
 /// Renders the template for a typical source version and warns when the target stage's own
@@ -1062,5 +1117,66 @@ mod tests {
             panic!("an empty window list must be refused");
         };
         assert_eq!(problems[0].path, "pipelines[0].stages[1].promote.windows");
+    }
+
+    #[test]
+    fn promote_referrers_default_on_and_verify_needs_a_readable_p256_key() {
+        let pipeline = |promote_extra: &str| {
+            format!(
+                "[registries.r]\nurl = \"http://127.0.0.1:5000\"\n\
+                 [[pipelines]]\nname = \"p\"\nregistry = \"r\"\nrepository = \"a/p\"\n\
+                 [[pipelines.stages]]\nname = \"dev\"\n\
+                 policy = {{ alphabetical = {{ order = \"asc\" }} }}\n\
+                 [[pipelines.stages]]\nname = \"rc\"\nrepository = \"a/rc\"\n\
+                 policy = {{ alphabetical = {{ order = \"asc\" }} }}\n\
+                 promote = {{ from = \"dev\", tag = \"{{tag}}\"{promote_extra} }}\n"
+            )
+        };
+        let promotion = |text: &str| {
+            parse(text, Format::Toml, "t").map(|l| l.config.pipelines[0].stages[1].promote.clone())
+        };
+        let default = promotion(&pipeline("")).expect("valid").expect("promote");
+        assert_eq!(default.referrers, super::super::Referrers::default());
+        assert!(default.referrers.enabled && default.verify.is_none());
+        let set = promotion(&pipeline(
+            ", referrers = { enabled = false, artifact_types = [\"application/spdx+json\"], window = \"2h\" }",
+        ))
+        .expect("valid")
+        .expect("promote");
+        assert_eq!(
+            (
+                set.referrers.enabled,
+                set.referrers.artifact_types,
+                set.referrers.window
+            ),
+            (
+                false,
+                vec!["application/spdx+json".to_string()],
+                Duration::from_secs(7200)
+            )
+        );
+        let refused = |extra: &str| match promotion(&pipeline(extra)) {
+            Err(Error::Invalid { problems, .. }) => problems
+                .iter()
+                .map(|p| p.path.clone())
+                .collect::<Vec<_>>()
+                .join(" "),
+            other => panic!("{extra}: {other:?}"),
+        };
+        assert!(refused(", referrers = { window = \"soon\" }").contains("referrers.window"));
+        assert!(refused(", referrers = { artifact_types = [\"a b\"] }")
+            .contains("referrers.artifact_types[0]"));
+        assert!(
+            refused(", verify = { cosign_key_file = \"/nonexistent/cosign.pub\" }")
+                .contains("verify.cosign_key_file")
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let not_a_key = dir.path().join("cosign.pub");
+        std::fs::write(&not_a_key, "hello").expect("write");
+        assert!(refused(&format!(
+            ", verify = {{ cosign_key_file = \"{}\" }}",
+            not_a_key.display()
+        ))
+        .contains("verify.cosign_key_file"));
     }
 }

@@ -7,7 +7,7 @@ use futures_util::future::BoxFuture;
 
 use super::plan::{Promotion, StagePlan};
 use crate::reference::{Digest, Reference};
-use crate::registry::{self, Registries};
+use crate::registry::{self, referrers, Registries};
 
 /// What one registry operation answers.
 pub type Result<T> = std::result::Result<T, registry::Error>;
@@ -37,6 +37,44 @@ pub trait Backend: Send + Sync {
         promotion: &'a Promotion,
         to: &'a StagePlan,
     ) -> BoxFuture<'a, Result<registry::Report>>;
+
+    /// Carries the referrers of `job.digest` that the target lacks (see
+    /// [`registry::referrers`]); what failed is in the report, and `memo` remembers what the
+    /// target has. An error only when a registry is not configured.
+    fn referrers<'a>(
+        &'a self,
+        job: &'a ReferrerJob<'a>,
+        memo: &'a mut referrers::Memo,
+    ) -> BoxFuture<'a, Result<referrers::Report>>;
+
+    /// The cosign signatures of `digest` in a repository, unchecked (see
+    /// [`registry::referrers::signatures`]); `tags` is the repository's listing.
+    fn signatures<'a>(
+        &'a self,
+        registry: &'a str,
+        repository: &'a str,
+        digest: &'a Digest,
+        tags: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<crate::cosign::Evidence>>>;
+}
+
+/// The referrers of one promoted digest to carry, by configured registry name.
+#[derive(Debug, Clone, Copy)]
+pub struct ReferrerJob<'a> {
+    /// The source stage's registry.
+    pub from_registry: &'a str,
+    /// The source stage's repository.
+    pub from_repository: &'a str,
+    /// The promoted stage's registry.
+    pub to_registry: &'a str,
+    /// The promoted stage's repository.
+    pub to_repository: &'a str,
+    /// The promoted digest.
+    pub digest: &'a Digest,
+    /// The source repository's tags, as this round listed them.
+    pub source_tags: &'a [String],
+    /// artifactTypes carried; empty carries all.
+    pub artifact_types: &'a [String],
 }
 
 impl Registries {
@@ -94,6 +132,38 @@ impl Backend for Registries {
                 digest: None,
             };
             registry::copy(&src, &src_ref, &dst, &dst_ref, p.overwrite).await
+        })
+    }
+
+    fn referrers<'a>(
+        &'a self,
+        job: &'a ReferrerJob<'a>,
+        memo: &'a mut referrers::Memo,
+    ) -> BoxFuture<'a, Result<referrers::Report>> {
+        Box::pin(async move {
+            let src = self.client(job.from_registry)?;
+            let dst = self.client(job.to_registry)?;
+            let route = referrers::Route {
+                src: &src,
+                src_repo: job.from_repository,
+                dst: &dst,
+                dst_repo: job.to_repository,
+                artifact_types: job.artifact_types,
+            };
+            Ok(referrers::carry(&route, job.digest, job.source_tags, memo).await)
+        })
+    }
+
+    fn signatures<'a>(
+        &'a self,
+        registry: &'a str,
+        repository: &'a str,
+        digest: &'a Digest,
+        tags: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<crate::cosign::Evidence>>> {
+        Box::pin(async move {
+            let client = self.client(registry)?;
+            referrers::signatures(&client, repository, digest, tags).await
         })
     }
 }

@@ -71,6 +71,14 @@ pub fn action_text(action: &Action, now: SystemTime) -> String {
         ),
         Action::NoCandidate { reason } => format!("nothing to promote: {reason}"),
         Action::Invalid { reason } => format!("invalid: {reason}"),
+        Action::Unverified {
+            promotion, reason, ..
+        } => format!(
+            "unverified: {reason}: {} -> {} ({})",
+            promotion.from_tag,
+            promotion.to_tag,
+            short(&promotion.digest)
+        ),
     }
 }
 
@@ -173,5 +181,15 @@ pub fn action_json(action: &Action) -> Value {
         }),
         Action::NoCandidate { reason } => json!({"kind": "no_candidate", "reason": reason}),
         Action::Invalid { reason } => json!({"kind": "invalid", "reason": reason}),
+        Action::Unverified {
+            promotion,
+            reason,
+            code,
+        } => json!({
+            "kind": "unverified",
+            "promotion": promotion_json(promotion),
+            "reason": reason,
+            "code": code,
+        }),
     }
 }

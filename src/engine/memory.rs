@@ -303,4 +303,24 @@ impl Backend for Memory {
             self.copy_now(promotion, to)
         })
     }
+
+    /// The in-memory registry holds tags and digests only, no referrers: nothing to carry.
+    fn referrers<'a>(
+        &'a self,
+        _job: &'a super::backend::ReferrerJob<'a>,
+        _memo: &'a mut registry::referrers::Memo,
+    ) -> BoxFuture<'a, Result<registry::referrers::Report>> {
+        Box::pin(async move { Ok(registry::referrers::Report::default()) })
+    }
+
+    /// No referrers, so no signatures either.
+    fn signatures<'a>(
+        &'a self,
+        _registry: &'a str,
+        _repository: &'a str,
+        _digest: &'a Digest,
+        _tags: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<crate::cosign::Evidence>>> {
+        Box::pin(async move { Ok(Vec::new()) })
+    }
 }

@@ -26,9 +26,11 @@ pub mod freeze;
 pub(crate) mod memory;
 pub mod outcome;
 pub mod plan;
+mod referrers;
 pub mod state;
 #[cfg(test)]
 pub(crate) mod tests;
+mod verify;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -44,6 +46,7 @@ pub use backend::Backend;
 pub use freeze::{FreezeError, Freezes};
 pub use outcome::{Applied, Next, Outcome, PromotionError};
 pub use plan::{Action, Intent, Observed, PipelinePlan, Planned, Promotion, StagePlan, Wait};
+pub use referrers::Carried;
 pub use state::State;
 
 /// Planning rounds beyond the number of stages before giving up: a stage can need a round of
@@ -126,6 +129,8 @@ pub struct Engine {
     /// [`Engine::with_parallel`]), created as registries are first used.
     slots: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     parallel: usize,
+    /// Promoted digests whose referrers are watched, with what their targets have.
+    referrers: referrers::Watched,
 }
 
 impl std::fmt::Debug for Engine {
@@ -146,6 +151,7 @@ impl Engine {
             locks: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
             parallel: DEFAULT_PARALLEL,
+            referrers: referrers::Watched::default(),
         }
     }
 
@@ -202,7 +208,9 @@ impl Engine {
         record: bool,
     ) -> Result<PipelinePlan, Error> {
         let _slots = self.slots(pipeline).await;
-        self.plan_holding_slots(pipeline, intent, record).await
+        self.plan_holding_slots(pipeline, intent, record)
+            .await
+            .map(|(plan, _)| plan)
     }
 
     /// Waits for a slot of every registry `pipeline` uses, in name order, so two pipelines
@@ -239,7 +247,7 @@ impl Engine {
         pipeline: &Pipeline,
         intent: &Intent,
         record: bool,
-    ) -> Result<PipelinePlan, Error> {
+    ) -> Result<(PipelinePlan, Observed), Error> {
         let mut observed = self.list(pipeline).await?;
         let now = SystemTime::now();
         let freezes = self.freezes().current(now);
@@ -254,6 +262,7 @@ impl Engine {
             };
             match planned {
                 Planned::Complete(p) => {
+                    let p = self.verify(pipeline, p, &observed).await;
                     if record {
                         let mut state = self.state();
                         for s in &p.stages {
@@ -262,7 +271,7 @@ impl Engine {
                             }
                         }
                     }
-                    return Ok(p);
+                    return Ok((p, observed));
                 }
                 // The first round asks for the current tags: always fresh.
                 Planned::Needs(needs) => self.resolve(&mut observed, needs, round > 0).await?,
@@ -381,6 +390,10 @@ impl Engine {
         let mut applied = Vec::new();
         for (index, stage) in plan.stages.iter().enumerate() {
             let Action::Promote(p) = &stage.action else {
+                // A promotion out of a stage whose candidate was refused has nothing to copy.
+                if matches!(stage.action, Action::Unverified { .. }) {
+                    failed.insert(stage.stage.as_str());
+                }
                 continue;
             };
             if stopping() {
@@ -439,14 +452,20 @@ impl Engine {
         stopping: &(dyn Fn() -> bool + Sync),
     ) -> Outcome {
         let started = Instant::now();
-        let (plan, applied) = {
+        let (plan, applied, referrers) = {
             let _held = self.lock_targets(pipeline).await;
             match self.plan_holding_slots(pipeline, intent, true).await {
-                Ok(plan) => {
+                Ok((plan, observed)) => {
                     let applied = self.apply(pipeline, &plan, intent, stopping).await;
-                    (Ok(plan), applied)
+                    let referrers = if stopping() {
+                        Vec::new()
+                    } else {
+                        self.carry_referrers(pipeline, &plan, &observed, &applied)
+                            .await
+                    };
+                    (Ok(plan), applied, referrers)
                 }
-                Err(e) => (Err(e), Vec::new()),
+                Err(e) => (Err(e), Vec::new(), Vec::new()),
             }
         };
         self.save_state();
@@ -456,6 +475,7 @@ impl Engine {
             applied,
             duration: started.elapsed(),
             at: SystemTime::now(),
+            referrers,
         };
         outcome.log();
         outcome

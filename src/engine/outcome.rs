@@ -93,6 +93,8 @@ pub struct Outcome {
     pub duration: Duration,
     /// When it ended.
     pub at: SystemTime,
+    /// The referrers carried into promoted stages, one entry per watched digest.
+    pub referrers: Vec<super::Carried>,
 }
 
 impl Outcome {

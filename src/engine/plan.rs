@@ -194,6 +194,16 @@ pub enum Action {
         /// Why.
         reason: String,
     },
+    /// The stage requires a signature (`promote.verify`) and the candidate has no valid one:
+    /// nothing is promoted; a later signature promotes it on the next round.
+    Unverified {
+        /// The promotion refused.
+        promotion: Promotion,
+        /// Why, in words.
+        reason: String,
+        /// Why, as the bounded `reason` label of `retagd_unverified_total`.
+        code: &'static str,
+    },
 }
 
 /// What a [`Action::Waiting`] stage waits for.

@@ -16,7 +16,7 @@
 //! Nothing is written that did not come from a digest-verified read: manifests are checked
 //! before any PUT; a streamed blob is hashed on the way and its last chunk is held back until the
 //! hash matches, so a corrupted transfer never completes an upload. Referrers (signatures,
-//! SBOMs stored as `sha256-<hex>` tags or via the referrers API) are not carried along.
+//! SBOMs) are carried by [`super::referrers`], which copies each one through this module.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -300,6 +300,28 @@ impl<'a> Job<'a> {
         report.manifests_pushed += 1;
         Ok(())
     }
+}
+
+/// Copies `root`, already read from the source and verified, to the destination by its digest
+/// (blobs and children first, as [`copy`] does). Returns the report and whether the destination's
+/// answer carried `OCI-Subject`: a registry that says so keeps its referrers listing itself.
+pub(super) async fn push_by_digest(
+    src: &Client,
+    src_ref: &Reference,
+    dst: &Client,
+    dst_ref: &Reference,
+    root: &Manifest,
+) -> Result<(Report, bool), Error> {
+    let job = Job::new(src, src_ref, dst, dst_ref);
+    let mut report = Report::new(root.digest.clone(), job.path);
+    if job.path != Path::SameRepository {
+        job.push_below_root(root, &mut report).await?;
+    }
+    let answer = dst
+        .put_manifest(job.dst_repo(), root.digest.as_str(), root, &job.dst_scopes)
+        .await?;
+    report.manifests_pushed += 1;
+    Ok((report, answer.contains_key("oci-subject")))
 }
 
 fn digest_conflict(dst_ref: &Reference, named: &Digest, source: &Digest) -> Error {

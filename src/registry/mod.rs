@@ -20,6 +20,7 @@ mod copy;
 mod error;
 pub mod manifest;
 mod observe;
+pub mod referrers;
 mod tls;
 mod transport;
 
@@ -357,14 +358,15 @@ impl Client {
     }
 
     /// PUTs a manifest's bytes unchanged under `reference` (tag or digest) with its media type;
-    /// a `Docker-Content-Digest` in the answer must match.
+    /// a `Docker-Content-Digest` in the answer must match. Returns the answer's headers (a
+    /// referrer's PUT is judged by its `OCI-Subject`).
     async fn put_manifest(
         &self,
         repository: &str,
         reference: &str,
         manifest: &Manifest,
         scopes: &Scopes,
-    ) -> Result<(), Error> {
+    ) -> Result<HeaderMap, Error> {
         let mut headers = HeaderMap::new();
         let content_type =
             HeaderValue::from_str(&manifest.media_type).map_err(|_| Error::Protocol {
@@ -400,7 +402,7 @@ impl Client {
                 .map(|h| h.digest),
         };
         match stored {
-            Some(stored) if stored == manifest.digest => Ok(()),
+            Some(stored) if stored == manifest.digest => Ok(answer.headers),
             Some(stored) => Err(Error::DigestMismatch {
                 registry: self.name().to_string(),
                 what: format!("stored manifest {repository}:{reference}"),

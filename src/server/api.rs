@@ -67,6 +67,12 @@ fn pipeline_json(name: &str, status: &PipelineStatus) -> Value {
                     }),
                 );
                 fields.insert("last_error".into(), json!(s.last_error));
+                fields.insert(
+                    "referrers".into(),
+                    s.referrers.as_ref().map_or(Value::Null, |r| {
+                        json!({"summary": r.summary, "failures": r.failures, "skipped": r.skipped})
+                    }),
+                );
             }
             stage
         })

@@ -15,5 +15,6 @@ mod notify;
 mod policy_props;
 mod policy_table;
 mod reasons;
+mod referrers;
 mod registry;
 mod server;

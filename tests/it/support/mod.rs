@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod config;
+pub mod cosign;
 pub mod images;
 pub mod pipeline;
 pub mod pki;
