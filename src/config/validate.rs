@@ -785,6 +785,17 @@ fn sample_check(
     };
     let rendered = promotion.tag.render(&values, 1);
     if !reference::is_valid_tag(&rendered) {
+        // Parsing checked the fixed text; what is left is a template that outgrows a tag once
+        // the variables are in (a long prefix and `{tag}`): say so now, not at the first
+        // promotion.
+        p.warn(
+            format!("{path}.promote.tag"),
+            format!(
+                "for a source tag like {sample_tag} the template gives {} characters, not a valid tag (at most {}); promotions of such tags will be refused",
+                rendered.len(),
+                reference::MAX_TAG_LEN
+            ),
+        );
         return;
     }
     if target.filter().apply(&rendered).is_none() {
@@ -896,6 +907,46 @@ mod tests {
                 ("server.approvers[2].name", true),
                 ("server.approvers[3].name", true),
             ]
+        );
+    }
+
+    /// Issue 20, item 5: `check` passed a template that can never render a valid tag.
+    #[test]
+    fn templates_that_cannot_render_a_valid_tag_are_reported() {
+        let config = |template: &str| {
+            format!(
+                "[registries.r]\nurl = \"http://127.0.0.1:5000\"\n\
+                 [[pipelines]]\nname = \"p\"\nregistry = \"r\"\nrepository = \"a/p\"\n\
+                 [[pipelines.stages]]\nname = \"dev\"\n\
+                 policy = {{ alphabetical = {{ order = \"asc\" }} }}\n\
+                 [[pipelines.stages]]\nname = \"rc\"\n\
+                 policy = {{ alphabetical = {{ order = \"asc\" }} }}\n\
+                 promote = {{ from = \"dev\", tag = \"{template}\" }}\n"
+            )
+        };
+        let never = format!("{}{{tag}}", "p".repeat(138));
+        let Err(Error::Invalid { problems, .. }) = parse(&config(&never), Format::Toml, "t") else {
+            panic!("a 138-character fixed text must be refused");
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].path, "pipelines[0].stages[1].promote.tag");
+        assert!(
+            problems[0].message.contains("138 characters"),
+            "{problems:?}"
+        );
+        let outgrows = format!("{}{{tag}}", "p".repeat(120));
+        let loaded = parse(&config(&outgrows), Format::Toml, "t").expect("legal");
+        let warnings: Vec<(&str, &str)> = loaded
+            .warnings
+            .iter()
+            .map(|w| (w.path.as_str(), w.message.as_str()))
+            .collect();
+        assert!(
+            warnings.iter().any(
+                |(path, message)| *path == "pipelines[0].stages[1].promote.tag"
+                    && message.contains("gives 131 characters, not a valid tag")
+            ),
+            "{warnings:?}"
         );
     }
 }
