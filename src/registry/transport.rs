@@ -457,7 +457,7 @@ impl Transport {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Error {
-        let (code, message) = error_text(body);
+        let (code, message) = error_text(body, |text| self.auth.redact(text));
         let error = super::HttpStatus {
             registry: self.name.clone(),
             method: req.method.clone(),
@@ -491,7 +491,12 @@ impl Transport {
     pub fn protocol(&self, req: &Request<'_>, what: String) -> Error {
         Error::Protocol {
             registry: self.name.clone(),
-            what: format!("{} {}: {what}", req.method, req.url.path()),
+            what: format!(
+                "{} {}: {}",
+                req.method,
+                req.url.path(),
+                self.auth.redact(&what)
+            ),
         }
     }
 }
@@ -571,8 +576,9 @@ pub fn retry_after(status: StatusCode, headers: &HeaderMap) -> Option<Duration> 
 }
 
 /// The registry's error code and message from `{"errors":[{"code","message"}]}`, or the start of
-/// a non-JSON body.
-pub fn error_text(body: &[u8]) -> (Option<String>, String) {
+/// a non-JSON body; `redact` sees each whole text before it is cut short (a registry may echo
+/// the credentials it was sent).
+pub fn error_text(body: &[u8], redact: impl Fn(&str) -> String) -> (Option<String>, String) {
     #[derive(serde::Deserialize)]
     struct Errors {
         errors: Vec<Item>,
@@ -584,18 +590,21 @@ pub fn error_text(body: &[u8]) -> (Option<String>, String) {
     }
     if let Ok(e) = serde_json::from_slice::<Errors>(body) {
         if let Some(first) = e.errors.first() {
-            let code = first.code.clone().map(|c| printable(&c, 64));
+            let code = first.code.as_deref().map(|c| printable(&redact(c), 64));
             let message = e
                 .errors
                 .iter()
                 .filter_map(|i| i.message.as_deref())
-                .map(|m| printable(m, 300))
+                .map(|m| printable(&redact(m), 300))
                 .collect::<Vec<_>>()
                 .join("; ");
             return (code, message);
         }
     }
-    (None, printable(&String::from_utf8_lossy(body), 300))
+    (
+        None,
+        printable(&redact(&String::from_utf8_lossy(body)), 300),
+    )
 }
 
 /// One line of at most `max` characters without control characters: registry text goes into our
@@ -646,15 +655,22 @@ mod tests {
     fn error_bodies_give_code_and_message_even_when_not_json() {
         let (code, message) = error_text(
             br#"{"errors":[{"code":"TAG_INVALID","message":"tag is immutable","detail":{}}]}"#,
+            str::to_string,
         );
         assert_eq!(
             (code.as_deref(), message.as_str()),
             (Some("TAG_INVALID"), "tag is immutable")
         );
-        let (code, message) = error_text(b"<html>\n<h1>502 Bad Gateway</h1>\n</html>");
+        let (code, message) =
+            error_text(b"<html>\n<h1>502 Bad Gateway</h1>\n</html>", str::to_string);
         assert_eq!(code, None);
         assert!(!message.contains('\n') && message.contains("502 Bad Gateway"));
-        assert!(error_text("x".repeat(5000).as_bytes()).1.len() < 310);
+        assert!(
+            error_text("x".repeat(5000).as_bytes(), str::to_string)
+                .1
+                .len()
+                < 310
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,0 +1,182 @@
+//! Issue 20, "Hostile input": registries, token servers and API clients that try to make retagd
+//! repeat a secret, hold its listener, or hold a request forever. The hostile peers are small
+//! in-process servers: the real registry never echoes credentials nor drips its answers.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use crate::support;
+use support::config::{Config, Pipeline, Stage, AUTO};
+use support::pipeline::{Daemon, DEADLINE};
+use support::server::BackgroundServer;
+
+/// A password with characters that URL-encoding changes, so each spelling differs.
+const PASSWORD: &str = "hunter2 S3cr3t/pw+9";
+/// A token shaped like nothing: only its being known to retagd can redact it.
+const JWT: &str = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJib2IifQ.c2lnbmF0dXJlLWJ5dGVz";
+
+/// Every form of the credentials a hostile server echoes; none may come out of retagd.
+fn forbidden() -> Vec<String> {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("bob:{PASSWORD}"));
+    vec![
+        PASSWORD.to_string(),
+        "hunter2".to_string(),
+        "S3cr3t".to_string(),
+        b64,
+        url::form_urlencoded::byte_serialize(PASSWORD.as_bytes()).collect(),
+        JWT.to_string(),
+    ]
+}
+
+/// A registry that challenges for a token (repositories under `tok/`) or for Basic credentials
+/// (under `basic/`), and a token server. The token server answers 401, the registry 403 to
+/// Basic credentials, with the credentials they were sent, in every spelling, in their error
+/// text.
+async fn echoing(State(realm): State<String>, uri: Uri, headers: HeaderMap) -> Response {
+    let sent = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let echo = |what: &str| {
+        let encoded: String = url::form_urlencoded::byte_serialize(PASSWORD.as_bytes()).collect();
+        let body = json!({"errors": [{
+            "code": "UNAUTHORIZED",
+            "message": format!(
+                "bad credentials: Authorization: {sent} (password {PASSWORD}, {encoded}); {what} {JWT}"
+            ),
+        }]});
+        body.to_string()
+    };
+    let path = uri.path();
+    if path == "/token" {
+        return (StatusCode::UNAUTHORIZED, echo("token server says")).into_response();
+    }
+    if path.starts_with("/v2/tok/") {
+        let challenge = format!("Bearer realm=\"{realm}\",service=\"hostile\"");
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, challenge)],
+            echo("registry says"),
+        )
+            .into_response();
+    }
+    if sent.is_empty() {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Basic realm=\"hostile\"")],
+        )
+            .into_response();
+    }
+    (StatusCode::FORBIDDEN, echo("registry says")).into_response()
+}
+
+/// A two-stage pipeline over one `repository` (one listing, so no two first requests race for
+/// the challenge) in registry `name`.
+fn pipeline(name: &str, repository: &str) -> Pipeline {
+    Pipeline::new(name, name, repository)
+        .stage(Stage::new("dev").filter("-dev$").semver(">=0.0.0-0"))
+        .stage(Stage::new("rc").filter("-rc$").semver(">=0.0.0-0").promote(
+            "dev",
+            "{major}.{minor}.{patch}-rc",
+            AUTO,
+        ))
+}
+
+async fn get(address: std::net::SocketAddr, path: &str) -> (u16, Value) {
+    let answer = support::http_client()
+        .get(format!("http://{address}{path}"))
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status().as_u16();
+    let body = answer.bytes().await.unwrap();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+fn write_password(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("password");
+    std::fs::write(&path, format!("{PASSWORD}\n")).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_echoed_by_a_registry_or_token_server_are_never_republished() {
+    let server = BackgroundServer::spawn("hostile registry", |addr| {
+        axum::Router::new()
+            .fallback(echoing)
+            .with_state(format!("http://{addr}/token"))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let password = write_password(dir.path());
+    // One registry entry per scheme, so each has an authentication state of its own.
+    let mut config = Config::new().server().interval("1h");
+    for name in ["tok", "basic"] {
+        config = config
+            .registry(name, &format!("http://{}", server.addr))
+            .registry_setting(name, "username = \"bob\"")
+            .registry_setting(name, &format!("password_file = \"{}\"", password.display()));
+    }
+    let config = config
+        .pipeline(pipeline("tok", "tok/app"))
+        .pipeline(pipeline("basic", "basic/app"))
+        .write(&dir.path().join("retagd.toml"));
+
+    // At trace level, so every library's logging is covered too.
+    let daemon = Daemon::start_with(&config, dir.path().join("daemon.log"), "trace");
+    let address = daemon.address().await;
+    let errors = support::poll_until("both pipelines to fail", DEADLINE, || async {
+        let (_, all) = get(address, "/api/v1/pipelines").await;
+        let errors: Vec<String> = all["pipelines"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p["last_error"].as_str().map(str::to_string))
+            .collect();
+        (errors.len() == 2).then_some(errors)
+    })
+    .await;
+    let (_, all) = get(address, "/api/v1/pipelines").await;
+    let api = all.to_string();
+    let metrics = support::http_client()
+        .get(format!("http://{address}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let log = daemon.log();
+    for error in &errors {
+        assert!(error.contains("[redacted]"), "{error}");
+    }
+    assert!(
+        errors.iter().any(|e| e.contains("token server says")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("registry says")),
+        "{errors:?}"
+    );
+    for secret in forbidden() {
+        for (what, text) in [("API", &api), ("metrics", &metrics), ("log", &log)] {
+            assert!(
+                !text.contains(&secret),
+                "the {what} repeats {secret:?}:\n{text}"
+            );
+        }
+    }
+
+    // The one-shot commands print the same errors.
+    let output = support::pipeline::run(&config, &["plan"]).await;
+    let text = support::pipeline::text(&output);
+    assert!(text.contains("[redacted]"), "{text}");
+    for secret in forbidden() {
+        assert!(!text.contains(&secret), "plan repeats {secret:?}:\n{text}");
+    }
+}
