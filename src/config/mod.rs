@@ -170,6 +170,45 @@ pub struct Server {
     /// Where the state file lives; `None` keeps state in memory (a restart restarts the
     /// `min_age` clocks, which only ever delays a promotion).
     pub state_dir: Option<PathBuf>,
+    /// How much the listener gives one client (`server.header_read_timeout_secs`,
+    /// `server.max_connections`, `server.max_webhook_requests`).
+    pub limits: Limits,
+    /// A bearer token file the read API (`/api/v1/...` GETs) then requires; `None` leaves reads
+    /// open. `/healthz`, `/readyz` and `/metrics` stay open either way (probes and scrapers).
+    pub read_token_file: Option<PathBuf>,
+}
+
+/// Default `server.header_read_timeout_secs`: 10 s, plenty for a client on a slow link and short
+/// enough that idle or stalled connections cannot pile up.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `server.max_connections`: far above what probes, scrapers, the CLI and registry
+/// webhooks open, far below a normal file-descriptor limit (1,024).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 512;
+/// Default `server.max_webhook_requests`: webhooks only wake pipelines, so a few at a time
+/// suffice; the rest are answered 503 at once.
+pub const DEFAULT_MAX_WEBHOOK_REQUESTS: u32 = 16;
+
+/// What the HTTP listener gives its clients; see the README's reliability section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Time to send a request's headers, from the connection's start or the end of the previous
+    /// response; a connection that takes longer (or idles longer) is closed.
+    pub header_read_timeout: Duration,
+    /// Connections open at once; more wait in the kernel's backlog.
+    pub max_connections: u32,
+    /// Webhook requests in progress at once; more get 503. They are counted apart from the
+    /// connections so a webhook flood leaves room for `/healthz` and `/metrics`.
+    pub max_webhook_requests: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_webhook_requests: DEFAULT_MAX_WEBHOOK_REQUESTS,
+        }
+    }
 }
 
 /// The name approvals through `server.api_token_file` are recorded under.

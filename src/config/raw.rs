@@ -73,6 +73,14 @@ pub struct Server {
     pub approvers: Vec<Approver>,
     /// Directory for the small state file (first-seen times for `min_age`).
     pub state_dir: Option<String>,
+    /// Seconds a client has to send a request's headers (also the longest idle keep-alive).
+    pub header_read_timeout_secs: Option<u64>,
+    /// Connections served at once.
+    pub max_connections: Option<u32>,
+    /// Webhook requests handled at once.
+    pub max_webhook_requests: Option<u32>,
+    /// File holding a bearer token the read API requires.
+    pub read_token_file: Option<String>,
 }
 
 /// `[[server.approvers]]`.

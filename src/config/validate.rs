@@ -11,6 +11,7 @@ use std::time::Duration;
 use regex::Regex;
 use url::Url;
 
+use super::Limits;
 use super::{
     raw, Approval, Approver, Auth, Config, Defaults, EventKind, Notification, NotifyFormat,
     NotifyTarget, Pipeline, Problem, Promotion, Registry, Server, Stage, Webhooks,
@@ -255,12 +256,50 @@ fn server(p: &mut Problems, raw: &raw::Server) -> Option<Server> {
             });
         }
     }
+    let read_token_file = nonempty_path(p, "server.read_token_file", &raw.read_token_file);
+    let limits = server_limits(p, raw);
     Some(Server {
         listen: listen?,
         api_token_file,
         approvers,
         state_dir,
+        limits,
+        read_token_file,
     })
+}
+
+/// `server.header_read_timeout_secs`, `server.max_connections`, `server.max_webhook_requests`:
+/// each at least 1 (0 would refuse everything).
+fn server_limits(p: &mut Problems, raw: &raw::Server) -> Limits {
+    let mut positive = |key: &str, value: Option<u64>, default: u64| match value {
+        Some(0) => {
+            p.error(format!("server.{key}"), "must be at least 1");
+            default
+        }
+        Some(v) => v,
+        None => default,
+    };
+    let defaults = Limits::default();
+    let header_read_timeout = positive(
+        "header_read_timeout_secs",
+        raw.header_read_timeout_secs,
+        defaults.header_read_timeout.as_secs(),
+    );
+    let max_connections = positive(
+        "max_connections",
+        raw.max_connections.map(u64::from),
+        u64::from(defaults.max_connections),
+    );
+    let max_webhook_requests = positive(
+        "max_webhook_requests",
+        raw.max_webhook_requests.map(u64::from),
+        u64::from(defaults.max_webhook_requests),
+    );
+    Limits {
+        header_read_timeout: Duration::from_secs(header_read_timeout),
+        max_connections: u32::try_from(max_connections).unwrap_or(u32::MAX),
+        max_webhook_requests: u32::try_from(max_webhook_requests).unwrap_or(u32::MAX),
+    }
 }
 
 fn notification(p: &mut Problems, path: &str, raw: &raw::Notification) -> Option<Notification> {

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
@@ -179,4 +180,145 @@ async fn credentials_echoed_by_a_registry_or_token_server_are_never_republished(
     for secret in forbidden() {
         assert!(!text.contains(&secret), "plan repeats {secret:?}:\n{text}");
     }
+}
+
+/// The webhook secret the listener tests configure.
+const WEBHOOK_SECRET: &str = "whsec-hostile-1";
+
+/// A daemon whose one pipeline reads a registry nobody listens on (the listener is what is
+/// tested), with webhooks on and `server` settings `lines`.
+fn listener_daemon(dir: &Path, lines: &[&str]) -> Daemon {
+    let secret = dir.join("webhook-secret");
+    std::fs::write(&secret, format!("{WEBHOOK_SECRET}\n")).unwrap();
+    let mut config = Config::new()
+        .interval("1h")
+        .registry(
+            "dead",
+            &format!("http://127.0.0.1:{}", support::free_port()),
+        )
+        .pipeline(pipeline("dead", "app"))
+        .table(&format!(
+            "\n[webhooks]\nsecret_file = \"{}\"\n",
+            secret.display()
+        ));
+    for line in lines {
+        config = config.server_setting(line);
+    }
+    let config = config.write(&dir.join("retagd.toml"));
+    Daemon::start(&config, dir.join("daemon.log"))
+}
+
+/// Sends a request's start and `extra` bytes, never the rest.
+async fn half_request(address: std::net::SocketAddr, start: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt as _;
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(start.as_bytes()).await.unwrap();
+    stream
+}
+
+/// Reads until the server closes the connection; what it said, or `None` after `within`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut answer = Vec::new();
+    tokio::time::timeout(within, stream.read_to_end(&mut answer))
+        .await
+        .ok()
+        .map(|_| String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_finish_their_headers_are_closed_and_healthz_keeps_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = listener_daemon(
+        dir.path(),
+        &["header_read_timeout_secs = 1", "max_connections = 16"],
+    );
+    let address = daemon.address().await;
+    // More unfinished requests than the cap: the first 16 are served (and time out), the rest
+    // wait in the backlog, then get their second too.
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        idle.push(half_request(address, "GET /healthz HTTP/1.1\r\nHost: x\r\n").await);
+    }
+    let started = Instant::now();
+    for stream in &mut idle {
+        assert!(
+            closed_within(stream, Duration::from_secs(10))
+                .await
+                .is_some(),
+            "a connection without its headers stayed open for 10 s"
+        );
+    }
+    let closed_after = started.elapsed();
+    eprintln!("40 unfinished requests closed after {closed_after:?}");
+    let (status, _) = get(address, "/healthz").await;
+    assert_eq!(status, 200);
+    // A kept-alive connection that idles is closed too.
+    let mut kept = half_request(address, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let answer = closed_within(&mut kept, Duration::from_secs(10)).await;
+    assert!(
+        answer
+            .as_deref()
+            .is_some_and(|a| a.starts_with("HTTP/1.1 200")),
+        "{answer:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_flood_gets_503_while_healthz_and_metrics_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = listener_daemon(
+        dir.path(),
+        &["header_read_timeout_secs = 2", "max_webhook_requests = 2"],
+    );
+    let address = daemon.address().await;
+    let start = format!(
+        "POST /webhooks/distribution HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {WEBHOOK_SECRET}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+    );
+    // Two webhooks that drip their body hold both webhook slots...
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        slow.push(half_request(address, &start).await);
+    }
+    let client = support::http_client();
+    let webhook = || {
+        client
+            .post(format!("http://{address}/webhooks/distribution"))
+            .bearer_auth(WEBHOOK_SECRET)
+            .body(r#"{"events":[]}"#)
+            .send()
+    };
+    // ...so the next webhook is refused at once, while probes and scrapes are answered.
+    let refused = support::poll_until("a webhook to be refused", DEADLINE, || async {
+        let answer = webhook().await.unwrap();
+        (answer.status().as_u16() == 503).then_some(answer)
+    })
+    .await;
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let started = Instant::now();
+    for path in ["/healthz", "/metrics", "/api/v1/pipelines"] {
+        let answer = client
+            .get(format!("http://{address}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 200, "{path}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // The dripping bodies time out (408) and free their slots.
+    for stream in &mut slow {
+        let answer = closed_within(stream, Duration::from_secs(10)).await;
+        assert!(
+            answer
+                .as_deref()
+                .is_some_and(|a| a.starts_with("HTTP/1.1 408")),
+            "{answer:?}"
+        );
+    }
+    assert_eq!(webhook().await.unwrap().status().as_u16(), 202);
 }
