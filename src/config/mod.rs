@@ -273,7 +273,15 @@ pub struct Registry {
     pub requests_per_second: Option<f64>,
     /// Tags asked for per listing page.
     pub page_size: u32,
+    /// How long one request may take from its start to its last byte, retries aside (a
+    /// registry dripping its answer makes progress, so the read timeout alone never fires).
+    /// A blob copy gets this plus one second per MiB.
+    pub request_timeout: Duration,
 }
+
+/// Default `request_timeout_secs` of a registry: 120 s, twice the read timeout, for a tag list
+/// page, a manifest or a token.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// `[[pipelines]]`.
 #[derive(Debug, Clone)]

@@ -113,6 +113,8 @@ pub struct Registry {
     pub requests_per_second: Option<f64>,
     /// Tags asked for per page of a listing.
     pub page_size: Option<u32>,
+    /// Seconds one request may take from start to last byte (blobs get more by size).
+    pub request_timeout_secs: Option<u64>,
 }
 
 /// `[[pipelines]]`.

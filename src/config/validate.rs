@@ -451,7 +451,20 @@ fn registry(p: &mut Problems, name: &str, raw: &raw::Registry) -> Option<Registr
         max_concurrency,
         requests_per_second: raw.requests_per_second,
         page_size,
+        request_timeout: request_timeout(p, &path, raw.request_timeout_secs),
     })
+}
+
+/// A registry's `request_timeout_secs`: at least 1.
+fn request_timeout(p: &mut Problems, path: &str, secs: Option<u64>) -> Duration {
+    match secs {
+        Some(0) => {
+            p.error(format!("{path}.request_timeout_secs"), "must be at least 1");
+            super::DEFAULT_REQUEST_TIMEOUT
+        }
+        Some(s) => Duration::from_secs(s),
+        None => super::DEFAULT_REQUEST_TIMEOUT,
+    }
 }
 
 fn registry_url(p: &mut Problems, path: &str, text: &str) -> Option<Url> {

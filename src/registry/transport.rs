@@ -12,6 +12,10 @@
 //!   the backoff delay; a wait longer than [`MAX_RETRY_AFTER`] is not waited for but reported.
 //! - A 401 gets one new token (or Basic credentials) with the scopes of its challenge, then the
 //!   request is sent once more; it is not counted as a retry.
+//! - Every attempt has a total deadline (`request_timeout_secs`, from the first byte sent to
+//!   the last received; a blob copy gets one second more per MiB), reported as
+//!   [`Error::Timeout`] and not retried: a registry dripping its answer makes progress, so the
+//!   read timeout alone would never fire.
 //! - At most `max_concurrency` requests are in flight (a streamed body keeps its slot until it is
 //!   dropped) and, with `requests_per_second`, requests start at least `1/rps` apart.
 
@@ -54,7 +58,13 @@ pub struct Settings {
     pub requests_per_second: Option<f64>,
     /// Extra CA certificate (PEM).
     pub ca_pem: Option<Vec<u8>>,
+    /// Longest one attempt of a request may take, first byte out to last byte in.
+    pub request_timeout: Duration,
 }
+
+/// What a blob copy gets on top of the request timeout: one second per MiB (a 1 GiB layer
+/// may take 17 minutes more), far below any link retagd copies over.
+const BLOB_BYTES_PER_SECOND: u64 = 1 << 20;
 
 /// A request as the layers above build it. Bodies are `Bytes`, so a retry resends them for free.
 /// No `Debug`: a token request's body holds a refresh token.
@@ -134,6 +144,7 @@ pub struct Transport {
     pacer: Option<Pacer>,
     observer: Arc<dyn Observer>,
     rate_limit_remaining: AtomicI64,
+    request_timeout: Duration,
 }
 
 impl std::fmt::Debug for Transport {
@@ -188,7 +199,33 @@ impl Transport {
             pacer,
             observer,
             rate_limit_remaining: AtomicI64::new(-1),
+            request_timeout: settings.request_timeout,
         })
+    }
+
+    /// The total deadline of a blob copy of `size` bytes: the request timeout plus one second
+    /// per MiB.
+    pub fn blob_deadline(&self, size: u64) -> Duration {
+        self.request_timeout + Duration::from_secs(size / BLOB_BYTES_PER_SECOND)
+    }
+
+    /// Runs one attempt of `req` within `deadline`; a late one becomes [`Error::Timeout`].
+    pub async fn within<T>(
+        &self,
+        req: &Request<'_>,
+        deadline: Duration,
+        attempt: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        tokio::time::timeout(deadline, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Timeout {
+                    registry: self.name.clone(),
+                    method: req.method.clone(),
+                    path: req.url.path().to_string(),
+                    after: deadline,
+                })
+            })
     }
 
     /// Requests in flight at once; callers size their fan-out by it.
@@ -219,23 +256,26 @@ impl Transport {
     pub async fn fetch(&self, req: &Request<'_>, limit: u64) -> Result<Fetched, Error> {
         self.retrying(|| async {
             let _permit = self.permit().await?;
-            let response = self.exchange(req).await?;
-            let status = response.status();
-            let headers = response.headers().clone();
-            if retry_reason_of(status).is_some() {
-                return Err(self.status_error(req, response).await);
-            }
-            let limit = if status.is_success() {
-                limit
-            } else {
-                MAX_ERROR_BODY
-            };
-            let body = self.read_body(req, response, limit).await?;
-            Ok(Fetched {
-                status,
-                headers,
-                body,
+            self.within(req, self.request_timeout, async {
+                let response = self.exchange(req).await?;
+                let status = response.status();
+                let headers = response.headers().clone();
+                if retry_reason_of(status).is_some() {
+                    return Err(self.status_error(req, response).await);
+                }
+                let limit = if status.is_success() {
+                    limit
+                } else {
+                    MAX_ERROR_BODY
+                };
+                let body = self.read_body(req, response, limit).await?;
+                Ok(Fetched {
+                    status,
+                    headers,
+                    body,
+                })
             })
+            .await
         })
         .await
     }
@@ -243,12 +283,14 @@ impl Transport {
     /// Sends `req` and returns as soon as the headers are in (retrying until then); the body is
     /// the caller's to stream. The caller holds this registry's slot for as long as it streams.
     pub async fn open(&self, req: &Request<'_>) -> Result<reqwest::Response, Error> {
-        self.retrying(|| async {
-            let response = self.exchange(req).await?;
-            if retry_reason_of(response.status()).is_some() {
-                return Err(self.status_error(req, response).await);
-            }
-            Ok(response)
+        self.retrying(|| {
+            self.within(req, self.request_timeout, async {
+                let response = self.exchange(req).await?;
+                if retry_reason_of(response.status()).is_some() {
+                    return Err(self.status_error(req, response).await);
+                }
+                Ok(response)
+            })
         })
         .await
     }
@@ -511,27 +553,29 @@ impl Wire for Transport {
             body: token.body.clone(),
             scopes: &none,
         };
-        self.retrying(|| async {
-            let response = self
-                .send_raw(
-                    &req,
-                    &req.url,
-                    None,
-                    req.body.clone().map(reqwest::Body::from),
-                )
-                .await?;
-            let status = response.status();
-            if status.is_success() {
-                let body = self
-                    .read_body(&req, response, auth::MAX_TOKEN_RESPONSE)
+        self.retrying(|| {
+            self.within(&req, self.request_timeout, async {
+                let response = self
+                    .send_raw(
+                        &req,
+                        &req.url,
+                        None,
+                        req.body.clone().map(reqwest::Body::from),
+                    )
                     .await?;
-                return Ok(TokenAnswer::Body(body));
-            }
-            let error = self.status_error(&req, response).await;
-            if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
-                return Ok(TokenAnswer::Denied(error));
-            }
-            Err(error)
+                let status = response.status();
+                if status.is_success() {
+                    let body = self
+                        .read_body(&req, response, auth::MAX_TOKEN_RESPONSE)
+                        .await?;
+                    return Ok(TokenAnswer::Body(body));
+                }
+                let error = self.status_error(&req, response).await;
+                if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+                    return Ok(TokenAnswer::Denied(error));
+                }
+                Err(error)
+            })
         })
         .await
     }

@@ -322,3 +322,58 @@ async fn a_webhook_flood_gets_503_while_healthz_and_metrics_answer() {
     }
     assert_eq!(webhook().await.unwrap().status().as_u16(), 202);
 }
+
+/// A registry that answers a tag list one byte every 300 ms: 30 s for the whole list, each read
+/// making progress so no read timeout fires.
+async fn dripping(uri: Uri) -> Response {
+    if uri.path() == "/v2/" {
+        return (StatusCode::OK, "{}").into_response();
+    }
+    if !uri.path().ends_with("/tags/list") {
+        return (StatusCode::NOT_FOUND, "{}").into_response();
+    }
+    let text = format!(r#"{{"name":"app","tags":["v1.0.0"{}]}}"#, " ".repeat(80));
+    let bytes: Vec<u8> = text.into_bytes();
+    let stream = futures_util::stream::unfold(0usize, move |i| {
+        let byte = bytes.get(i).copied();
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            byte.map(|b| {
+                (
+                    Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(vec![b])),
+                    i + 1,
+                )
+            })
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_dripping_its_answer_meets_the_request_deadline() {
+    let server = BackgroundServer::spawn("dripping registry", |_| {
+        axum::Router::new().fallback(dripping)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::new()
+        .registry("drip", &format!("http://{}", server.addr))
+        .registry_setting("drip", "request_timeout_secs = 2")
+        .pipeline(pipeline("drip", "app"))
+        .write(&dir.path().join("retagd.toml"));
+    let started = Instant::now();
+    let output = support::pipeline::run(&config, &["plan"]).await;
+    let took = started.elapsed();
+    let text = support::pipeline::text(&output);
+    eprintln!("plan against a dripping registry ended after {took:?}");
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("GET /v2/app/tags/list: timed out: no complete answer within 2s"),
+        "{text}"
+    );
+    // One attempt (a timeout is not retried), well before the 30 s the answer takes.
+    assert!(took < Duration::from_secs(10), "{took:?}: {text}");
+}
