@@ -8,8 +8,10 @@
 //!
 //! # Security
 //!
-//! Reads are open (like `/metrics`, they show tags and digests, never credentials). Writes need
-//! `Authorization: Bearer <token>` with an approver's token (`server.approvers`,
+//! Reads are open (like `/metrics`, they show tags and digests, never credentials) unless
+//! `server.read_token_file` is set; then the `/api/v1` reads need that token or an approver's.
+//! The scheme `Bearer` is case-insensitive (RFC 9110), the token is compared exactly (no
+//! padding trimmed). Writes need `Authorization: Bearer <token>` with an approver's token (`server.approvers`,
 //! `server.api_token_file`), which says who approves; webhooks need the secret in
 //! `webhooks.secret_file`, proven the way each registry can. The files are read at each request
 //! so a rotated Kubernetes Secret takes effect without a restart, and every comparison is
@@ -171,8 +173,14 @@ pub fn router_with(shared: Arc<dyn Handle>, limits: Limits) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/api/v1/pipelines", get(api::list))
-        .route("/api/v1/pipelines/{pipeline}", get(api::one))
+        .route(
+            "/api/v1/pipelines",
+            get(api::list).route_layer(read_access(&shared)),
+        )
+        .route(
+            "/api/v1/pipelines/{pipeline}",
+            get(api::one).route_layer(read_access(&shared)),
+        )
         .route(
             "/api/v1/pipelines/{pipeline}/stages/{stage}/promote",
             post(api::promote).layer(DefaultBodyLimit::max(API_BODY_LIMIT)),
@@ -357,6 +365,50 @@ fn refused(shared: &Shared, label: &str, refusal: webhooks::Refusal) -> Response
     error(refusal.status(), refusal.to_string())
 }
 
+/// The gate of the read API: open, unless `server.read_token_file` is set; then it wants
+/// `Authorization: Bearer` with that token or an approver's (who may approve may read).
+/// `/healthz`, `/readyz` and `/metrics` never pass here: probes and scrapers carry no token.
+fn read_access(
+    shared: &Arc<Shared>,
+) -> axum::middleware::FromFnLayer<
+    impl Fn(State<Arc<Shared>>, Request, Next) -> ReadAccess + Clone,
+    Arc<Shared>,
+    (State<Arc<Shared>>, Request),
+> {
+    axum::middleware::from_fn_with_state(
+        shared.clone(),
+        |State(shared): State<Arc<Shared>>, request: Request, next: Next| -> ReadAccess {
+            Box::pin(async move {
+                let config = shared.config();
+                let Some(file) = &config.server.read_token_file else {
+                    return next.run(request).await;
+                };
+                let token = match secret_of("server.read_token_file", file) {
+                    Ok(t) => t,
+                    Err(answer) => return answer,
+                };
+                let given = request
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| webhooks::strip_bearer(v.as_bytes()));
+                let reader = given.is_some_and(|g| same_secret(g, token.expose().as_bytes()));
+                if reader || authorize(&*shared, request.headers()).is_ok() {
+                    return next.run(request).await;
+                }
+                (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer realm=\"retagd\"")],
+                Json(json!({"error": "missing or wrong bearer token (Authorization: Bearer <server.read_token_file's token or an approver's>)"})),
+            )
+                .into_response()
+            })
+        },
+    )
+}
+
+/// What the read gate's middleware returns.
+type ReadAccess = futures_util::future::BoxFuture<'static, Response>;
+
 /// Checks `Authorization: Bearer <token>` against every approver's token (`server.approvers`,
 /// `server.api_token_file`) and returns the name of the one it belongs to. Every token is
 /// compared, so the time taken does not tell which one (or how many) came close.
@@ -371,8 +423,7 @@ fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<String, Response> {
     }
     let given = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| webhooks::strip_bearer(v.as_bytes()))
-        .map(<[u8]>::trim_ascii);
+        .and_then(|v| webhooks::strip_bearer(v.as_bytes()));
     let mut found = None;
     for approver in &approvers {
         let token = secret_of(&approver.key, &approver.token_file)?;

@@ -377,3 +377,74 @@ async fn a_registry_dripping_its_answer_meets_the_request_deadline() {
     // One attempt (a timeout is not retried), well before the 30 s the answer takes.
     assert!(took < Duration::from_secs(10), "{took:?}: {text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_token_closes_the_status_api_but_not_the_probes_and_tokens_are_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let read = dir.path().join("read-token");
+    std::fs::write(&read, "reader-tok-1\n").unwrap();
+    let approver = dir.path().join("api-token");
+    std::fs::write(&approver, "approver-tok-1\n").unwrap();
+    let daemon = listener_daemon(
+        dir.path(),
+        &[
+            &format!("read_token_file = \"{}\"", read.display()),
+            &format!("api_token_file = \"{}\"", approver.display()),
+        ],
+    );
+    let address = daemon.address().await;
+    let client = support::http_client();
+    let status = |path: &'static str, authorization: Option<&'static str>| {
+        let mut request = client.get(format!("http://{address}{path}"));
+        if let Some(a) = authorization {
+            request = request.header("Authorization", a);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    for (path, authorization, expected) in [
+        ("/api/v1/pipelines", None, 401),
+        ("/api/v1/pipelines/dead", None, 401),
+        ("/api/v1/pipelines", Some("Bearer wrong"), 401),
+        ("/api/v1/pipelines", Some("Bearer reader-tok-1"), 200),
+        ("/api/v1/pipelines", Some("bearer reader-tok-1"), 200),
+        ("/api/v1/pipelines/dead", Some("BEARER approver-tok-1"), 200),
+        // The token is exact: padding inside the value is not trimmed.
+        ("/api/v1/pipelines", Some("Bearer  reader-tok-1"), 401),
+        ("/api/v1/pipelines", Some("Bearer reader-tok-1x"), 401),
+        ("/healthz", None, 200),
+        ("/metrics", None, 200),
+    ] {
+        assert_eq!(
+            status(path, authorization).await,
+            expected,
+            "{path} {authorization:?}"
+        );
+    }
+    // The write API compares exactly too.
+    let promote = |authorization: &'static str| {
+        client
+            .post(format!(
+                "http://{address}/api/v1/pipelines/dead/stages/rc/promote"
+            ))
+            .header("Authorization", authorization)
+            .header("Content-Type", "application/json")
+            .body("{}")
+            .send()
+    };
+    assert_eq!(
+        promote("Bearer  approver-tok-1")
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
+    assert_ne!(
+        promote("Bearer approver-tok-1")
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
+}
