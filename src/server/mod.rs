@@ -169,17 +169,18 @@ pub fn router_with(shared: Arc<dyn Handle>, limits: Limits) -> Router {
             }
         }
     });
+    let read_gate = axum::middleware::from_fn_with_state(shared.clone(), read_access);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route(
             "/api/v1/pipelines",
-            get(api::list).route_layer(read_access(&shared)),
+            get(api::list).route_layer(read_gate.clone()),
         )
         .route(
             "/api/v1/pipelines/{pipeline}",
-            get(api::one).route_layer(read_access(&shared)),
+            get(api::one).route_layer(read_gate),
         )
         .route(
             "/api/v1/pipelines/{pipeline}/stages/{stage}/promote",
@@ -368,46 +369,30 @@ fn refused(shared: &Shared, label: &str, refusal: webhooks::Refusal) -> Response
 /// The gate of the read API: open, unless `server.read_token_file` is set; then it wants
 /// `Authorization: Bearer` with that token or an approver's (who may approve may read).
 /// `/healthz`, `/readyz` and `/metrics` never pass here: probes and scrapers carry no token.
-fn read_access(
-    shared: &Arc<Shared>,
-) -> axum::middleware::FromFnLayer<
-    impl Fn(State<Arc<Shared>>, Request, Next) -> ReadAccess + Clone,
-    Arc<Shared>,
-    (State<Arc<Shared>>, Request),
-> {
-    axum::middleware::from_fn_with_state(
-        shared.clone(),
-        |State(shared): State<Arc<Shared>>, request: Request, next: Next| -> ReadAccess {
-            Box::pin(async move {
-                let config = shared.config();
-                let Some(file) = &config.server.read_token_file else {
-                    return next.run(request).await;
-                };
-                let token = match secret_of("server.read_token_file", file) {
-                    Ok(t) => t,
-                    Err(answer) => return answer,
-                };
-                let given = request
-                    .headers()
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| webhooks::strip_bearer(v.as_bytes()));
-                let reader = given.is_some_and(|g| same_secret(g, token.expose().as_bytes()));
-                if reader || authorize(&*shared, request.headers()).is_ok() {
-                    return next.run(request).await;
-                }
-                (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer realm=\"retagd\"")],
-                Json(json!({"error": "missing or wrong bearer token (Authorization: Bearer <server.read_token_file's token or an approver's>)"})),
-            )
-                .into_response()
-            })
-        },
+async fn read_access(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    let config = shared.config();
+    let Some(file) = &config.server.read_token_file else {
+        return next.run(request).await;
+    };
+    let token = match secret_of("server.read_token_file", file) {
+        Ok(t) => t,
+        Err(answer) => return answer,
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| webhooks::strip_bearer(v.as_bytes()));
+    let reader = given.is_some_and(|g| same_secret(g, token.expose().as_bytes()));
+    if reader || authorize(&*shared, request.headers()).is_ok() {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer realm=\"retagd\"")],
+        Json(json!({"error": "missing or wrong bearer token (Authorization: Bearer <server.read_token_file's token or an approver's>)"})),
     )
+        .into_response()
 }
-
-/// What the read gate's middleware returns.
-type ReadAccess = futures_util::future::BoxFuture<'static, Response>;
 
 /// Checks `Authorization: Bearer <token>` against every approver's token (`server.approvers`,
 /// `server.api_token_file`) and returns the name of the one it belongs to. Every token is
