@@ -448,3 +448,36 @@ async fn a_read_token_closes_the_status_api_but_not_the_probes_and_tokens_are_ex
         401
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_with_a_deeply_nested_yaml_file_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let config = dir.path().join("retagd.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "server:\n  listen: \"127.0.0.1:0\"\ndefaults:\n  interval: 1h\nregistries:\n  dead:\n    url: \"http://127.0.0.1:{port}\"\npipelines:\n  - name: dead\n    registry: dead\n    repository: app\n    stages:\n      - name: dev\n        policy: {{ alphabetical: {{ order: asc }} }}\n"
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&config, dir.path().join("daemon.log"));
+    let address = daemon.address().await;
+    // 100 KB nested 100,000 levels deep: libyaml took 43 s (release) to refuse the like.
+    std::fs::write(&config, format!("pipelines: {}", "[".repeat(100_000))).unwrap();
+    let started = Instant::now();
+    daemon.signal("HUP");
+    daemon.wait_log("configuration reload failed").await;
+    let took = started.elapsed();
+    eprintln!("a 100,000-level YAML reload was refused after {took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        daemon
+            .log()
+            .contains("nested deeper than 64 levels at line 1"),
+        "{}",
+        daemon.log()
+    );
+    let (status, _) = get(address, "/healthz").await;
+    assert_eq!(status, 200);
+}
