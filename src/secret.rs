@@ -19,10 +19,22 @@
 //!
 //! Errors name the file and the configuration key that points to it, never the content: neither
 //! [`Error`] nor [`Secret`] can print it.
+//!
+//! # Foreign text
+//!
+//! Text from another host (a registry's or token server's error body) is never repeated before
+//! [`redact`] has removed from it every credential retagd holds for that host, in every spelling
+//! a server might echo (as is, base64 as in `Authorization: Basic`, URL-encoded, JSON-escaped),
+//! and anything shaped like a credential whoever it belongs to: an `Authorization` value
+//! (`Basic ...`, `Bearer ...`), a JWT, `password=...`/`"token": "..."` pairs.
 
 use std::fmt;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+use base64::Engine as _;
+use regex::Regex;
 
 /// Largest secret file: 64 KiB. Passwords, tokens and webhook URLs are well under 1 KiB (a
 /// registry's JWT identity token can reach a few KiB); a bigger file is a mistake.
@@ -127,6 +139,95 @@ fn parse(mut bytes: Vec<u8>) -> Result<Secret, Problem> {
     String::from_utf8(bytes)
         .map(Secret)
         .map_err(|_| Problem::NotUtf8)
+}
+
+/// What [`redact`] puts where a credential was.
+pub const REDACTED: &str = "[redacted]";
+
+/// Credentials shorter than this are not searched for as such (a one-letter password would
+/// blank every such letter); the credential-shaped patterns still apply.
+const MIN_REDACTED_LEN: usize = 4;
+
+/// `Authorization` values: the scheme stays, the rest goes, always after the header's name, and
+/// without it when the rest looks like a credential ([`credential_like`]), so "token server"
+/// stays.
+static AUTHORIZATION_VALUE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r#"(?i)(\bauthorization["']?\s*[:=]\s*["']?)?\b(basic|bearer|digest|negotiate|token)(\s+)([A-Za-z0-9._~+/=-]{6,})"#,
+    )
+    .unwrap_or_else(|e| unreachable!("constant regex: {e}"))
+});
+
+/// Whether a word after an `Authorization` scheme is a credential rather than prose: it holds a
+/// digit, a base64 or token symbol, or a capital letter after its first character.
+fn credential_like(word: &str) -> bool {
+    word.chars().enumerate().any(|(i, c)| {
+        c.is_ascii_digit() || "+/=._~-".contains(c) || (i > 0 && c.is_ascii_uppercase())
+    })
+}
+
+/// JSON Web Tokens (header.payload.signature, the header starting `{"` in base64url).
+static JWT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*")
+        .unwrap_or_else(|e| unreachable!("constant regex: {e}"))
+});
+
+/// `password=...`, `"token": "..."` and friends: the name stays, the value goes.
+static SECRET_PAIR: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r#"(?i)\b((?:access_|refresh_|id_|identity)?token|password|passwd|secret|client_secret|api_key|apikey)(["']?\s*[=:]\s*["']?)[^\s"'&,;]+"#,
+    )
+    .unwrap_or_else(|e| unreachable!("constant regex: {e}"))
+});
+
+/// `text` from another host with every form of each of `secrets` and everything
+/// credential-shaped replaced by [`REDACTED`] (see the module docs). Call it before cutting the
+/// text short, so that no half of a credential survives the cut.
+pub fn redact(text: &str, secrets: &[&str]) -> String {
+    let mut forms: Vec<String> = Vec::new();
+    for secret in secrets.iter().filter(|s| s.len() >= MIN_REDACTED_LEN) {
+        let engines = [
+            &base64::engine::general_purpose::STANDARD,
+            &base64::engine::general_purpose::STANDARD_NO_PAD,
+            &base64::engine::general_purpose::URL_SAFE,
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        ];
+        forms.push(secret.to_string());
+        forms.extend(engines.iter().map(|e| e.encode(secret)));
+        forms.push(url::form_urlencoded::byte_serialize(secret.as_bytes()).collect());
+        forms.push(
+            url::form_urlencoded::byte_serialize(secret.as_bytes())
+                .collect::<String>()
+                .replace('+', "%20"),
+        );
+        if let Ok(json) = serde_json::to_string(secret) {
+            let json = json.trim_matches('"');
+            // Some servers also escape `/` as `\/`.
+            forms.push(json.replace('/', "\\/"));
+            forms.push(json.to_string());
+        }
+    }
+    // Longest first, so a form containing another is removed whole.
+    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    forms.dedup();
+    let mut out = text.to_string();
+    for form in &forms {
+        if out.contains(form.as_str()) {
+            out = out.replace(form.as_str(), REDACTED);
+        }
+    }
+    let out = JWT.replace_all(&out, REDACTED);
+    let out = AUTHORIZATION_VALUE.replace_all(&out, |c: &regex::Captures<'_>| {
+        if c.get(1).is_some() || credential_like(&c[4]) {
+            let header = c.get(1).map_or("", |m| m.as_str());
+            format!("{header}{}{}{REDACTED}", &c[2], &c[3])
+        } else {
+            c[0].to_string()
+        }
+    });
+    SECRET_PAIR
+        .replace_all(&out, format!("${{1}}${{2}}{REDACTED}"))
+        .into_owned()
 }
 
 #[cfg(test)]
@@ -237,5 +338,62 @@ mod tests {
         let (_dir, path) = file(b"\n");
         let e = read_async("k", &path).await.unwrap_err().to_string();
         assert!(e.ends_with(": it is empty"), "{e}");
+    }
+
+    #[test]
+    fn every_spelling_of_a_known_credential_is_redacted() {
+        let password = "p@ss w/rd+1";
+        let basic = "user:p@ss w/rd+1";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(basic);
+        for echoed in [
+            password.to_string(),
+            b64.clone(),
+            format!("Authorization: Basic {b64}"),
+            url::form_urlencoded::byte_serialize(password.as_bytes()).collect(),
+            "p%40ss%20w%2Frd%2B1".to_string(),
+            r"p@ss w\/rd+1".to_string(),
+        ] {
+            let text = format!("bad credentials: {echoed} (try again)");
+            let out = redact(&text, &[password, basic]);
+            assert!(!out.contains("w/rd") && !out.contains(&b64), "{out}");
+            assert!(
+                out.contains(REDACTED) && out.ends_with("(try again)"),
+                "{out}"
+            );
+        }
+    }
+
+    #[test]
+    fn credential_shaped_text_is_redacted_even_when_unknown() {
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ1In0.c2lnbmF0dXJl";
+        for (text, gone) in [
+            (format!("token {jwt} expired"), jwt),
+            (
+                "Authorization: Bearer abcdefghijkl".to_string(),
+                "abcdefghijkl",
+            ),
+            (
+                "authorization: basic dTpodW50ZXIy".to_string(),
+                "dTpodW50ZXIy",
+            ),
+            (
+                "login failed password=hunter2&user=u".to_string(),
+                "hunter2",
+            ),
+            (
+                r#"{"access_token": "s3cr3tvalue"}"#.to_string(),
+                "s3cr3tvalue",
+            ),
+        ] {
+            let out = redact(&text, &[]);
+            assert!(!out.contains(gone), "{out}");
+            assert!(out.contains(REDACTED), "{out}");
+        }
+        for plain in [
+            "manifest unknown: tag v1.2.3 not found in app/dev",
+            "token server unavailable; basic authentication required",
+        ] {
+            assert_eq!(redact(plain, &["abc"]), plain);
+        }
     }
 }

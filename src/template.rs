@@ -74,6 +74,9 @@ pub enum Error {
     /// The template starts with `.` or `-`, which no tag may.
     #[error("a tag cannot start with {0:?}")]
     BadStart(char),
+    /// The literal text alone is longer than a tag may be, so no rendering is a valid tag.
+    #[error("the template's fixed text is {0} characters; a tag has at most {max}", max = crate::reference::MAX_TAG_LEN)]
+    TooLong(usize),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +148,16 @@ impl Template {
             if let Some(c) = t.chars().next().filter(|c| matches!(c, '.' | '-')) {
                 return Err(Error::BadStart(c));
             }
+        }
+        let literal: usize = parts
+            .iter()
+            .map(|p| match p {
+                Part::Text(t) => t.len(),
+                Part::Var(_) => 0,
+            })
+            .sum();
+        if literal > crate::reference::MAX_TAG_LEN {
+            return Err(Error::TooLong(literal));
         }
         Ok(Template {
             source: source.to_string(),
@@ -279,6 +292,9 @@ mod tests {
         assert_eq!(Template::parse("v/1"), Err(Error::BadCharacter('/')));
         assert_eq!(Template::parse("{n}-{n}"), Err(Error::RepeatedCounter));
         assert_eq!(Template::parse("-{tag}"), Err(Error::BadStart('-')));
+        let long = format!("{}{{tag}}{}", "a".repeat(100), "b".repeat(29));
+        assert_eq!(Template::parse(&long), Err(Error::TooLong(129)));
+        assert!(Template::parse(&"a".repeat(128)).is_ok());
     }
 }
 

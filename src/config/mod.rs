@@ -11,8 +11,11 @@
 //! `docker_config`) and read by the registry client, so this module never sees a secret and no
 //! error it prints can contain one.
 
+mod depth;
 pub mod raw;
 mod validate;
+
+pub use depth::MAX_DEPTH;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -177,6 +180,45 @@ pub struct Server {
     /// Where the state file lives; `None` keeps state in memory (a restart restarts the
     /// `min_age` clocks, which only ever delays a promotion).
     pub state_dir: Option<PathBuf>,
+    /// How much the listener gives one client (`server.header_read_timeout_secs`,
+    /// `server.max_connections`, `server.max_webhook_requests`).
+    pub limits: Limits,
+    /// A bearer token file the read API (`/api/v1/...` GETs) then requires; `None` leaves reads
+    /// open. `/healthz`, `/readyz` and `/metrics` stay open either way (probes and scrapers).
+    pub read_token_file: Option<PathBuf>,
+}
+
+/// Default `server.header_read_timeout_secs`: 10 s, plenty for a client on a slow link and short
+/// enough that idle or stalled connections cannot pile up.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `server.max_connections`: far above what probes, scrapers, the CLI and registry
+/// webhooks open, far below a normal file-descriptor limit (1,024).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 512;
+/// Default `server.max_webhook_requests`: webhooks only wake pipelines, so a few at a time
+/// suffice; the rest are answered 503 at once.
+pub const DEFAULT_MAX_WEBHOOK_REQUESTS: u32 = 16;
+
+/// What the HTTP listener gives its clients; see the README's reliability section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Time to send a request's headers, from the connection's start or the end of the previous
+    /// response; a connection that takes longer (or idles longer) is closed.
+    pub header_read_timeout: Duration,
+    /// Connections open at once; more wait in the kernel's backlog.
+    pub max_connections: u32,
+    /// Webhook requests in progress at once; more get 503. They are counted apart from the
+    /// connections so a webhook flood leaves room for `/healthz` and `/metrics`.
+    pub max_webhook_requests: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_webhook_requests: DEFAULT_MAX_WEBHOOK_REQUESTS,
+        }
+    }
 }
 
 /// The name approvals through `server.api_token_file` are recorded under.
@@ -241,7 +283,15 @@ pub struct Registry {
     pub requests_per_second: Option<f64>,
     /// Tags asked for per listing page.
     pub page_size: u32,
+    /// How long one request may take from its start to its last byte, retries aside (a
+    /// registry dripping its answer makes progress, so the read timeout alone never fires).
+    /// A blob copy gets this plus one second per MiB.
+    pub request_timeout: Duration,
 }
+
+/// Default `request_timeout_secs` of a registry: 120 s, twice the read timeout, for a tag list
+/// page, a manifest or a token.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// `[[pipelines]]`.
 #[derive(Debug, Clone)]
@@ -455,13 +505,33 @@ pub fn load(path: &Path) -> Result<Loaded, Error> {
             )
         })
         .collect();
+    let origin = path.display().to_string();
+    check_depth(&text, format, &origin)?;
     let figment = base(&text, format).merge(env);
-    from_figment(figment, &path.display().to_string(), &overrides)
+    from_figment(figment, &origin, &overrides)
 }
 
 /// Parses configuration text without environment overrides; `origin` names it in messages.
 pub fn parse(text: &str, format: Format, origin: &str) -> Result<Loaded, Error> {
+    check_depth(text, format, origin)?;
     from_figment(base(text, format), origin, &[])
+}
+
+/// Refuses YAML nested deeper than [`MAX_DEPTH`] before the parser sees it: libyaml's time grows
+/// with depth times size (100,000 levels took 43 s), TOML's parser has its own limit.
+fn check_depth(text: &str, format: Format, origin: &str) -> Result<(), Error> {
+    if format != Format::Yaml {
+        return Ok(());
+    }
+    match depth::too_deep(text, MAX_DEPTH) {
+        None => Ok(()),
+        Some((line, column)) => Err(Error::Syntax {
+            origin: origin.to_string(),
+            message: format!(
+                "nested deeper than {MAX_DEPTH} levels at line {line} column {column}"
+            ),
+        }),
+    }
 }
 
 fn base(text: &str, format: Format) -> Figment {
@@ -537,18 +607,51 @@ fn describe_origin(origin: &str, path: &str, overrides: &[(String, String)]) -> 
     }
 }
 
+/// The parser's explanation: where (line and column) and what is wrong, never the text of the
+/// line. The TOML parser quotes the offending line under a caret, and a broken line may hold a
+/// secret (a notification URL with its token), so every excerpt line (`5 | url = "...`, `  |   ^`)
+/// is dropped before the message reaches a terminal or a log.
 fn syntax_message(e: &figment::Error) -> String {
-    // The parser's message says where; figment appends a source name we already give.
     let message = e
         .to_string()
-        .split_whitespace()
+        .lines()
+        .filter(|line| !is_excerpt(line))
+        .flat_map(str::split_whitespace)
         .collect::<Vec<_>>()
         .join(" ");
-    ["in TOML source string", "in YAML source string"]
+    // figment appends a source name we already give.
+    let message = ["in TOML source string", "in YAML source string"]
         .iter()
         .fold(message, |m, suffix| {
             m.trim_end_matches(suffix).trim_end().to_string()
-        })
+        });
+    // "TOML parse error at line 5, column 62 invalid basic string": a colon after the place.
+    const COLUMN: &str = ", column ";
+    let Some(column) = message.find(COLUMN).map(|i| i + COLUMN.len()) else {
+        return message;
+    };
+    if !message.starts_with("TOML parse error at line") {
+        return message;
+    }
+    let digits = &message[column..];
+    let end = column
+        + digits
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(digits.len());
+    let (place, what) = message.split_at(end);
+    if what.trim().is_empty() {
+        place.to_string()
+    } else {
+        format!("{place}: {}", what.trim())
+    }
+}
+
+/// Whether a line of a parser's message is a source excerpt: `  |`, `5 | text`, `  |    ^`.
+fn is_excerpt(line: &str) -> bool {
+    line.trim_start()
+        .trim_start_matches(|c: char| c.is_ascii_digit())
+        .trim_start()
+        .starts_with('|')
 }
 
 /// Turns a serde error into a problem at the key it concerns: serde reports unknown and missing
@@ -697,6 +800,53 @@ mod tests {
     }
 
     #[test]
+    fn syntax_errors_name_line_and_column_and_never_quote_the_line() {
+        let text = "[server]\nlisten = \"127.0.0.1:9090\"\n\n[[notifications]]\nurl = \"https://hooks.example/services/SECRETTOKEN\n";
+        let err = parse(text, Format::Toml, "x.toml").expect_err("invalid");
+        let message = err.to_string();
+        assert!(!message.contains("SECRETTOKEN"), "{message}");
+        assert!(!message.contains("hooks.example"), "{message}");
+        assert!(
+            message.starts_with("invalid config x.toml: TOML parse error at line 5, column "),
+            "{message}"
+        );
+        assert!(message.ends_with(": invalid basic string"), "{message}");
+        for text in [
+            "a:\n  b: [1, 2\n  c: \"https://x/SECRETTOKEN",
+            "a: \"https://x/SECRETTOKEN\n  - b: [",
+        ] {
+            let message = parse(text, Format::Yaml, "x.yaml")
+                .expect_err("invalid")
+                .to_string();
+            assert!(!message.contains("SECRETTOKEN"), "{message}");
+            assert!(message.contains("line "), "{message}");
+        }
+    }
+
+    #[test]
+    fn deeply_nested_files_are_refused_at_once_in_both_formats() {
+        let started = std::time::Instant::now();
+        for (format, text) in [
+            (Format::Yaml, format!("pipelines: {}", "[".repeat(100_000))),
+            (
+                Format::Yaml,
+                format!("pipelines:\n{}", "- ".repeat(100_000)),
+            ),
+            (Format::Toml, format!("pipelines = {}", "[".repeat(100_000))),
+        ] {
+            let err = parse(&text, format, "deep").expect_err("too deep");
+            assert!(matches!(err, Error::Syntax { .. }), "{err}");
+        }
+        let elapsed = started.elapsed();
+        assert!(elapsed < std::time::Duration::from_secs(2), "{elapsed:?}");
+        let err = parse(&"[".repeat(100_000), Format::Yaml, "deep").expect_err("too deep");
+        assert_eq!(
+            err.to_string(),
+            "invalid config deep: nested deeper than 64 levels at line 1 column 64"
+        );
+    }
+
+    #[test]
     fn syntax_errors_name_the_line() {
         let err = parse("[server\nlisten = 1", Format::Toml, "x.toml").expect_err("invalid");
         assert!(matches!(err, Error::Syntax { .. }), "{err}");
@@ -720,6 +870,57 @@ mod fuzz {
                 if let Err(e) = parse(&text, format, "fuzz") {
                     proptest::prop_assert!(!e.to_string().is_empty());
                 }
+                Ok(())
+            });
+        }
+    }
+
+    /// The ways a file nests: flow sequences and maps, compact block entries, indentation.
+    const NESTINGS: [&str; 5] = ["[", "{a: ", "- ", "? ", "a = ["];
+
+    /// A mutated seed with up to 30,000 levels of one kind of nesting spliced in somewhere: a
+    /// hostile file must be refused (or loaded) in well under a second whatever the depth, so a
+    /// SIGHUP reload cannot stall.
+    fn nested(
+        seeds: &'static [&'static [u8]],
+    ) -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        (
+            mutations(seeds),
+            0..NESTINGS.len(),
+            0..30_000usize,
+            any::<usize>(),
+            any::<bool>(),
+        )
+            .prop_map(|(mut bytes, kind, depth, at, newlines)| {
+                let unit = NESTINGS[kind];
+                let mut nest = Vec::with_capacity(depth * (unit.len() + 1));
+                for level in 0..depth {
+                    if newlines && kind >= 2 {
+                        nest.push(b'\n');
+                        nest.extend(std::iter::repeat_n(b' ', level % 16));
+                    }
+                    nest.extend_from_slice(unit.as_bytes());
+                }
+                let at = at % (bytes.len() + 1);
+                bytes.splice(at..at, nest);
+                bytes
+            })
+    }
+
+    #[test]
+    fn fuzz_deeply_nested_config_files_are_answered_quickly() {
+        for (format, seeds) in [(Format::Toml, SEEDS_TOML), (Format::Yaml, SEEDS_YAML)] {
+            fuzz("deeply nested config files", nested(seeds), |bytes| {
+                let text = String::from_utf8_lossy(&bytes);
+                let started = std::time::Instant::now();
+                let result = parse(&text, format, "fuzz");
+                let elapsed = started.elapsed();
+                proptest::prop_assert!(
+                    elapsed < std::time::Duration::from_secs(3),
+                    "{format:?} took {elapsed:?}: {:?}",
+                    result.err().map(|e| e.to_string())
+                );
                 Ok(())
             });
         }

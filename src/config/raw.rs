@@ -94,6 +94,14 @@ pub struct Server {
     pub approvers: Vec<Approver>,
     /// Directory for the small state file (first-seen times for `min_age`).
     pub state_dir: Option<String>,
+    /// Seconds a client has to send a request's headers (also the longest idle keep-alive).
+    pub header_read_timeout_secs: Option<u64>,
+    /// Connections served at once.
+    pub max_connections: Option<u32>,
+    /// Webhook requests handled at once.
+    pub max_webhook_requests: Option<u32>,
+    /// File holding a bearer token the read API requires.
+    pub read_token_file: Option<String>,
 }
 
 /// `[[server.approvers]]`.
@@ -126,6 +134,8 @@ pub struct Registry {
     pub requests_per_second: Option<f64>,
     /// Tags asked for per page of a listing.
     pub page_size: Option<u32>,
+    /// Seconds one request may take from start to last byte (blobs get more by size).
+    pub request_timeout_secs: Option<u64>,
 }
 
 /// `[[pipelines]]`.

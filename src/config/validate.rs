@@ -11,6 +11,7 @@ use std::time::Duration;
 use regex::Regex;
 use url::Url;
 
+use super::Limits;
 use super::{
     raw, Approval, Approver, Auth, Config, Defaults, EventKind, Notification, NotifyFormat,
     NotifyTarget, Pipeline, Problem, Promotion, Registry, Server, Stage, Webhooks,
@@ -336,12 +337,50 @@ fn server(p: &mut Problems, raw: &raw::Server) -> Option<Server> {
             });
         }
     }
+    let read_token_file = nonempty_path(p, "server.read_token_file", &raw.read_token_file);
+    let limits = server_limits(p, raw);
     Some(Server {
         listen: listen?,
         api_token_file,
         approvers,
         state_dir,
+        limits,
+        read_token_file,
     })
+}
+
+/// `server.header_read_timeout_secs`, `server.max_connections`, `server.max_webhook_requests`:
+/// each at least 1 (0 would refuse everything).
+fn server_limits(p: &mut Problems, raw: &raw::Server) -> Limits {
+    let mut positive = |key: &str, value: Option<u64>, default: u64| match value {
+        Some(0) => {
+            p.error(format!("server.{key}"), "must be at least 1");
+            default
+        }
+        Some(v) => v,
+        None => default,
+    };
+    let defaults = Limits::default();
+    let header_read_timeout = positive(
+        "header_read_timeout_secs",
+        raw.header_read_timeout_secs,
+        defaults.header_read_timeout.as_secs(),
+    );
+    let max_connections = positive(
+        "max_connections",
+        raw.max_connections.map(u64::from),
+        u64::from(defaults.max_connections),
+    );
+    let max_webhook_requests = positive(
+        "max_webhook_requests",
+        raw.max_webhook_requests.map(u64::from),
+        u64::from(defaults.max_webhook_requests),
+    );
+    Limits {
+        header_read_timeout: Duration::from_secs(header_read_timeout),
+        max_connections: u32::try_from(max_connections).unwrap_or(u32::MAX),
+        max_webhook_requests: u32::try_from(max_webhook_requests).unwrap_or(u32::MAX),
+    }
 }
 
 fn notification(p: &mut Problems, path: &str, raw: &raw::Notification) -> Option<Notification> {
@@ -493,7 +532,20 @@ fn registry(p: &mut Problems, name: &str, raw: &raw::Registry) -> Option<Registr
         max_concurrency,
         requests_per_second: raw.requests_per_second,
         page_size,
+        request_timeout: request_timeout(p, &path, raw.request_timeout_secs),
     })
+}
+
+/// A registry's `request_timeout_secs`: at least 1.
+fn request_timeout(p: &mut Problems, path: &str, secs: Option<u64>) -> Duration {
+    match secs {
+        Some(0) => {
+            p.error(format!("{path}.request_timeout_secs"), "must be at least 1");
+            super::DEFAULT_REQUEST_TIMEOUT
+        }
+        Some(s) => Duration::from_secs(s),
+        None => super::DEFAULT_REQUEST_TIMEOUT,
+    }
 }
 
 fn registry_url(p: &mut Problems, path: &str, text: &str) -> Option<Url> {
@@ -944,6 +996,17 @@ fn sample_check(
     };
     let rendered = promotion.tag.render(&values, 1);
     if !reference::is_valid_tag(&rendered) {
+        // Parsing checked the fixed text; what is left is a template that outgrows a tag once
+        // the variables are in (a long prefix and `{tag}`): say so now, not at the first
+        // promotion.
+        p.warn(
+            format!("{path}.promote.tag"),
+            format!(
+                "for a source tag like {sample_tag} the template gives {} characters, not a valid tag (at most {}); promotions of such tags will be refused",
+                rendered.len(),
+                reference::MAX_TAG_LEN
+            ),
+        );
         return;
     }
     if target.filter().apply(&rendered).is_none() {
@@ -1178,5 +1241,45 @@ mod tests {
             not_a_key.display()
         ))
         .contains("verify.cosign_key_file"));
+    }
+
+    /// Issue 20, item 5: `check` passed a template that can never render a valid tag.
+    #[test]
+    fn templates_that_cannot_render_a_valid_tag_are_reported() {
+        let config = |template: &str| {
+            format!(
+                "[registries.r]\nurl = \"http://127.0.0.1:5000\"\n\
+                 [[pipelines]]\nname = \"p\"\nregistry = \"r\"\nrepository = \"a/p\"\n\
+                 [[pipelines.stages]]\nname = \"dev\"\n\
+                 policy = {{ alphabetical = {{ order = \"asc\" }} }}\n\
+                 [[pipelines.stages]]\nname = \"rc\"\n\
+                 policy = {{ alphabetical = {{ order = \"asc\" }} }}\n\
+                 promote = {{ from = \"dev\", tag = \"{template}\" }}\n"
+            )
+        };
+        let never = format!("{}{{tag}}", "p".repeat(138));
+        let Err(Error::Invalid { problems, .. }) = parse(&config(&never), Format::Toml, "t") else {
+            panic!("a 138-character fixed text must be refused");
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].path, "pipelines[0].stages[1].promote.tag");
+        assert!(
+            problems[0].message.contains("138 characters"),
+            "{problems:?}"
+        );
+        let outgrows = format!("{}{{tag}}", "p".repeat(120));
+        let loaded = parse(&config(&outgrows), Format::Toml, "t").expect("legal");
+        let warnings: Vec<(&str, &str)> = loaded
+            .warnings
+            .iter()
+            .map(|w| (w.path.as_str(), w.message.as_str()))
+            .collect();
+        assert!(
+            warnings.iter().any(
+                |(path, message)| *path == "pipelines[0].stages[1].promote.tag"
+                    && message.contains("gives 131 characters, not a valid tag")
+            ),
+            "{warnings:?}"
+        );
     }
 }

@@ -515,7 +515,8 @@ pub async fn run(
         if signal != Some(Signal::Reload) {
             break;
         }
-        let Some((loaded, backend)) = reload(&options, &wiring.connect, &metrics, address) else {
+        let Some((loaded, backend)) = reload(&options, &wiring.connect, &metrics, address).await
+        else {
             continue;
         };
         // In-flight reconciles finish first; a stop meanwhile still gets its grace.
@@ -573,8 +574,10 @@ async fn drain(
 }
 
 /// Loads the configuration file again and connects its registries; `None` (logged) when either
-/// fails, and the running configuration stays.
-fn reload(
+/// fails, and the running configuration stays. The file is read and parsed on a blocking
+/// thread: whatever it holds, the runtime's workers keep serving `/healthz`, the API and the
+/// pipelines meanwhile.
+async fn reload(
     options: &Options,
     connect: &Connect,
     metrics: &Arc<Metrics>,
@@ -586,10 +589,15 @@ fn reload(
             "configuration reload failed; keeping the running configuration"
         );
     };
-    let loaded = match config::load(&options.config_path) {
-        Ok(l) => l.config,
-        Err(e) => {
+    let path = options.config_path.clone();
+    let loaded = match tokio::task::spawn_blocking(move || config::load(&path)).await {
+        Ok(Ok(l)) => l.config,
+        Ok(Err(e)) => {
             failed(format!("{:#}", anyhow::Error::new(e)));
+            return None;
+        }
+        Err(e) => {
+            failed(format!("loading the configuration failed: {e}"));
             return None;
         }
     };

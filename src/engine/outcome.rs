@@ -183,13 +183,20 @@ impl Outcome {
         }
     }
 
-    /// Everything that needs a person's attention, one line each: the planning error, failed
-    /// promotions and conflicts. `retagd reconcile` exits 1 when there is any.
+    /// Everything that needs a person's attention, one line each: the planning error, stages
+    /// whose promotion cannot be expressed (`invalid`), failed promotions and conflicts.
+    /// `retagd reconcile` exits 1 when there is any, so CI notices.
     pub fn problems(&self) -> Vec<String> {
         let name = &self.pipeline;
         let mut problems = Vec::new();
-        if let Err(e) = &self.plan {
-            problems.push(format!("{name}: {}", e.chain()));
+        match &self.plan {
+            Err(e) => problems.push(format!("{name}: {}", e.chain())),
+            Ok(plan) => problems.extend(plan.stages.iter().filter_map(|s| match &s.action {
+                Action::Invalid { reason } => {
+                    Some(format!("{name}/{}: invalid: {reason}", s.stage))
+                }
+                _ => None,
+            })),
         }
         for (a, e) in self.failures() {
             problems.push(format!("{name}/{}: {}", a.stage, e.chain()));

@@ -321,3 +321,22 @@ async fn stopping_starts_no_further_copy() {
     assert_eq!(backend.calls(Op::Copy), 1);
     assert!(backend.tags("r", "app/release").is_empty());
 }
+
+/// Issue 20, item 5: `retagd reconcile` exited 0 when a stage could not be promoted into.
+#[tokio::test(start_paused = true)]
+async fn an_invalid_stage_is_one_of_the_outcomes_problems() {
+    let backend = Arc::new(Memory::default());
+    backend.push("r", "app/dev", "v1.2.0-dev.1");
+    let long = format!("{}{{tag}}", "p".repeat(120));
+    let text = pipeline_toml("app", &APP, None).replace("v{major}.{minor}.{patch}-rc.{n}", &long);
+    let pipeline = pipelines(&[text]).remove(0);
+    let outcome = reconcile(&engine(&backend), &pipeline).await;
+    assert!(
+        matches!(action(&outcome, "rc"), Action::Invalid { .. }),
+        "{:?}",
+        action(&outcome, "rc")
+    );
+    let problems = outcome.problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].starts_with("app/rc: invalid: "), "{problems:?}");
+}

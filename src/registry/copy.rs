@@ -512,9 +512,25 @@ impl Job<'_> {
             src.url(&format!("/v2/{}/blobs/{}", self.src_repo(), blob.digest))?,
             &self.src_scopes,
         );
-        let answer = src.transport.open(&get).await?;
+        // One deadline for the whole GET and PUT, scaled by the blob's size: either side
+        // dripping bytes would otherwise hold both slots for as long as it likes.
+        let deadline = src.transport.blob_deadline(blob.size);
+        src.transport
+            .within(&get, deadline, self.stream_blob(&get, session, blob))
+            .await
+    }
+
+    /// The GET and PUT of `stream_into`, without its slots and deadline.
+    async fn stream_blob(
+        &self,
+        get: &Request<'_>,
+        session: &Url,
+        blob: &Descriptor,
+    ) -> Result<(), Error> {
+        let (src, dst) = (self.src, self.dst);
+        let answer = src.transport.open(get).await?;
         if !answer.status().is_success() {
-            return Err(src.transport.status_error(&get, answer).await);
+            return Err(src.transport.status_error(get, answer).await);
         }
         let failure = Arc::new(Mutex::new(None));
         let body = verified(

@@ -30,6 +30,18 @@ pub enum Error {
         /// Attempts made.
         attempts: u32,
     },
+    /// An attempt that did not finish within its total deadline (a stalled or dripping answer).
+    #[error("registry {registry}: {method} {path}: timed out: no complete answer within {}s (request_timeout_secs)", after.as_secs())]
+    Timeout {
+        /// Registry name.
+        registry: String,
+        /// Request method.
+        method: Method,
+        /// Request path.
+        path: String,
+        /// The deadline that passed.
+        after: Duration,
+    },
     /// Bytes whose sha256 is not the digest they were asked or announced for.
     #[error("registry {registry}: {what}: content digest is {actual}, expected {expected}; refusing the bytes")]
     DigestMismatch {
@@ -198,7 +210,7 @@ pub enum Reason {
     NotFound,
     /// HTTP 429 after the retries.
     RateLimited,
-    /// No answer, or HTTP 5xx/408 after the retries.
+    /// No answer, no complete answer in time, or HTTP 5xx/408 after the retries.
     Unavailable,
     /// Bytes that are not what their digest or size says.
     DigestMismatch,
@@ -254,7 +266,7 @@ impl Error {
                 408 | 500..=599 => Reason::Unavailable,
                 _ => Reason::Invalid,
             },
-            Error::Transport { .. } => Reason::Unavailable,
+            Error::Transport { .. } | Error::Timeout { .. } => Reason::Unavailable,
             Error::DigestMismatch { .. } | Error::SizeMismatch { .. } => Reason::DigestMismatch,
             Error::Auth { .. } | Error::Credentials { .. } => Reason::Auth,
             Error::Setup { .. } | Error::NotConfigured(_) => Reason::Config,

@@ -551,6 +551,7 @@ impl Registries {
                 max_concurrency: r.max_concurrency,
                 requests_per_second: r.requests_per_second,
                 ca_pem,
+                request_timeout: r.request_timeout,
             };
             let base = r.url.clone();
             let transport =
@@ -623,6 +624,7 @@ impl Registries {
             max_concurrency: config::DEFAULT_MAX_CONCURRENCY,
             requests_per_second: None,
             ca_pem: None,
+            request_timeout: config::DEFAULT_REQUEST_TIMEOUT,
         };
         let transport = Transport::new(
             api_host.clone(),
@@ -704,6 +706,7 @@ mod tests {
             max_concurrency: 1,
             requests_per_second: None,
             page_size: 10,
+            request_timeout: config::DEFAULT_REQUEST_TIMEOUT,
         };
         BTreeMap::from([("x".to_string(), r)])
     }

@@ -12,6 +12,10 @@
 //!   the backoff delay; a wait longer than [`MAX_RETRY_AFTER`] is not waited for but reported.
 //! - A 401 gets one new token (or Basic credentials) with the scopes of its challenge, then the
 //!   request is sent once more; it is not counted as a retry.
+//! - Every attempt has a total deadline (`request_timeout_secs`, from the first byte sent to
+//!   the last received; a blob copy gets one second more per MiB), reported as
+//!   [`Error::Timeout`] and not retried: a registry dripping its answer makes progress, so the
+//!   read timeout alone would never fire.
 //! - At most `max_concurrency` requests are in flight (a streamed body keeps its slot until it is
 //!   dropped) and, with `requests_per_second`, requests start at least `1/rps` apart.
 
@@ -54,7 +58,13 @@ pub struct Settings {
     pub requests_per_second: Option<f64>,
     /// Extra CA certificate (PEM).
     pub ca_pem: Option<Vec<u8>>,
+    /// Longest one attempt of a request may take, first byte out to last byte in.
+    pub request_timeout: Duration,
 }
+
+/// What a blob copy gets on top of the request timeout: one second per MiB (a 1 GiB layer
+/// may take 17 minutes more), far below any link retagd copies over.
+const BLOB_BYTES_PER_SECOND: u64 = 1 << 20;
 
 /// A request as the layers above build it. Bodies are `Bytes`, so a retry resends them for free.
 /// No `Debug`: a token request's body holds a refresh token.
@@ -134,6 +144,7 @@ pub struct Transport {
     pacer: Option<Pacer>,
     observer: Arc<dyn Observer>,
     rate_limit_remaining: AtomicI64,
+    request_timeout: Duration,
 }
 
 impl std::fmt::Debug for Transport {
@@ -188,7 +199,33 @@ impl Transport {
             pacer,
             observer,
             rate_limit_remaining: AtomicI64::new(-1),
+            request_timeout: settings.request_timeout,
         })
+    }
+
+    /// The total deadline of a blob copy of `size` bytes: the request timeout plus one second
+    /// per MiB.
+    pub fn blob_deadline(&self, size: u64) -> Duration {
+        self.request_timeout + Duration::from_secs(size / BLOB_BYTES_PER_SECOND)
+    }
+
+    /// Runs one attempt of `req` within `deadline`; a late one becomes [`Error::Timeout`].
+    pub async fn within<T>(
+        &self,
+        req: &Request<'_>,
+        deadline: Duration,
+        attempt: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        tokio::time::timeout(deadline, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Timeout {
+                    registry: self.name.clone(),
+                    method: req.method.clone(),
+                    path: req.url.path().to_string(),
+                    after: deadline,
+                })
+            })
     }
 
     /// Requests in flight at once; callers size their fan-out by it.
@@ -219,23 +256,26 @@ impl Transport {
     pub async fn fetch(&self, req: &Request<'_>, limit: u64) -> Result<Fetched, Error> {
         self.retrying(|| async {
             let _permit = self.permit().await?;
-            let response = self.exchange(req).await?;
-            let status = response.status();
-            let headers = response.headers().clone();
-            if retry_reason_of(status).is_some() {
-                return Err(self.status_error(req, response).await);
-            }
-            let limit = if status.is_success() {
-                limit
-            } else {
-                MAX_ERROR_BODY
-            };
-            let body = self.read_body(req, response, limit).await?;
-            Ok(Fetched {
-                status,
-                headers,
-                body,
+            self.within(req, self.request_timeout, async {
+                let response = self.exchange(req).await?;
+                let status = response.status();
+                let headers = response.headers().clone();
+                if retry_reason_of(status).is_some() {
+                    return Err(self.status_error(req, response).await);
+                }
+                let limit = if status.is_success() {
+                    limit
+                } else {
+                    MAX_ERROR_BODY
+                };
+                let body = self.read_body(req, response, limit).await?;
+                Ok(Fetched {
+                    status,
+                    headers,
+                    body,
+                })
             })
+            .await
         })
         .await
     }
@@ -243,12 +283,14 @@ impl Transport {
     /// Sends `req` and returns as soon as the headers are in (retrying until then); the body is
     /// the caller's to stream. The caller holds this registry's slot for as long as it streams.
     pub async fn open(&self, req: &Request<'_>) -> Result<reqwest::Response, Error> {
-        self.retrying(|| async {
-            let response = self.exchange(req).await?;
-            if retry_reason_of(response.status()).is_some() {
-                return Err(self.status_error(req, response).await);
-            }
-            Ok(response)
+        self.retrying(|| {
+            self.within(req, self.request_timeout, async {
+                let response = self.exchange(req).await?;
+                if retry_reason_of(response.status()).is_some() {
+                    return Err(self.status_error(req, response).await);
+                }
+                Ok(response)
+            })
         })
         .await
     }
@@ -457,7 +499,7 @@ impl Transport {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Error {
-        let (code, message) = error_text(body);
+        let (code, message) = error_text(body, |text| self.auth.redact(text));
         let error = super::HttpStatus {
             registry: self.name.clone(),
             method: req.method.clone(),
@@ -491,7 +533,12 @@ impl Transport {
     pub fn protocol(&self, req: &Request<'_>, what: String) -> Error {
         Error::Protocol {
             registry: self.name.clone(),
-            what: format!("{} {}: {what}", req.method, req.url.path()),
+            what: format!(
+                "{} {}: {}",
+                req.method,
+                req.url.path(),
+                self.auth.redact(&what)
+            ),
         }
     }
 }
@@ -506,27 +553,29 @@ impl Wire for Transport {
             body: token.body.clone(),
             scopes: &none,
         };
-        self.retrying(|| async {
-            let response = self
-                .send_raw(
-                    &req,
-                    &req.url,
-                    None,
-                    req.body.clone().map(reqwest::Body::from),
-                )
-                .await?;
-            let status = response.status();
-            if status.is_success() {
-                let body = self
-                    .read_body(&req, response, auth::MAX_TOKEN_RESPONSE)
+        self.retrying(|| {
+            self.within(&req, self.request_timeout, async {
+                let response = self
+                    .send_raw(
+                        &req,
+                        &req.url,
+                        None,
+                        req.body.clone().map(reqwest::Body::from),
+                    )
                     .await?;
-                return Ok(TokenAnswer::Body(body));
-            }
-            let error = self.status_error(&req, response).await;
-            if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
-                return Ok(TokenAnswer::Denied(error));
-            }
-            Err(error)
+                let status = response.status();
+                if status.is_success() {
+                    let body = self
+                        .read_body(&req, response, auth::MAX_TOKEN_RESPONSE)
+                        .await?;
+                    return Ok(TokenAnswer::Body(body));
+                }
+                let error = self.status_error(&req, response).await;
+                if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+                    return Ok(TokenAnswer::Denied(error));
+                }
+                Err(error)
+            })
         })
         .await
     }
@@ -571,8 +620,9 @@ pub fn retry_after(status: StatusCode, headers: &HeaderMap) -> Option<Duration> 
 }
 
 /// The registry's error code and message from `{"errors":[{"code","message"}]}`, or the start of
-/// a non-JSON body.
-pub fn error_text(body: &[u8]) -> (Option<String>, String) {
+/// a non-JSON body; `redact` sees each whole text before it is cut short (a registry may echo
+/// the credentials it was sent).
+pub fn error_text(body: &[u8], redact: impl Fn(&str) -> String) -> (Option<String>, String) {
     #[derive(serde::Deserialize)]
     struct Errors {
         errors: Vec<Item>,
@@ -584,18 +634,21 @@ pub fn error_text(body: &[u8]) -> (Option<String>, String) {
     }
     if let Ok(e) = serde_json::from_slice::<Errors>(body) {
         if let Some(first) = e.errors.first() {
-            let code = first.code.clone().map(|c| printable(&c, 64));
+            let code = first.code.as_deref().map(|c| printable(&redact(c), 64));
             let message = e
                 .errors
                 .iter()
                 .filter_map(|i| i.message.as_deref())
-                .map(|m| printable(m, 300))
+                .map(|m| printable(&redact(m), 300))
                 .collect::<Vec<_>>()
                 .join("; ");
             return (code, message);
         }
     }
-    (None, printable(&String::from_utf8_lossy(body), 300))
+    (
+        None,
+        printable(&redact(&String::from_utf8_lossy(body)), 300),
+    )
 }
 
 /// One line of at most `max` characters without control characters: registry text goes into our
@@ -646,15 +699,22 @@ mod tests {
     fn error_bodies_give_code_and_message_even_when_not_json() {
         let (code, message) = error_text(
             br#"{"errors":[{"code":"TAG_INVALID","message":"tag is immutable","detail":{}}]}"#,
+            str::to_string,
         );
         assert_eq!(
             (code.as_deref(), message.as_str()),
             (Some("TAG_INVALID"), "tag is immutable")
         );
-        let (code, message) = error_text(b"<html>\n<h1>502 Bad Gateway</h1>\n</html>");
+        let (code, message) =
+            error_text(b"<html>\n<h1>502 Bad Gateway</h1>\n</html>", str::to_string);
         assert_eq!(code, None);
         assert!(!message.contains('\n') && message.contains("502 Bad Gateway"));
-        assert!(error_text("x".repeat(5000).as_bytes()).1.len() < 310);
+        assert!(
+            error_text("x".repeat(5000).as_bytes(), str::to_string)
+                .1
+                .len()
+                < 310
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -8,8 +8,10 @@
 //!
 //! # Security
 //!
-//! Reads are open (like `/metrics`, they show tags and digests, never credentials). Writes need
-//! `Authorization: Bearer <token>` with an approver's token (`server.approvers`,
+//! Reads are open (like `/metrics`, they show tags and digests, never credentials) unless
+//! `server.read_token_file` is set; then the `/api/v1` reads need that token or an approver's.
+//! The scheme `Bearer` is case-insensitive (RFC 9110), the token is compared exactly (no
+//! padding trimmed). Writes need `Authorization: Bearer <token>` with an approver's token (`server.approvers`,
 //! `server.api_token_file`), which says who approves; webhooks need the secret in
 //! `webhooks.secret_file`, proven the way each registry can. The files are read at each request
 //! so a rotated Kubernetes Secret takes effect without a restart, and every comparison is
@@ -26,6 +28,7 @@ pub mod webhooks;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -33,16 +36,17 @@ use axum::extract::{
     DefaultBodyLimit, FromRequest as _, Path as UrlPath, RawQuery, Request, State,
 };
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::calendar::Freeze;
-use crate::config::Config;
+use crate::config::{Config, Limits};
 use crate::engine::{ApproveError, Approved, Asked, FreezeError};
 use crate::metrics::Metrics;
 use crate::secret::{self, Secret};
@@ -84,20 +88,96 @@ pub const API_BODY_LIMIT: usize = 16 * 1024;
 pub const WEBHOOK_BODY_LIMIT: usize = 1024 * 1024;
 
 /// Serves until `stop` turns true, then finishes the requests in flight.
+///
+/// The connection loop is ours rather than `axum::serve`'s, for the limits of
+/// `server.header_read_timeout_secs` and `server.max_connections` (read at start; a reload
+/// does not change them): a client that never finishes its headers, or idles between
+/// requests, is dropped after the timeout, and at most `max_connections` connections are
+/// served, the next ones waiting in the kernel's backlog until one closes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<dyn Handle>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(shared))
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
+    let limits = shared.config().server.limits;
+    let router = router_with(shared, limits);
+    let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
+    let (closing, close) = watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot,
+            _ = async { stop.wait_for(|s| *s).await.is_ok() } => break,
+        };
+        let Ok(slot) = slot else { break };
+        let stream = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = async { stop.wait_for(|s| *s).await.is_ok() } => break,
+        };
+        let stream = match stream {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, mostly: wait for connections to close instead of
+                // spinning on the same error.
+                tracing::warn!(error = %e, "cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let mut close = close.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = async { close.wait_for(|c| *c).await.is_ok() } => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    let _ = closing.send(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
 }
 
-/// Every route.
+/// Every route, with the default [`Limits`].
 pub fn router(shared: Arc<dyn Handle>) -> Router {
+    router_with(shared, Limits::default())
+}
+
+/// Every route; webhooks take one of `limits.max_webhook_requests` slots or get 503 at once, so
+/// a flood of them leaves the connections and workers for `/healthz`, `/metrics` and the API.
+pub fn router_with(shared: Arc<dyn Handle>, limits: Limits) -> Router {
+    let webhook_slots = Arc::new(Semaphore::new(limits.max_webhook_requests as usize));
+    let one_webhook_at_a_slot = axum::middleware::from_fn(move |request: Request, next: Next| {
+        let slots = webhook_slots.clone();
+        async move {
+            match slots.try_acquire_owned() {
+                Ok(_slot) => next.run(request).await,
+                Err(_) => {
+                    let mut answer = error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "too many webhooks at once (server.max_webhook_requests); retry later"
+                            .to_string(),
+                    );
+                    answer
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                    answer
+                }
+            }
+        }
+    });
+    let read_gate = axum::middleware::from_fn_with_state(shared.clone(), read_access);
     Router::new()
         .route("/", get(dashboard::index))
         .route("/assets/app.js", get(dashboard::script))
@@ -105,15 +185,24 @@ pub fn router(shared: Arc<dyn Handle>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/api/v1/pipelines", get(api::list))
-        .route("/api/v1/pipelines/{pipeline}", get(api::one))
+        .route(
+            "/api/v1/pipelines",
+            get(api::list).route_layer(read_gate.clone()),
+        )
+        .route(
+            "/api/v1/pipelines/{pipeline}",
+            get(api::one).route_layer(read_gate.clone()),
+        )
         .route(
             "/api/v1/pipelines/{pipeline}/stages/{stage}/promote",
             post(api::promote).layer(DefaultBodyLimit::max(API_BODY_LIMIT)),
         )
         .route(
             "/api/v1/freeze",
+            // The read gate covers the GET only: it is added before the writes, which check an
+            // approver's token themselves.
             get(api::freezes)
+                .route_layer(read_gate)
                 .post(api::freeze)
                 .delete(api::unfreeze_all)
                 .layer(DefaultBodyLimit::max(API_BODY_LIMIT)),
@@ -121,7 +210,9 @@ pub fn router(shared: Arc<dyn Handle>) -> Router {
         .route("/api/v1/freeze/{id}", delete(api::unfreeze))
         .route(
             "/webhooks/{source}",
-            post(webhook).layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT)),
+            post(webhook)
+                .layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT))
+                .layer(one_webhook_at_a_slot),
         )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".to_string()) })
         .method_not_allowed_fallback(|| async {
@@ -231,11 +322,19 @@ async fn webhook(
     ) {
         return refused(&*shared, label, refusal);
     }
-    // The route's `DefaultBodyLimit` travels in the request's extensions, so this read is bounded.
-    let body = match body_or_answer(
-        Bytes::from_request(request, &shared).await,
-        WEBHOOK_BODY_LIMIT,
-    ) {
+    // The route's `DefaultBodyLimit` travels in the request's extensions, so this read is bounded;
+    // in time too, so a client dripping its body cannot hold a webhook slot.
+    let within = config.server.limits.header_read_timeout;
+    let Ok(body) = tokio::time::timeout(within, Bytes::from_request(request, &shared)).await else {
+        return error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {}s (server.header_read_timeout_secs)",
+                within.as_secs()
+            ),
+        );
+    };
+    let body = match body_or_answer(body, WEBHOOK_BODY_LIMIT) {
         Ok(b) => b,
         Err(answer) => return answer,
     };
@@ -289,6 +388,34 @@ fn refused(shared: &Shared, label: &str, refusal: webhooks::Refusal) -> Response
     error(refusal.status(), refusal.to_string())
 }
 
+/// The gate of the read API: open, unless `server.read_token_file` is set; then it wants
+/// `Authorization: Bearer` with that token or an approver's (who may approve may read).
+/// `/healthz`, `/readyz` and `/metrics` never pass here: probes and scrapers carry no token.
+async fn read_access(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    let config = shared.config();
+    let Some(file) = &config.server.read_token_file else {
+        return next.run(request).await;
+    };
+    let token = match secret_of("server.read_token_file", file) {
+        Ok(t) => t,
+        Err(answer) => return answer,
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| webhooks::strip_bearer(v.as_bytes()));
+    let reader = given.is_some_and(|g| same_secret(g, token.expose().as_bytes()));
+    if reader || authorize(&*shared, request.headers()).is_ok() {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer realm=\"retagd\"")],
+        Json(json!({"error": "missing or wrong bearer token (Authorization: Bearer <server.read_token_file's token or an approver's>)"})),
+    )
+        .into_response()
+}
+
 /// Checks `Authorization: Bearer <token>` against every approver's token (`server.approvers`,
 /// `server.api_token_file`) and returns the name of the one it belongs to. Every token is
 /// compared, so the time taken does not tell which one (or how many) came close.
@@ -303,8 +430,7 @@ fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<String, Response> {
     }
     let given = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| webhooks::strip_bearer(v.as_bytes()))
-        .map(<[u8]>::trim_ascii);
+        .and_then(|v| webhooks::strip_bearer(v.as_bytes()));
     let mut found = None;
     for approver in &approvers {
         let token = secret_of(&approver.key, &approver.token_file)?;

@@ -11,6 +11,7 @@ mod engine;
 mod faults;
 mod flux_oracle;
 mod harness;
+mod hostile;
 mod notify;
 mod policy_props;
 mod policy_table;

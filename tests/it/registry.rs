@@ -60,6 +60,7 @@ fn settings(name: &str, url: &str, auth: config::Auth) -> config::Registry {
         max_concurrency: config::DEFAULT_MAX_CONCURRENCY,
         requests_per_second: None,
         page_size: config::DEFAULT_PAGE_SIZE,
+        request_timeout: config::DEFAULT_REQUEST_TIMEOUT,
     }
 }
 

@@ -102,6 +102,44 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Tokens remembered for redaction: the ones in use, plus a few recent ones an error may still
+/// echo. Tokens are per scope set, so this is about the number of scope sets in use.
+const KNOWN_TOKENS: usize = 32;
+
+/// What this registry's answers must never repeat: the credentials (the current and the previous
+/// resolution, so a rotation does not forget one still in a server's memory) and recent tokens.
+#[derive(Default)]
+struct Known {
+    credentials: Vec<Secret>,
+    previous: Vec<Secret>,
+    tokens: std::collections::VecDeque<Secret>,
+}
+
+impl Known {
+    fn credentials(&mut self, c: &Credentials) {
+        let now: Vec<Secret> = match c {
+            Credentials::None => Vec::new(),
+            Credentials::Basic { username, password } => vec![
+                password.clone(),
+                Secret::new(format!("{username}:{}", password.expose())),
+            ],
+            Credentials::IdentityToken(t) => vec![t.clone()],
+        };
+        if now != self.credentials {
+            self.previous = std::mem::replace(&mut self.credentials, now);
+        }
+    }
+
+    fn token(&mut self, t: &Secret) {
+        if !self.tokens.contains(t) {
+            if self.tokens.len() == KNOWN_TOKENS {
+                self.tokens.pop_front();
+            }
+            self.tokens.push_back(t.clone());
+        }
+    }
+}
+
 /// One registry's authentication state; see the module docs.
 pub struct Authenticator {
     /// The registry's name, for errors.
@@ -112,6 +150,7 @@ pub struct Authenticator {
     credentials: tokio::sync::Mutex<Option<(Credentials, Instant)>>,
     state: Mutex<(Scheme, TokenCache)>,
     token_fetch: tokio::sync::Mutex<()>,
+    known: Mutex<Known>,
 }
 
 impl Authenticator {
@@ -124,7 +163,22 @@ impl Authenticator {
             credentials: tokio::sync::Mutex::new(None),
             state: Mutex::new((Scheme::Unknown, TokenCache::default())),
             token_fetch: tokio::sync::Mutex::new(()),
+            known: Mutex::new(Known::default()),
         }
+    }
+
+    /// `text` from this registry or its token server, without any credential or token we hold
+    /// for it nor anything shaped like one ([`crate::secret::redact`]).
+    pub fn redact(&self, text: &str) -> String {
+        let known = lock(&self.known);
+        let secrets: Vec<&str> = known
+            .credentials
+            .iter()
+            .chain(&known.previous)
+            .chain(&known.tokens)
+            .map(Secret::expose)
+            .collect();
+        crate::secret::redact(text, &secrets)
     }
 
     fn error(&self, message: String) -> Error {
@@ -151,6 +205,7 @@ impl Authenticator {
                 registry: self.registry.clone(),
                 message,
             })?;
+        lock(&self.known).credentials(&fresh);
         *cached = Some((fresh.clone(), Instant::now()));
         Ok(fresh)
     }
@@ -328,8 +383,12 @@ impl Authenticator {
             body,
         };
         match wire.send_token_request(&req).await? {
-            TokenAnswer::Body(body) => parse_token(&body, Instant::now())
-                .map_err(|m| self.error(format!("{realm_host}: {m}"))),
+            TokenAnswer::Body(body) => {
+                let token = parse_token(&body, Instant::now())
+                    .map_err(|m| self.error(format!("{realm_host}: {}", self.redact(&m))))?;
+                lock(&self.known).token(&token.value);
+                Ok(token)
+            }
             TokenAnswer::Denied(error) => {
                 self.forget_credentials().await;
                 Err(self.error(format!(

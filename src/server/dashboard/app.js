@@ -1,6 +1,7 @@
 // retagd's dashboard: which version is in which stage, what waits and why, and approvals that
-// send the digest shown. Reads the same JSON API as `retagd status`, every few seconds. Every
-// value from the API reaches the page as text (textContent), never as markup.
+// send the digest shown. Reads the same JSON API as `retagd status`, every few seconds (with the
+// tab's token when the daemon closes its reads). Every value from the API reaches the page as
+// text (textContent), never as markup.
 "use strict";
 
 const POLL_MS = 3000;
@@ -202,9 +203,28 @@ function render() {
   restoreFocus(focused);
 }
 
+/** A GET of the read API, with this tab's token when it has one (server.read_token_file). */
+function read(path) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  return fetch(path, { headers, credentials: "omit", cache: "no-store" });
+}
+
+let asking = false;
+
 async function poll() {
   try {
-    const [a, b] = await Promise.all([fetch("api/v1/pipelines"), fetch("api/v1/freeze")]);
+    const [a, b] = await Promise.all([read("api/v1/pipelines"), read("api/v1/freeze")]);
+    if (a.status === 401 && !asking) {
+      // This daemon closes its read API: ask once for a token, then look again.
+      sessionStorage.removeItem(TOKEN_KEY);
+      asking = true;
+      $("live").textContent = "retagd asks for a token to show its pipelines";
+      const token = await askToken();
+      asking = false;
+      if (token) poll();
+      return;
+    }
     if (!a.ok) throw new Error(`status API answered ${a.status}`);
     pipelines = (await a.json()).pipelines || [];
     freezes = b.ok ? (await b.json()).freezes || [] : [];
