@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 const INDEX: &str = include_str!("dashboard/index.html");
 const SCRIPT: &str = include_str!("dashboard/app.js");
 const STYLE: &str = include_str!("dashboard/app.css");
+const ICON: &str = include_str!("dashboard/icon.svg");
 
 /// No inline script or style, nothing from another origin, not framed, no forms posting away.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
@@ -48,13 +49,18 @@ pub(super) async fn style() -> Response {
     page("text/css; charset=utf-8", STYLE)
 }
 
+/// `GET /assets/icon.svg` (and `/favicon.ico`, which browsers ask for by themselves).
+pub(super) async fn icon() -> Response {
+    page("image/svg+xml", ICON)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_page_is_small_and_loads_nothing_from_elsewhere() {
-        let total = INDEX.len() + SCRIPT.len() + STYLE.len();
+        let total = INDEX.len() + SCRIPT.len() + STYLE.len() + ICON.len();
         assert!(total < 200 * 1024, "{total} bytes");
         for file in [INDEX, SCRIPT, STYLE] {
             assert!(!file.contains("http://") && !file.contains("https://"));

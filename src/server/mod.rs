@@ -182,6 +182,8 @@ pub fn router_with(shared: Arc<dyn Handle>, limits: Limits) -> Router {
         .route("/", get(dashboard::index))
         .route("/assets/app.js", get(dashboard::script))
         .route("/assets/app.css", get(dashboard::style))
+        .route("/assets/icon.svg", get(dashboard::icon))
+        .route("/favicon.ico", get(dashboard::icon))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -7,6 +7,7 @@ mod support;
 
 mod chart;
 mod cli;
+mod dashboard;
 mod engine;
 mod faults;
 mod flux_oracle;

@@ -130,6 +130,7 @@ function renderPipeline(p) {
     .map((s) => ({ stage: s.stage, ...s.last_promotion }))
     .sort((a, b) => Date.parse(b.time) - Date.parse(a.time));
   if (recent.length) {
+    card.append(el("h3", "recent-title", "Recent promotions"));
     const list = el("ul", "recent");
     list.setAttribute("aria-label", `Recent promotions of ${p.pipeline}`);
     for (const r of recent) {
