@@ -186,6 +186,7 @@ fn state_cell(s: &Value) -> String {
             format!("frozen by {}: {}", text(f, "by"), step())
         }
         "conflict" => format!("conflict: {} exists", text(p, "to_tag")),
+        "unverified" => format!("unverified ({}): {}", text(action, "code"), step()),
         "no_candidate" => "nothing to promote".to_string(),
         "invalid" => "invalid".to_string(),
         _ => "not reconciled yet".to_string(),

@@ -69,6 +69,8 @@ function stageState(stage) {
     }
     case "conflict":
       return { cls: "bad", text: `conflict: ${p.to_tag} exists with ${shortDigest(action.existing_digest)}` };
+    case "unverified":
+      return { cls: "bad", text: `unverified: ${action.reason} (${p.from_tag} → ${p.to_tag} not promoted)` };
     case "no_candidate":
       return { cls: "none", text: `nothing to promote: ${action.reason}` };
     case "invalid":
