@@ -79,7 +79,7 @@ fn snapshot(pipeline: &Pipeline, tags: &[(String, usize)]) -> Observed {
         ) {
             Planned::Complete(_) => return observed,
             Planned::Needs(needs) => {
-                for (k, tag) in needs {
+                for (k, tag) in needs.tags {
                     let image = tags.iter().find(|(t, _)| *t == tag).map(|(_, i)| *i);
                     observed
                         .digests
@@ -117,7 +117,7 @@ fn planner(c: &mut Criterion) {
         .iter()
         .map(|o| Observed {
             tags: o.tags.clone(),
-            digests: Default::default(),
+            ..Observed::default()
         })
         .collect();
 

@@ -74,14 +74,19 @@ pub fn build(config: &Config, observer: Arc<dyn Observer>) -> anyhow::Result<Eng
 }
 
 /// An engine over `backend` with `config`'s state: the first-seen times and freezes of
-/// `state_dir` (or memory only), and the configuration's calendar of freezes.
+/// `state_dir` (or memory only), the configuration's calendar of freezes, and the writers' lock
+/// in `state_dir`.
 fn engine(config: &Config, backend: Arc<dyn Backend>) -> anyhow::Result<Engine> {
     let (state, mut freezes) = match &config.server.state_dir {
         Some(dir) => (State::load(dir)?, Freezes::load(dir)?),
         None => (State::in_memory(), Freezes::in_memory()),
     };
     freezes.set_calendar(config.freezes.clone());
-    Ok(Engine::new(backend, state).with_freezes(freezes))
+    let engine = Engine::new(backend, state).with_freezes(freezes);
+    Ok(match &config.server.state_dir {
+        Some(dir) => engine.with_writers_lock(dir),
+        None => engine,
+    })
 }
 
 /// The registry clients of `config` (at start and at each reload).

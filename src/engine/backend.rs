@@ -12,7 +12,7 @@ use crate::registry::{self, referrers, Registries};
 /// What one registry operation answers.
 pub type Result<T> = std::result::Result<T, registry::Error>;
 
-/// The three things a reconcile asks of registries, by configured registry name.
+/// What a reconcile asks of registries, by configured registry name.
 pub trait Backend: Send + Sync {
     /// Every tag of `repository`; a repository that does not exist is an error that
     /// [`registry::Error::is_not_found`] recognises.
@@ -30,12 +30,22 @@ pub trait Backend: Send + Sync {
         tag: &'a str,
     ) -> BoxFuture<'a, Result<Option<Digest>>>;
 
+    /// The manifest `tag` names (its bytes, verified digest and media type), or `None` when it
+    /// does not exist: a GET where the digest is needed and a copy of it will likely follow.
+    fn fetch<'a>(
+        &'a self,
+        registry: &'a str,
+        repository: &'a str,
+        tag: &'a str,
+    ) -> BoxFuture<'a, Result<Option<registry::Manifest>>>;
+
     /// Copies `promotion.digest` from its source stage to `to`'s repository as
-    /// `promotion.to_tag`.
+    /// `promotion.to_tag`, skipping the requests whose answers `known` holds.
     fn copy<'a>(
         &'a self,
         promotion: &'a Promotion,
         to: &'a StagePlan,
+        known: registry::Known<'a>,
     ) -> BoxFuture<'a, Result<registry::Report>>;
 
     /// Carries the referrers of `job.digest` that the target lacks (see
@@ -111,10 +121,27 @@ impl Backend for Registries {
         })
     }
 
+    fn fetch<'a>(
+        &'a self,
+        registry: &'a str,
+        repository: &'a str,
+        tag: &'a str,
+    ) -> BoxFuture<'a, Result<Option<registry::Manifest>>> {
+        Box::pin(async move {
+            let client = self.client(registry)?;
+            match client.get_manifest(repository, tag).await {
+                Ok(m) => Ok(Some(m)),
+                Err(e) if e.is_not_found() => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
     fn copy<'a>(
         &'a self,
         p: &'a Promotion,
         to: &'a StagePlan,
+        known: registry::Known<'a>,
     ) -> BoxFuture<'a, Result<registry::Report>> {
         Box::pin(async move {
             let src = self.client(&p.from_registry)?;
@@ -131,7 +158,7 @@ impl Backend for Registries {
                 tag: Some(p.to_tag.clone()),
                 digest: None,
             };
-            registry::copy(&src, &src_ref, &dst, &dst_ref, p.overwrite).await
+            registry::copy_knowing(&src, &src_ref, &dst, &dst_ref, p.overwrite, known).await
         })
     }
 

@@ -27,6 +27,8 @@ pub enum Op {
     List,
     /// [`Backend::head`].
     Head,
+    /// [`Backend::fetch`].
+    Fetch,
     /// [`Backend::copy`], matched on the target repository and tag.
     Copy,
 }
@@ -52,6 +54,9 @@ struct Inner {
     failures: Vec<Failure>,
     copy_delay: Duration,
     copy_gate: Option<Arc<Notify>>,
+    /// Per copy: the target tag, whether the source manifest came with it, and whether the
+    /// destination was known absent.
+    known: Vec<(String, bool, bool)>,
 }
 
 impl Inner {
@@ -131,7 +136,13 @@ impl Memory {
         self.inner().calls.get(&op).copied().unwrap_or(0)
     }
 
-    /// HEADs of one tag so far.
+    /// What each copy was told it could skip: (target tag, source manifest given, destination
+    /// known absent).
+    pub fn copies_known(&self) -> Vec<(String, bool, bool)> {
+        self.inner().known.clone()
+    }
+
+    /// Reads of one tag so far (HEADs and GETs).
     pub fn heads(&self, registry: &str, repository: &str, tag: &str) -> usize {
         let key = (repo_key_of(registry, repository), tag.to_string());
         self.inner().heads.get(&key).copied().unwrap_or(0)
@@ -284,12 +295,52 @@ impl Backend for Memory {
         })
     }
 
+    /// A manifest whose bytes are its tag's digest text: enough for the driver, which only
+    /// hands it to [`Backend::copy`].
+    fn fetch<'a>(
+        &'a self,
+        registry: &'a str,
+        repository: &'a str,
+        tag: &'a str,
+    ) -> BoxFuture<'a, Result<Option<registry::Manifest>>> {
+        Box::pin(async move {
+            let mut inner = self.count(Op::Fetch);
+            let key = (repo_key_of(registry, repository), tag.to_string());
+            *inner.heads.entry(key.clone()).or_default() += 1;
+            if let Some(e) = inner.failure(Op::Fetch, &key.0, Some(tag)) {
+                return Err(e);
+            }
+            if let Some(left) = inner.unreadable.get_mut(&key).filter(|n| **n > 0) {
+                *left -= 1;
+                return Ok(None);
+            }
+            Ok(inner
+                .repos
+                .get(&key.0)
+                .and_then(|t| t.get(tag))
+                .map(|digest| registry::Manifest {
+                    bytes: bytes::Bytes::from(digest.to_string()),
+                    digest: digest.clone(),
+                    media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                }))
+        })
+    }
+
     fn copy<'a>(
         &'a self,
         promotion: &'a Promotion,
         to: &'a StagePlan,
+        known: registry::Known<'a>,
     ) -> BoxFuture<'a, Result<registry::Report>> {
         Box::pin(async move {
+            {
+                let mut inner = self.inner();
+                inner.known.push((
+                    promotion.to_tag.clone(),
+                    known.source.is_some(),
+                    known.destination_absent,
+                ));
+            }
             let (delay, gate) = {
                 let inner = self.count(Op::Copy);
                 (inner.copy_delay, inner.copy_gate.clone())

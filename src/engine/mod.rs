@@ -31,6 +31,7 @@ pub mod state;
 #[cfg(test)]
 pub(crate) mod tests;
 mod verify;
+pub mod writers;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -66,6 +67,10 @@ pub const DEFAULT_PARALLEL: usize = 16;
 const UNREADABLE_RETRIES: u32 = 3;
 /// First wait before looking again at a listed tag that a HEAD did not find (then 20, 40 ms).
 const UNREADABLE_DELAY: Duration = Duration::from_millis(10);
+/// How long a listing is trusted to say that a target tag does not exist, so its copy skips the
+/// destination HEAD: a reconcile plans within milliseconds of listing; one whose earlier copies
+/// took longer (a large image across registries) HEADs again.
+const LISTING_TRUSTED_FOR: Duration = Duration::from_secs(10);
 
 /// Why a pipeline could not be planned.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +127,9 @@ pub struct Engine {
     /// pass while a promotion waits for approval would cost one HEAD per tag per interval.
     /// Current tags are always read fresh; an entry goes when its tag leaves the listing.
     known: Mutex<HashMap<(plan::RepoKey, String), Digest>>,
+    /// The tags read as a stage's current in each repository, while they stay listed: a current
+    /// tag not among them is new, and worth a GET when an automatic stage promotes from it.
+    currents: Mutex<HashMap<plan::RepoKey, HashSet<String>>>,
     /// One reconcile at a time per target repository, so two pipelines promoting into one
     /// repository cannot both compute and PUT the same next `{n}`.
     locks: Mutex<HashMap<plan::RepoKey, Arc<tokio::sync::Mutex<()>>>>,
@@ -131,6 +139,9 @@ pub struct Engine {
     parallel: usize,
     /// Promoted digests whose referrers are watched, with what their targets have.
     referrers: referrers::Watched,
+    /// `state_dir`: where retagd's writers on one machine (the daemon, `retagd promote`,
+    /// `retagd reconcile`) take a lock per target repository.
+    writers: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -148,10 +159,12 @@ impl Engine {
             state: Mutex::new(state),
             freezes: Mutex::new(Freezes::in_memory()),
             known: Mutex::new(HashMap::new()),
+            currents: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
             parallel: DEFAULT_PARALLEL,
             referrers: referrers::Watched::default(),
+            writers: None,
         }
     }
 
@@ -165,6 +178,14 @@ impl Engine {
     #[must_use]
     pub fn with_parallel(mut self, parallel: usize) -> Engine {
         self.parallel = parallel.max(1);
+        self
+    }
+
+    /// Makes retagd's writers sharing `state_dir` exclusive of each other per target
+    /// repository, so a listing is authoritative among them (see [`writers`]).
+    #[must_use]
+    pub fn with_writers_lock(mut self, state_dir: &std::path::Path) -> Engine {
+        self.writers = Some(state_dir.to_path_buf());
         self
     }
 
@@ -292,14 +313,20 @@ impl Engine {
             let (key, tags) = r?;
             observed.tags.insert(key, tags);
         }
+        observed.listed_at = Some(Instant::now());
         // Forget digests of tags that are gone (deleted, or moved away and back).
-        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        known.retain(|(key, tag), _| {
+        let listed = |key: &plan::RepoKey, tag: &String| {
             observed
                 .tags
                 .get(key)
                 .is_none_or(|tags| tags.iter().any(|t| t == tag))
-        });
+        };
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.retain(|(key, tag), _| listed(key, tag));
+        let mut currents = self.currents.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, seen) in currents.iter_mut() {
+            seen.retain(|tag| listed(key, tag));
+        }
         Ok(observed)
     }
 
@@ -319,19 +346,44 @@ impl Engine {
         }
     }
 
-    /// The digest `tag` names now (`None`: absent), keyed as the planner asked.
-    async fn resolve_one(&self, key: plan::RepoKey, tag: String) -> Result<Resolved, Error> {
+    /// The digest `tag` names now (`None`: absent), keyed as the planner asked; with `fetch`,
+    /// by a GET that also returns the manifest a copy will need.
+    async fn resolve_one(
+        &self,
+        key: plan::RepoKey,
+        tag: String,
+        fetch: bool,
+    ) -> Result<Resolved, Error> {
         let backend = self.backend();
         // Every tag the planner asks about was in the listing (see `UNREADABLE_RETRIES`).
         let (mut delay, mut retries) = (UNREADABLE_DELAY, 0);
         loop {
-            match backend.head(&key.registry, &key.repository, &tag).await {
+            let head = || async {
+                backend
+                    .head(&key.registry, &key.repository, &tag)
+                    .await
+                    .map(|d| d.map(|d| (d, None)))
+            };
+            let answer = if fetch {
+                match backend.fetch(&key.registry, &key.repository, &tag).await {
+                    Ok(m) => Ok(m.map(|m| (m.digest.clone(), Some(m)))),
+                    // A manifest the copy could not use either (too large, an unknown kind):
+                    // its digest still decides the plan, which reports what the copy meets.
+                    Err(e) => {
+                        tracing::debug!(tag = %tag, error = %outcome::chain(&e), "reading the manifest failed; HEAD instead");
+                        head().await
+                    }
+                }
+            } else {
+                head().await
+            };
+            match answer {
                 Ok(None) if retries < UNREADABLE_RETRIES => {
                     retries += 1;
                     tokio::time::sleep(delay).await;
                     delay *= 2;
                 }
-                Ok(head) => return Ok(((key, tag), head)),
+                Ok(found) => return Ok(((key, tag), found)),
                 Err(source) => {
                     return Err(Error::Resolve {
                         repo: key,
@@ -343,15 +395,21 @@ impl Engine {
         }
     }
 
+    /// Resolves what the planner needs. The first round (`cached` false) asks for the stages'
+    /// current tags, always read fresh; a new one that an automatic stage promotes from is read
+    /// with a GET (see [`plan::Needs`]): new by the listing (no tag of its version in the
+    /// target yet), or by memory (this repository's current tags were read before, and not
+    /// this one). Later rounds take digests of other tags from the cache when it has them.
     async fn resolve(
         &self,
         observed: &mut Observed,
-        mut needs: BTreeSet<(plan::RepoKey, String)>,
+        needs: plan::Needs,
         cached: bool,
     ) -> Result<(), Error> {
+        let mut tags = needs.tags;
         if cached {
             let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-            needs.retain(|need| match known.get(need) {
+            tags.retain(|need| match known.get(need) {
                 Some(d) => {
                     observed.digests.insert(need.clone(), Some(d.clone()));
                     false
@@ -359,18 +417,45 @@ impl Engine {
                 None => true,
             });
         }
-        let resolved: Vec<Result<_, Error>> = stream::iter(needs)
-            .map(|(key, tag)| self.resolve_one(key, tag))
+        let asked: Vec<(plan::RepoKey, String, bool)> = {
+            let currents = self.currents.lock().unwrap_or_else(|e| e.into_inner());
+            tags.into_iter()
+                .map(|(key, tag)| {
+                    let need = (key, tag);
+                    let new_by_memory = currents
+                        .get(&need.0)
+                        .is_some_and(|seen| !seen.is_empty() && !seen.contains(&need.1));
+                    let fetch = needs.new_versions.contains(&need)
+                        || (needs.sources.contains(&need) && new_by_memory);
+                    (need.0, need.1, fetch)
+                })
+                .collect()
+        };
+        let resolved: Vec<Result<_, Error>> = stream::iter(asked)
+            .map(|(key, tag, fetch)| self.resolve_one(key, tag, fetch))
             .buffer_unordered(RESOLVE_WIDTH)
             .collect()
             .await;
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let mut currents = self.currents.lock().unwrap_or_else(|e| e.into_inner());
         for r in resolved {
-            let (k, d) = r?;
-            if let (true, Some(d)) = (cached, &d) {
-                known.insert(k.clone(), d.clone());
+            let (k, found) = r?;
+            let digest = found.map(|(d, manifest)| {
+                if let Some(m) = manifest {
+                    observed.manifests.insert(d.clone(), m);
+                }
+                d
+            });
+            match (cached, &digest) {
+                (true, Some(d)) => {
+                    known.insert(k.clone(), d.clone());
+                }
+                (false, _) => {
+                    currents.entry(k.0.clone()).or_default().insert(k.1.clone());
+                }
+                _ => {}
             }
-            observed.digests.insert(k, d);
+            observed.digests.insert(k, digest);
         }
         Ok(())
     }
@@ -382,10 +467,17 @@ impl Engine {
     async fn apply(
         &self,
         pipeline: &Pipeline,
-        plan: &PipelinePlan,
+        (plan, observed): (&PipelinePlan, &Observed),
         intent: &Intent,
+        exclusive: bool,
         stopping: &(dyn Fn() -> bool + Sync),
     ) -> Vec<Applied> {
+        // Retagd's writers exclude each other (`exclusive`), so a tag absent from a listing
+        // this recent is absent still, but for writers outside retagd (see the README).
+        let fresh = exclusive
+            && observed
+                .listed_at
+                .is_some_and(|at| at.elapsed() < LISTING_TRUSTED_FOR);
         let mut failed: HashSet<&str> = HashSet::new();
         let mut applied = Vec::new();
         for (index, stage) in plan.stages.iter().enumerate() {
@@ -414,8 +506,18 @@ impl Engine {
                     from_stage: p.from_stage.clone(),
                 })
             } else {
+                let target = plan::repo_key_of(&stage.registry, &stage.repository);
+                let known = crate::registry::Known {
+                    source: observed.manifests.get(&p.digest),
+                    destination_absent: fresh
+                        && !p.overwrite
+                        && observed
+                            .tags
+                            .get(&target)
+                            .is_some_and(|tags| !tags.contains(&p.to_tag)),
+                };
                 self.backend()
-                    .copy(p, stage)
+                    .copy(p, stage, known)
                     .await
                     .map_err(PromotionError::Copy)
             };
@@ -453,10 +555,18 @@ impl Engine {
     ) -> Outcome {
         let started = Instant::now();
         let (plan, applied, referrers) = {
-            let _held = self.lock_targets(pipeline).await;
+            let held = self.lock_targets(pipeline).await;
             match self.plan_holding_slots(pipeline, intent, true).await {
                 Ok((plan, observed)) => {
-                    let applied = self.apply(pipeline, &plan, intent, stopping).await;
+                    let applied = self
+                        .apply(
+                            pipeline,
+                            (&plan, &observed),
+                            intent,
+                            held.exclusive,
+                            stopping,
+                        )
+                        .await;
                     let referrers = if stopping() {
                         Vec::new()
                     } else {
@@ -493,8 +603,8 @@ impl Engine {
         let locks: Vec<_> = {
             let mut all = self.locks.lock().unwrap_or_else(|e| e.into_inner());
             targets
-                .into_iter()
-                .map(|k| all.entry(k).or_default().clone())
+                .iter()
+                .map(|k| all.entry(k.clone()).or_default().clone())
                 .collect()
         };
         let slots = self.slots(pipeline).await;
@@ -502,9 +612,16 @@ impl Engine {
         for lock in locks {
             held.push(lock.lock_owned().await);
         }
+        // Then the same repositories across processes, in the same order.
+        let files = match &self.writers {
+            Some(dir) => writers::lock(dir, &targets).await,
+            None => None,
+        };
         Held {
             _slots: slots,
             _locks: held,
+            exclusive: files.is_some(),
+            _files: files,
         }
     }
 
@@ -517,13 +634,21 @@ impl Engine {
     }
 }
 
-/// A tag of a repository and the digest it names (`None`: absent).
-type Resolved = ((plan::RepoKey, String), Option<Digest>);
+/// A tag of a repository and the digest it names (`None`: absent), with the manifest when it
+/// was read whole.
+type Resolved = (
+    (plan::RepoKey, String),
+    Option<(Digest, Option<crate::registry::Manifest>)>,
+);
 
 /// The slots and repository locks one reconcile holds until it ends.
 struct Held {
     _slots: Vec<tokio::sync::OwnedSemaphorePermit>,
     _locks: Vec<tokio::sync::OwnedMutexGuard<()>>,
+    /// The target repositories' lock files in `state_dir`, when there is one.
+    _files: Option<Vec<std::fs::File>>,
+    /// No other retagd process on this machine writes the target repositories meanwhile.
+    exclusive: bool,
 }
 
 /// One log event per promotion tried.

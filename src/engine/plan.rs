@@ -52,6 +52,10 @@ pub struct Observed {
     pub tags: BTreeMap<RepoKey, Vec<String>>,
     /// Digests resolved by HEAD; `None` when the tag turned out to be absent.
     pub digests: BTreeMap<(RepoKey, String), Option<Digest>>,
+    /// Manifests read whole by digest, for the copies that follow (not used by the planner).
+    pub manifests: BTreeMap<Digest, crate::registry::Manifest>,
+    /// When the listing was taken (not used by the planner).
+    pub listed_at: Option<std::time::Instant>,
 }
 
 /// What a human asked for (`retagd promote`, later the API).
@@ -76,7 +80,21 @@ pub enum Planned {
     /// Every decision is made.
     Complete(PipelinePlan),
     /// These tags' digests are needed first.
-    Needs(BTreeSet<(RepoKey, String)>),
+    Needs(Needs),
+}
+
+/// The digests a planning round needs, with hints on how to read them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// Every tag whose digest is needed.
+    pub tags: BTreeSet<(RepoKey, String)>,
+    /// Of those, the current tags of stages that an automatic stage promotes from: when such a
+    /// tag is new, a copy almost always follows, and a GET gives the digest and the bytes the
+    /// copy needs in one request (a HEAD where no copy follows: on Docker Hub a GET is a pull).
+    pub sources: BTreeSet<(RepoKey, String)>,
+    /// Of `sources`, those whose version the automatic stage has no tag for yet: new by the
+    /// listing alone, without any memory of earlier rounds.
+    pub new_versions: BTreeSet<(RepoKey, String)>,
 }
 
 /// The plan of one pipeline, stage by stage.
@@ -405,9 +423,9 @@ struct Pass<'a> {
     observed: &'a Observed,
     /// Tags this plan creates, by repository, with their digests.
     created: BTreeMap<RepoKey, Vec<(String, Digest)>>,
-    /// Digests asked for. Non-empty exactly when a lookup in this pass returned [`NeedDigest`]:
-    /// from then on the pass only collects what the next round needs.
-    needs: BTreeSet<(RepoKey, String)>,
+    /// Digests asked for. Its tags are non-empty exactly when a lookup in this pass returned
+    /// [`NeedDigest`]: from then on the pass only collects what the next round needs.
+    needs: Needs,
     /// Each planned stage's current as observed: what an approver saw.
     seen: Vec<Option<Chosen>>,
     /// Each planned stage's current after this pass's promotion into it: what the stages after
@@ -441,7 +459,7 @@ impl Pass<'_> {
         match self.observed.digests.get(&(key.clone(), tag.to_string())) {
             Some(d) => Ok(d.clone()),
             None => {
-                self.needs.insert((key.clone(), tag.to_string()));
+                self.needs.tags.insert((key.clone(), tag.to_string()));
                 Err(NeedDigest)
             }
         }
@@ -452,13 +470,13 @@ impl Pass<'_> {
     /// stop at the first missing digest.
     fn stage(&mut self, cx: &Context<'_>, index: usize) -> Result<StagePlan, NeedDigest> {
         let stage = &cx.pipeline.stages[index];
-        let (current, no_current) = match self.current(stage) {
+        let (current, no_current) = match self.current(cx, index) {
             Ok(Held::Tag(c)) => (Some(c), None),
             Ok(Held::Nothing(reason)) => (None, Some(reason)),
             Err(NeedDigest) => (None, None),
         };
         self.seen.push(current.clone());
-        let action = if self.needs.is_empty() {
+        let action = if self.needs.tags.is_empty() {
             self.action(cx, index, current.as_ref())
         } else {
             Err(NeedDigest)
@@ -488,8 +506,9 @@ impl Pass<'_> {
         })
     }
 
-    /// The stage's current selection.
-    fn current(&mut self, stage: &Stage) -> Result<Held, NeedDigest> {
+    /// Stage `index`'s current selection; a digest it needs is hinted (see [`Needs`]).
+    fn current(&mut self, cx: &Context<'_>, index: usize) -> Result<Held, NeedDigest> {
+        let stage = &cx.pipeline.stages[index];
         let key = repo_key(stage);
         let tags = self.tags(&key);
         let selected = match stage.selector.select(tags.iter().copied()) {
@@ -497,10 +516,53 @@ impl Pass<'_> {
             Err(e) => return Ok(Held::Nothing(e.to_string())),
         };
         let tag = selected.0.clone();
-        Ok(match self.digest(&key, &tag)? {
+        let digest = match self.digest(&key, &tag) {
+            Ok(d) => d,
+            Err(NeedDigest) => {
+                self.hint(cx, index, &key, &selected);
+                return Err(NeedDigest);
+            }
+        };
+        Ok(match digest {
             Some(digest) => Held::Tag(Chosen::from_parts(selected, digest)),
             None => Held::Nothing(format!("selected tag {tag} disappeared from the registry")),
         })
+    }
+
+    /// Marks stage `index`'s current tag (`selected`) as a likely copy source when an automatic
+    /// stage promotes from it, and as a new version when that stage has no tag for it yet.
+    fn hint(&mut self, cx: &Context<'_>, index: usize, key: &RepoKey, selected: &Parts) {
+        let (tag, value, version) = selected;
+        let values = Values {
+            tag,
+            extract: value,
+            version: version.as_ref(),
+        };
+        let mut source = false;
+        let mut new_version = false;
+        for target in &cx.pipeline.stages {
+            let Some(rule) = target
+                .promote
+                .as_ref()
+                .filter(|r| r.from == index && r.approval == Approval::Auto)
+            else {
+                continue;
+            };
+            source = true;
+            let existing: Vec<String> = self
+                .tags(&repo_key(target))
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+            new_version |= family(&rule.tag, &values, &existing).is_empty();
+        }
+        let need = (key.clone(), tag.clone());
+        if new_version {
+            self.needs.new_versions.insert(need.clone());
+        }
+        if source {
+            self.needs.sources.insert(need);
+        }
     }
 
     /// Records `promotion`'s new tag in `stage`; the stage's new selection if it is that tag.
@@ -689,7 +751,7 @@ pub fn plan(
     let mut pass = Pass {
         observed,
         created: BTreeMap::new(),
-        needs: BTreeSet::new(),
+        needs: Needs::default(),
         seen: Vec::with_capacity(count),
         chained: Vec::with_capacity(count),
     };
@@ -700,7 +762,7 @@ pub fn plan(
             stages.push(stage);
         }
     }
-    if pass.needs.is_empty() {
+    if pass.needs.tags.is_empty() {
         Planned::Complete(PipelinePlan {
             pipeline: pipeline.name.clone(),
             stages,
@@ -945,7 +1007,7 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
         o.digests.clear();
         match plan(&p, &o, &|_, _| None, now(), &Intent::default(), &[]) {
             Planned::Needs(n) => {
-                let tags: Vec<&str> = n.iter().map(|(_, t)| t.as_str()).collect();
+                let tags: Vec<&str> = n.tags.iter().map(|(_, t)| t.as_str()).collect();
                 assert_eq!(tags, ["v1.2.0", "v1.2.0-dev.1", "v1.2.0-rc.1"]);
             }
             other => panic!("{other:?}"),

@@ -126,6 +126,7 @@ async fn a_steady_state_lists_each_repository_once_heads_current_tags_and_copies
     assert!(matches!(action(&second, "release"), Action::Pending(_)));
     assert_eq!(backend.calls(Op::List), 3);
     assert_eq!(backend.calls(Op::Copy), 0);
+    assert_eq!(backend.calls(Op::Fetch), 0, "no GET where no copy follows");
     let currents: std::collections::BTreeMap<String, usize> = [
         ("app/dev:v1.2.0-dev.1".to_string(), 1),
         ("app/rc:v1.2.0-rc.1".to_string(), 1),
@@ -154,6 +155,66 @@ async fn a_new_dev_build_becomes_the_next_rc_in_one_reconcile() {
     assert_eq!(written, ["rc"]);
     assert_eq!(backend.tags("r", "app/rc").get("v1.2.0-rc.2"), Some(&d2));
     assert_eq!(backend.calls(Op::Copy), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_candidate_is_read_whole_once_and_its_copy_reuses_the_bytes() {
+    let backend = Arc::new(Memory::default());
+    backend.push("r", "app/dev", "v1.2.0-dev.1");
+    let pipeline = app("manual");
+    let engine = engine(&backend);
+
+    // A version the rc stage has no tag for: new by the listing alone, on the first reconcile.
+    let first = reconcile(&engine, &pipeline).await;
+    assert!(first.succeeded(), "{:?}", first.problems());
+    assert_eq!(backend.calls(Op::Fetch), 1);
+    assert_eq!(
+        backend.heads("r", "app/dev", "v1.2.0-dev.1"),
+        1,
+        "one read, a GET"
+    );
+    // No writers' lock (no state_dir): the copy still checks its destination.
+    assert_eq!(
+        backend.copies_known(),
+        [("v1.2.0-rc.1".to_string(), true, false)]
+    );
+
+    // The same version built again: rc.1 exists for it, but this dev tag was never current.
+    backend.reset_counts();
+    backend.push("r", "app/dev", "v1.2.0-dev.2");
+    let second = reconcile(&engine, &pipeline).await;
+    assert!(second.succeeded(), "{:?}", second.problems());
+    assert_eq!(backend.calls(Op::Fetch), 1);
+    assert_eq!(
+        backend.copies_known()[1],
+        ("v1.2.0-rc.2".to_string(), true, false)
+    );
+
+    // Steady again: HEADs only.
+    backend.reset_counts();
+    let third = reconcile(&engine, &pipeline).await;
+    assert_eq!(third.next(), Next::Interval, "{:?}", third.problems());
+    assert_eq!(backend.calls(Op::Fetch), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_the_writers_lock_a_target_absent_from_the_listing_is_not_headed_again() {
+    let backend = Arc::new(Memory::default());
+    backend.push("r", "app/dev", "v1.2.0-dev.1");
+    let pipeline = app("auto");
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&backend).with_writers_lock(dir.path());
+    let outcome = reconcile(&engine, &pipeline).await;
+    assert!(outcome.succeeded(), "{:?}", outcome.problems());
+    // Both promotions of the pass, rc and then the release chained on it.
+    assert_eq!(
+        backend.copies_known(),
+        [
+            ("v1.2.0-rc.1".to_string(), true, true),
+            ("v1.2.0".to_string(), true, true)
+        ]
+    );
+    assert!(dir.path().join("locks").read_dir().unwrap().count() >= 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -94,6 +94,19 @@ enum BlobOutcome {
     Uploaded(u64),
 }
 
+/// What the caller already knows, so a copy can skip requests.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Known<'a> {
+    /// The source's root manifest, read by the caller (a GET instead of a HEAD when it resolved
+    /// the source tag); used when its digest is the one copied.
+    pub source: Option<&'a Manifest>,
+    /// The destination tag was absent from a listing the caller took moments ago while no other
+    /// retagd writer could write the repository: its HEAD is skipped. See the README's
+    /// guarantee: a writer outside retagd has a window of the requests between that listing and
+    /// the PUT.
+    pub destination_absent: bool,
+}
+
 /// Copies `src_ref` (resolved by `src`) to `dst_ref` (on `dst`); see the module docs. A `dst_ref`
 /// with a digest must name the source's digest. Without `overwrite`, a destination tag that
 /// exists with another digest is refused ([`Error::TagHoldsOtherDigest`]) and left alone.
@@ -104,8 +117,24 @@ pub async fn copy(
     dst_ref: &Reference,
     overwrite: bool,
 ) -> Result<Report, Error> {
+    copy_knowing(src, src_ref, dst, dst_ref, overwrite, Known::default()).await
+}
+
+/// [`copy`], skipping the requests whose answers `known` already holds.
+pub async fn copy_knowing(
+    src: &Client,
+    src_ref: &Reference,
+    dst: &Client,
+    dst_ref: &Reference,
+    overwrite: bool,
+    known: Known<'_>,
+) -> Result<Report, Error> {
     let job = Job::new(src, src_ref, dst, dst_ref);
-    let wanted = match job.resolve(overwrite).await? {
+    let resolved = match (&src_ref.digest, known.destination_absent) {
+        (Some(d), true) => Resolved::Copy(Some(d.clone())),
+        _ => job.resolve(overwrite).await?,
+    };
+    let wanted = match resolved {
         Resolved::UpToDate(digest) => {
             let mut report = Report::new(digest, job.path);
             report.up_to_date = true;
@@ -113,7 +142,14 @@ pub async fn copy(
         }
         Resolved::Copy(wanted) => wanted,
     };
-    let root = job.root(wanted.as_ref()).await?;
+    let root = match (known.source, &wanted) {
+        (Some(m), Some(w))
+            if m.digest == *w && dst_ref.digest.as_ref().is_none_or(|d| *d == *w) =>
+        {
+            m.clone()
+        }
+        _ => job.root(wanted.as_ref()).await?,
+    };
     let mut report = Report::new(root.digest.clone(), job.path);
     if job.path != Path::SameRepository {
         job.push_below_root(&root, &mut report).await?;

@@ -34,7 +34,7 @@ use url::Url;
 
 pub use auth::is_loopback;
 pub use auth::Secret;
-pub use copy::{copy, Path, Report};
+pub use copy::{copy, copy_knowing, Known, Path, Report};
 pub use error::{Error, HttpStatus, Reason};
 pub use manifest::{Manifest, ManifestHead};
 pub use observe::{NoObserver, Observer, RetryReason};

@@ -143,9 +143,10 @@ async fn a_tag_listed_before_its_manifest_is_readable_is_looked_at_again_at_once
     let env = Env::start();
     let config = env.configure(AUTO, MANUAL);
     let dev1 = env.push(REPO, "v1.2.0-dev.1", 1).await;
+    // A new version with an automatic stage after it is read with a GET (its bytes serve the
+    // copy), a HEAD otherwise: the fault answers both.
     env.proxy.inject(
         Fault::status(404)
-            .on("HEAD")
             .path_contains("/manifests/v1.2.0-dev.1")
             .times(2),
     );
@@ -158,8 +159,10 @@ async fn a_tag_listed_before_its_manifest_is_readable_is_looked_at_again_at_once
         text(&out)
     );
     assert_eq!(
-        env.proxy
-            .count_where(|r| r.is_manifest_head() && r.path.ends_with("v1.2.0-dev.1")),
+        env.proxy.count_where(|r| {
+            r.path.ends_with("/manifests/v1.2.0-dev.1")
+                && matches!(r.method.as_str(), "HEAD" | "GET")
+        }),
         3,
         "two 404s, then the digest"
     );
@@ -507,5 +510,45 @@ async fn sigkill_at_the_worst_moments_never_makes_a_second_rc_tag() {
     assert_eq!(
         env.tags(REPO).await,
         ["v1.2.0-dev.1", "v1.2.0-dev.2", "v1.2.0-rc.1", "v1.2.0-rc.2"]
+    );
+}
+
+#[tokio::test]
+async fn a_new_build_is_promoted_with_a_tag_list_a_get_and_a_put_and_a_steady_round_writes_nothing()
+{
+    // The example configuration with a state_dir: retagd's writers lock each target repository,
+    // so the listing says the rc tag is free and the copy does not HEAD it again.
+    let env = Env::start();
+    let config = env.configure(AUTO, MANUAL);
+    let dev1 = env.push(REPO, "v1.2.0-dev.1", 1).await;
+    env.proxy.clear();
+    let out = run(&config, &["reconcile"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        env.proxy.request_lines(),
+        [
+            format!("GET /v2/{REPO}/tags/list?n=1000"),
+            format!("GET /v2/{REPO}/manifests/v1.2.0-dev.1"),
+            format!("PUT /v2/{REPO}/manifests/v1.2.0-rc.1"),
+        ]
+    );
+    assert_eq!(
+        env.digest(REPO, "v1.2.0-rc.1").await.as_deref(),
+        Some(dev1.as_str())
+    );
+
+    // The next round only looks: the listing and one HEAD per stage with a current tag.
+    env.proxy.clear();
+    let out = run(&config, &["reconcile"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let mut lines = env.proxy.request_lines();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            format!("GET /v2/{REPO}/tags/list?n=1000"),
+            format!("HEAD /v2/{REPO}/manifests/v1.2.0-dev.1"),
+            format!("HEAD /v2/{REPO}/manifests/v1.2.0-rc.1"),
+        ]
     );
 }

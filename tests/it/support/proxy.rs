@@ -407,6 +407,14 @@ impl FaultProxy {
             .clone()
     }
 
+    /// `METHOD path?query` of every recorded request, in the order they were answered.
+    pub fn request_lines(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect()
+    }
+
     /// `METHOD path?query` of every request as it arrived (before any delay or answer), so a
     /// test can act while a request is in flight.
     pub fn arrivals(&self) -> Vec<String> {
