@@ -229,7 +229,8 @@ async fn seed(base: &str, sets: &[(Tool, Vec<String>)], images: &[TestImage]) {
         .await;
 }
 
-/// One `retagd reconcile` (of `binary`) over a fresh configuration; wall and CPU time.
+/// One `retagd reconcile` (of `binary`) over a fresh configuration and state directory; wall and
+/// CPU time.
 async fn retagd(
     binary: &str,
     base: &str,
@@ -239,7 +240,15 @@ async fn retagd(
     run: usize,
 ) -> (Duration, f64) {
     let config = work.join(format!("fleet-p{p}-r{run}.toml"));
-    std::fs::write(&config, common::config(base, repos, Stages::Two, "1m", "")).unwrap();
+    // As deployed (the chart always sets one): with a state_dir, retagd's writers lock each
+    // target repository, and a copy trusts the listing that its tag is free.
+    let state = work.join(format!("state-p{p}-r{run}"));
+    let server = format!("\n[server]\nstate_dir = \"{}\"\n", state.display());
+    std::fs::write(
+        &config,
+        common::config(base, repos, Stages::Two, "1m", &server),
+    )
+    .unwrap();
     let ran = common::run_timed(common::retagd_binary(
         binary,
         &["reconcile", "--config", &config.display().to_string()],

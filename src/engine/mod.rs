@@ -139,6 +139,8 @@ pub struct Engine {
     parallel: usize,
     /// Promoted digests whose referrers are watched, with what their targets have.
     referrers: referrers::Watched,
+    /// One state-file write at a time (see [`Engine::save_state_in_turn`]).
+    saving: tokio::sync::Mutex<()>,
     /// `state_dir`: where retagd's writers on one machine (the daemon, `retagd promote`,
     /// `retagd reconcile`) take a lock per target repository.
     writers: Option<std::path::PathBuf>,
@@ -164,6 +166,7 @@ impl Engine {
             slots: Mutex::new(HashMap::new()),
             parallel: DEFAULT_PARALLEL,
             referrers: referrers::Watched::default(),
+            saving: tokio::sync::Mutex::new(()),
             writers: None,
         }
     }
@@ -578,7 +581,7 @@ impl Engine {
                 Err(e) => (Err(e), Vec::new(), Vec::new()),
             }
         };
-        self.save_state();
+        self.save_state_in_turn().await;
         let outcome = Outcome {
             pipeline: pipeline.name.clone(),
             plan,
@@ -631,6 +634,25 @@ impl Engine {
         if let Err(e) = self.state().save() {
             tracing::warn!(error = %e, "cannot save state");
         }
+    }
+
+    /// [`Engine::save_state`] after a reconcile, without blocking others: the file is written
+    /// on a blocking thread, outside the state's lock (planning reads it), one save at a time.
+    /// Reconciles that end while one is written share the next: a fleet that finishes together
+    /// writes the file a few times, not once per pipeline.
+    async fn save_state_in_turn(&self) {
+        let _turn = self.saving.lock().await;
+        let Some(snapshot) = self.state().snapshot() else {
+            return;
+        };
+        let written = tokio::task::spawn_blocking(move || snapshot.write()).await;
+        let failed = match written {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(error = %failed, "cannot save state");
+        self.state().mark_unsaved();
     }
 }
 

@@ -29,7 +29,7 @@ pub struct State {
     dirty: bool,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     /// `pipeline/stage` -> digest -> first seen, seconds since the Unix epoch.
@@ -128,9 +128,41 @@ impl State {
 
     /// Writes the file if anything changed and a `state_dir` is configured; see the module docs.
     pub fn save(&mut self) -> Result<(), Error> {
-        let Some(path) = self.path.clone().filter(|_| self.dirty) else {
-            return Ok(());
-        };
+        match self.snapshot() {
+            Some(snapshot) => snapshot.write(),
+            None => Ok(()),
+        }
+    }
+
+    /// What [`State::save`] would write, taken now and written later by [`Snapshot::write`], so
+    /// the file I/O happens outside whatever lock guards the state; `None` when nothing changed
+    /// or there is no file.
+    pub fn snapshot(&mut self) -> Option<Snapshot> {
+        let path = self.path.clone().filter(|_| self.dirty)?;
+        self.dirty = false;
+        Some(Snapshot {
+            path,
+            file: self.file.clone(),
+        })
+    }
+
+    /// After a [`Snapshot::write`] failed: the next save tries again.
+    pub fn mark_unsaved(&mut self) {
+        self.dirty = self.path.is_some();
+    }
+}
+
+/// The state as it was when a save was asked for.
+#[derive(Debug)]
+pub struct Snapshot {
+    path: PathBuf,
+    file: File,
+}
+
+impl Snapshot {
+    /// Writes it; see the module docs.
+    pub fn write(mut self) -> Result<(), Error> {
+        let path = self.path.clone();
         let io = |source| Error::Io {
             path: path.clone(),
             source,
@@ -159,7 +191,6 @@ impl State {
             message: e.to_string(),
         })?;
         write_atomically(&path, &text).map_err(io)?;
-        self.dirty = false;
         Ok(())
     }
 }
