@@ -330,6 +330,14 @@ impl Engine {
         for (key, seen) in currents.iter_mut() {
             seen.retain(|tag| listed(key, tag));
         }
+        let settled = observed
+            .tags
+            .keys()
+            .filter_map(|key| currents.get(key).map(|seen| (key, seen)))
+            .flat_map(|(key, seen)| seen.iter().map(move |tag| (key.clone(), tag.clone())))
+            .collect();
+        drop(currents);
+        observed.settled = settled;
         Ok(observed)
     }
 

@@ -56,6 +56,9 @@ pub struct Observed {
     pub manifests: BTreeMap<Digest, crate::registry::Manifest>,
     /// When the listing was taken (not used by the planner).
     pub listed_at: Option<std::time::Instant>,
+    /// Tags the driver has read as a stage's current before: not new, so no hint is worked out
+    /// for them (see [`Needs`]), which keeps a steady round as cheap as without hints.
+    pub settled: std::collections::HashSet<(RepoKey, String)>,
 }
 
 /// What a human asked for (`retagd promote`, later the API).
@@ -533,6 +536,9 @@ impl Pass<'_> {
     /// stage promotes from it, and as a new version when that stage has no tag for it yet.
     fn hint(&mut self, cx: &Context<'_>, index: usize, key: &RepoKey, selected: &Parts) {
         let (tag, value, version) = selected;
+        if self.observed.settled.contains(&(key.clone(), tag.clone())) {
+            return;
+        }
         let values = Values {
             tag,
             extract: value,
@@ -549,12 +555,8 @@ impl Pass<'_> {
                 continue;
             };
             source = true;
-            let existing: Vec<String> = self
-                .tags(&repo_key(target))
-                .into_iter()
-                .map(str::to_string)
-                .collect();
-            new_version |= family(&rule.tag, &values, &existing).is_empty();
+            let existing = self.tags(&repo_key(target));
+            new_version |= !in_family(&rule.tag, &values, &existing);
         }
         let need = (key.clone(), tag.clone());
         if new_version {
@@ -769,6 +771,17 @@ pub fn plan(
         })
     } else {
         Planned::Needs(pass.needs)
+    }
+}
+
+/// Whether `template` could have rendered one of `tags` for `values`: [`family`] is not empty,
+/// found in one pass without collecting it.
+fn in_family(template: &Template, values: &Values<'_>, tags: &[&str]) -> bool {
+    if template.has_counter() {
+        template.next_counter(values, tags.iter().copied()) > 1
+    } else {
+        let only = template.render(values, 1);
+        tags.contains(&only.as_str())
     }
 }
 
