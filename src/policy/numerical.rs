@@ -2,9 +2,9 @@
 //!
 //! Flux parses each value with Go's `strconv.ParseFloat` and fails the whole policy on the first
 //! value that is not a number. [`parse_go_float`] accepts what Go accepts: decimal and hexadecimal
-//! (`0x1p-2`) forms, `inf`/`infinity`/`nan` in any case, and refuses a finite spelling too large
-//! for an `f64` (Go's `ErrRange`). Go also admits `_` between the digits of a hexadecimal float;
-//! that one spelling is refused here.
+//! (`0x1p-2`) forms, `inf`/`infinity`/`nan` in any case, `_` between digits (`1_000`, as in Go's
+//! float literals, checked by Go's own `underscoreOK` rule), and refuses a finite spelling too
+//! large for an `f64` (Go's `ErrRange`).
 
 use super::{Candidate, Error, Order};
 
@@ -65,6 +65,11 @@ impl NumericalPolicy {
 
 /// Go's `strconv.ParseFloat(s, 64)`, as far as tags can spell it.
 pub fn parse_go_float(s: &str) -> Option<f64> {
+    if s.contains('_') {
+        return underscores_ok(s)
+            .then(|| s.replace('_', ""))
+            .and_then(|plain| parse_go_float(&plain));
+    }
     let (negative, body) = match s.as_bytes().first()? {
         b'+' => (false, &s[1..]),
         b'-' => (true, &s[1..]),
@@ -91,6 +96,43 @@ pub fn parse_go_float(s: &str) -> Option<f64> {
         }
     };
     Some(if negative { -value } else { value })
+}
+
+/// Go's `underscoreOK`: an underscore only between two digits, or between a base prefix
+/// (`0x`, `0b`, `0o`) and a digit.
+fn underscores_ok(s: &str) -> bool {
+    let s = s.strip_prefix(['+', '-']).unwrap_or(s).as_bytes();
+    // What came last: the start, a digit (or a base prefix), an underscore, or anything else.
+    #[derive(PartialEq)]
+    enum Saw {
+        Start,
+        Digit,
+        Underscore,
+        Other,
+    }
+    let mut saw = Saw::Start;
+    let mut i = 0;
+    let mut hex = false;
+    if s.len() >= 2 && s[0] == b'0' && matches!(s[1].to_ascii_lowercase(), b'b' | b'o' | b'x') {
+        i = 2;
+        saw = Saw::Digit;
+        hex = s[1].to_ascii_lowercase() == b'x';
+    }
+    for &b in &s[i..] {
+        if b.is_ascii_digit() || (hex && b.is_ascii_hexdigit()) {
+            saw = Saw::Digit;
+        } else if b == b'_' {
+            if saw != Saw::Digit {
+                return false;
+            }
+            saw = Saw::Underscore;
+        } else if saw == Saw::Underscore {
+            return false;
+        } else {
+            saw = Saw::Other;
+        }
+    }
+    saw != Saw::Underscore
 }
 
 /// A hexadecimal mantissa (`1.8`) and its mandatory binary exponent (`p1`).
@@ -122,9 +164,28 @@ mod tests {
         assert_eq!(parse_go_float("0x1.8p1"), Some(3.0));
         assert_eq!(parse_go_float("+Inf"), Some(f64::INFINITY));
         assert!(parse_go_float("NaN").is_some_and(f64::is_nan));
-        for bad in [
-            "", "+nan", "1e400", "0x10", "1_000", "1.2.3", "v1", " 1", "1 ",
+        for bad in ["", "+nan", "1e400", "0x10", "1.2.3", "v1", " 1", "1 "] {
+            assert_eq!(parse_go_float(bad), None, "{bad:?}");
+        }
+    }
+
+    /// What Go 1.19's `strconv.ParseFloat` answered for each (run by hand; the Flux oracle
+    /// test compares selections with Go on the same machine).
+    #[test]
+    fn underscores_between_digits_as_go_takes_them() {
+        for (text, value) in [
+            ("1_000", 1000.0),
+            ("1_000.5", 1000.5),
+            ("1.0_5", 1.05),
+            ("1e1_0", 1e10),
+            ("0x1_0p0", 16.0),
+            ("0x_1p0", 1.0),
+            ("+1_0", 10.0),
+            ("1_000_000", 1e6),
         ] {
+            assert_eq!(parse_go_float(text), Some(value), "{text:?}");
+        }
+        for bad in ["1__0", "_1", "1_", "1_e5", "1_.5", "-_1", "inf_"] {
             assert_eq!(parse_go_float(bad), None, "{bad:?}");
         }
     }
