@@ -116,7 +116,7 @@ fn underscores_ok(s: &str) -> bool {
     if s.len() >= 2 && s[0] == b'0' && matches!(s[1].to_ascii_lowercase(), b'b' | b'o' | b'x') {
         i = 2;
         saw = Saw::Digit;
-        hex = s[1].to_ascii_lowercase() == b'x';
+        hex = s[1].eq_ignore_ascii_case(&b'x');
     }
     for &b in &s[i..] {
         if b.is_ascii_digit() || (hex && b.is_ascii_hexdigit()) {
