@@ -24,9 +24,13 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo fetch --locked
 # .cargo/config.toml holds jemalloc's build-time options.
 COPY .cargo ./.cargo
+COPY build.rs ./
 COPY src ./src
 # Cargo.toml declares the benchmark target, so its file must exist to load the manifest.
 COPY benches ./benches
+# No .git in the build context: build.rs takes the commit from here (`retagd version`).
+ARG REVISION=unknown
+ENV RETAGD_REVISION=${REVISION}
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin retagd \

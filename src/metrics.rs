@@ -198,10 +198,12 @@ impl Metrics {
         };
         let build = gauge_vec(
             "retagd_build_info",
-            "The running retagd's version; always 1.",
-            &["version"],
+            "The running retagd's version and the commit it was built from; always 1.",
+            &["version", "revision"],
         )?;
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("RETAGD_REVISION")])
+            .set(1);
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;

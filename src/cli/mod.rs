@@ -20,9 +20,19 @@ use crate::policy::{self, Filter, Order, Policy, Selector};
 use crate::reference::{self, Reference};
 use crate::registry::{self, NoObserver, Registries};
 
+/// The version with the commit and its date, as `--version` and `retagd version` print it.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("RETAGD_REVISION"),
+    ", ",
+    env!("RETAGD_REVISION_DATE"),
+    ")"
+);
+
 /// Promote container images dev -> rc -> release inside registries.
 #[derive(Debug, Parser)]
-#[command(name = "retagd", version, about, long_about = None, propagate_version = true)]
+#[command(name = "retagd", version = VERSION, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -87,6 +97,10 @@ pub enum Command {
     Freeze(remote::FreezeArgs),
     /// Lift a freeze (DELETE /api/v1/freeze/ID), or every freeze set through the API.
     Unfreeze(remote::UnfreezeArgs),
+    /// Print this retagd's version and commit, and a running daemon's (from /healthz).
+    ///
+    /// Exit 1 when the daemon cannot be reached (--client skips it).
+    Version(remote::VersionArgs),
 }
 
 /// `retagd check`.
@@ -180,6 +194,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Fai
         Command::Approve(args) => remote::approve(&args, out),
         Command::Freeze(args) => remote::freeze(&args, out),
         Command::Unfreeze(args) => remote::unfreeze(&args, out),
+        Command::Version(args) => remote::version(&args, out),
     }
 }
 

@@ -84,6 +84,16 @@ pub struct FreezeArgs {
     list: bool,
 }
 
+/// `retagd version`.
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    #[command(flatten)]
+    endpoint: Endpoint,
+    /// Only this binary's version, without asking a daemon.
+    #[arg(long)]
+    client: bool,
+}
+
 /// `retagd unfreeze`.
 #[derive(Debug, Args)]
 pub struct UnfreezeArgs {
@@ -128,12 +138,16 @@ fn exchange(request: reqwest::RequestBuilder, what: &str) -> Result<(u16, Value)
         .enable_all()
         .build()
         .map_err(|e| Failure::Work(e.into()))?;
+    let (client, request) = request.build_split();
+    let request = request.map_err(|e| Failure::Usage(anyhow::Error::new(e.without_url())))?;
+    // The daemon's address, without a query: the URL the person gave, to check.
+    let mut at = request.url().clone();
+    at.set_query(None);
     runtime.block_on(async {
-        let answer = request.send().await.map_err(|e| {
-            Failure::Work(
-                anyhow::Error::new(e.without_url())
-                    .context(format!("cannot reach retagd for {what}")),
-            )
+        let answer = client.execute(request).await.map_err(|e| {
+            Failure::Work(anyhow::Error::new(e.without_url()).context(format!(
+                "cannot reach retagd at {at} for {what} (--url or RETAGD_URL)"
+            )))
         })?;
         let status = answer.status().as_u16();
         let body = answer.bytes().await.map_err(|e| {
@@ -499,6 +513,28 @@ pub fn unfreeze(args: &UnfreezeArgs, out: &mut dyn Write) -> Result<(), Failure>
         lines.concat()
     };
     out.write_all(text.as_bytes()).map_err(io_failure)
+}
+
+/// `retagd version`: this binary's version, then the daemon's at `--url` (exit 1 when it cannot
+/// be reached), as `kubectl version` does.
+pub fn version(args: &VersionArgs, out: &mut dyn Write) -> Result<(), Failure> {
+    writeln!(out, "retagd {}", super::VERSION).map_err(io_failure)?;
+    if args.client {
+        return Ok(());
+    }
+    let target = url(&args.endpoint, "healthz")?;
+    let (code, answer) = exchange(client(Duration::from_secs(5))?.get(target), "its version")?;
+    if code != 200 {
+        return Err(refused(code, &answer));
+    }
+    writeln!(
+        out,
+        "daemon at {}: retagd {} (commit {})",
+        args.endpoint.url,
+        text(&answer, "version"),
+        text(&answer, "revision")
+    )
+    .map_err(io_failure)
 }
 
 /// Pipeline and stage names are `[A-Za-z0-9_.-]`; anything else is escaped so it cannot

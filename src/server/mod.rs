@@ -264,7 +264,12 @@ fn secret_of(key: &str, file: &Path) -> Result<Secret, Response> {
 }
 
 async fn healthz() -> Response {
-    Json(json!({"status": "ok"})).into_response()
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "revision": env!("RETAGD_REVISION"),
+    }))
+    .into_response()
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {

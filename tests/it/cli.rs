@@ -321,3 +321,24 @@ fn bad_invocations_exit_2_and_help_exits_0() {
         assert!(!out.is_empty());
     }
 }
+
+#[test]
+fn version_names_the_commit_and_says_which_daemon_url_it_cannot_reach() {
+    let (code, out, _) = run(retagd().arg("--version"));
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("retagd 0.") && out.contains("(commit "),
+        "{out}"
+    );
+    let (code, out, _) = run(retagd().args(["version", "--client"]));
+    assert_eq!(code, 0);
+    assert!(out.contains("(commit "), "{out}");
+    // Nothing listens on port 1: the client's line, then which URL failed.
+    let (code, out, err) = run(retagd().args(["version", "--url", "http://127.0.0.1:1"]));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("(commit "), "{out}");
+    assert!(
+        err.contains("cannot reach retagd at http://127.0.0.1:1/healthz"),
+        "{err}"
+    );
+}

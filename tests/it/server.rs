@@ -172,7 +172,21 @@ async fn the_api_shows_pipelines_and_approves_with_every_refusal_on_the_way() {
     // At trace level, so the check at the end covers every library's logging too.
     let daemon = Daemon::start_with(&config, env.dir.path().join("daemon.log"), "trace");
     let api = Api::new(daemon.address().await);
-    assert_eq!(api.get("/healthz").await.0, 200);
+    let (code, health) = api.get("/healthz").await;
+    assert_eq!(code, 200);
+    assert_eq!(health["version"], env!("CARGO_PKG_VERSION"), "{health}");
+    assert!(
+        health["revision"].as_str().is_some_and(|r| !r.is_empty()),
+        "{health}"
+    );
+    // `retagd version` asks the same endpoint.
+    let out = support::pipeline::run_plain(&["version", "--url", &api.base]).await;
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("daemon at {}: retagd ", api.base)),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let (code, body) = api.get("/readyz").await;
     assert_eq!(code, 503, "{body}");
     assert_eq!(body["not_reconciled_yet"], json!(["api-gateway"]));

@@ -152,6 +152,14 @@ pub async fn run(config: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `retagd ARGS` without a configuration (commands that talk to a daemon).
+pub async fn run_plain(args: &[&str]) -> Output {
+    let all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || retagd().args(&all).output().unwrap())
+        .await
+        .unwrap()
+}
+
 /// An output for an assertion message.
 pub fn text(output: &Output) -> String {
     format!(
