@@ -49,6 +49,12 @@ pub struct Metrics {
     webhooks: IntCounterVec,
     frozen: IntGaugeVec,
     waiting_until: GaugeVec,
+    reloads: IntCounterVec,
+    loaded_at: prometheus::Gauge,
+    last_promotion: GaugeVec,
+    pending_since: GaugeVec,
+    /// When each stage's pending candidate (by digest) first showed as pending.
+    pending_seen: Mutex<HashMap<(String, String), (String, f64)>>,
     /// The label values of the info series set now, per (pipeline, stage), so a change removes
     /// the old series.
     info: Mutex<HashMap<InfoKey, Vec<String>>>,
@@ -116,6 +122,27 @@ impl Metrics {
             &["pipeline", "stage", "why"],
         )?;
         registry.register(Box::new(waiting_until.clone()))?;
+        let gauge =
+            |name: &str, help: &str, labels: &[&str]| -> Result<GaugeVec, prometheus::Error> {
+                let m = GaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(m.clone()))?;
+                Ok(m)
+            };
+        let last_promotion = gauge(
+            "retagd_stage_last_promotion_timestamp_seconds",
+            "Unix time of the last promotion into the stage that this process made (or found done).",
+            &["pipeline", "stage"],
+        )?;
+        let pending_since = gauge(
+            "retagd_pending_promotion_since_timestamp_seconds",
+            "Unix time since when the stage's current candidate has been waiting for approval; alert on time() minus this.",
+            &["pipeline", "stage"],
+        )?;
+        let loaded_at = prometheus::Gauge::with_opts(Opts::new(
+            "retagd_config_last_load_success_timestamp_seconds",
+            "Unix time of the last successful configuration load (start or reload).",
+        ))?;
+        registry.register(Box::new(loaded_at.clone()))?;
         let metrics = Metrics {
             stage_version: gauge_vec(
                 "retagd_stage_version_info",
@@ -181,6 +208,15 @@ impl Metrics {
                 &["pipeline", "stage"],
             )?,
             waiting_until,
+            reloads: counter_vec(
+                "retagd_config_reloads_total",
+                "Configuration reloads (SIGHUP) by result: success, failure (the running configuration stays).",
+                &["result"],
+            )?,
+            loaded_at,
+            last_promotion,
+            pending_since,
+            pending_seen: Mutex::new(HashMap::new()),
             info: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(BTreeSet::new()),
             held: Mutex::new(BTreeSet::new()),
@@ -293,6 +329,8 @@ impl Metrics {
                 return true;
             }
             let _ = self.frozen.remove_label_values(&[pipeline, stage]);
+            let _ = self.last_promotion.remove_label_values(&[pipeline, stage]);
+            let _ = self.pending_since.remove_label_values(&[pipeline, stage]);
             for why in [Wait::Soak, Wait::Window].map(Wait::as_str) {
                 let _ = self
                     .waiting_until
@@ -335,6 +373,12 @@ impl Metrics {
                     _ => None,
                 };
                 self.pending(name, &st.stage, pending);
+                self.pending_since(
+                    name,
+                    &st.stage,
+                    pending.map(|(_, _, d)| d),
+                    unix(outcome.at),
+                );
                 self.holds(name, st);
                 if let Action::Unverified { code, .. } = &st.action {
                     self.unverified
@@ -345,7 +389,12 @@ impl Metrics {
         }
         for a in &outcome.applied {
             match &a.result {
-                Ok(_) => self.promotion(name, &a.stage, "success", ""),
+                Ok(_) => {
+                    self.promotion(name, &a.stage, "success", "");
+                    self.last_promotion
+                        .with_label_values(&[name, &a.stage])
+                        .set(unix(outcome.at));
+                }
                 Err(e) => self.promotion(name, &a.stage, "failure", e.reason()),
             }
         }
@@ -379,17 +428,65 @@ impl Metrics {
         for why in [Wait::Soak, Wait::Window].map(Wait::as_str) {
             match waiting {
                 Some((until, w)) if w == why => {
-                    let secs = until
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .map_or(0.0, |d| d.as_secs_f64());
                     self.waiting_until
                         .with_label_values(&[pipeline, &st.stage, why])
-                        .set(secs);
+                        .set(unix(until));
                 }
                 _ => {
                     let _ = self
                         .waiting_until
                         .remove_label_values(&[pipeline, &st.stage, why]);
+                }
+            }
+        }
+    }
+
+    /// A configuration was loaded (`ok`) or refused; the first call (at start) counts no reload.
+    pub fn config_loaded(&self, ok: bool) {
+        let first = self.loaded_at.get() == 0.0;
+        if ok {
+            self.loaded_at.set(unix(SystemTime::now()));
+        }
+        if !first {
+            self.reloads
+                .with_label_values(&[if ok { "success" } else { "failure" }])
+                .inc();
+        }
+    }
+
+    /// Exports the counters of every configured stage at 0, so `increase()` and `rate()` see a
+    /// first promotion or failure instead of a series that appears with it.
+    pub fn known_stages(&self, pipelines: &[crate::config::Pipeline]) {
+        for result in ["success", "failure"] {
+            let _ = self.reloads.with_label_values(&[result]);
+        }
+        for p in pipelines {
+            for s in p.stages.iter().filter(|s| s.promote.is_some()) {
+                let _ = self
+                    .promotions
+                    .with_label_values(&[&p.name, &s.name, "success", ""]);
+            }
+        }
+    }
+
+    /// Sets the stage's pending-since time: when this candidate first showed as pending.
+    fn pending_since(&self, pipeline: &str, stage: &str, digest: Option<&str>, at: f64) {
+        let key = (pipeline.to_string(), stage.to_string());
+        let mut seen = self.pending_seen.lock().unwrap_or_else(|e| e.into_inner());
+        match digest {
+            Some(d) => {
+                let since = match seen.get(&key) {
+                    Some((known, since)) if known == d => *since,
+                    _ => at,
+                };
+                seen.insert(key, (d.to_string(), since));
+                self.pending_since
+                    .with_label_values(&[pipeline, stage])
+                    .set(since);
+            }
+            None => {
+                if seen.remove(&key).is_some() {
+                    let _ = self.pending_since.remove_label_values(&[pipeline, stage]);
                 }
             }
         }
@@ -414,11 +511,9 @@ impl Metrics {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(pipeline.to_string());
-                let secs = at
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| d.as_secs_f64())
-                    .unwrap_or(0.0);
-                self.last_success.with_label_values(&[pipeline]).set(secs);
+                self.last_success
+                    .with_label_values(&[pipeline])
+                    .set(unix(at));
             }
             Some(reason) => {
                 self.reconcile_errors
@@ -432,6 +527,12 @@ impl Metrics {
     pub fn webhook(&self, source: &str, result: &str) {
         self.webhooks.with_label_values(&[source, result]).inc();
     }
+}
+
+/// Seconds since the Unix epoch, as Prometheus timestamps are (0 for a clock before 1970).
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl Observer for Metrics {
@@ -501,5 +602,46 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"stage="dev""#), "{text}");
+    }
+
+    #[test]
+    fn reloads_are_counted_after_the_first_load_and_pending_since_follows_the_candidate() {
+        let m = Metrics::new().unwrap();
+        m.config_loaded(true);
+        let text = m.encode();
+        assert!(
+            text.contains("retagd_config_last_load_success_timestamp_seconds "),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"retagd_config_reloads_total{result="success"} 1"#),
+            "{text}"
+        );
+        m.known_stages(&[]);
+        m.config_loaded(false);
+        m.config_loaded(true);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"retagd_config_reloads_total{result="failure"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"retagd_config_reloads_total{result="success"} 1"#),
+            "{text}"
+        );
+
+        let series = |m: &Metrics| {
+            m.encode()
+                .lines()
+                .find(|l| l.starts_with("retagd_pending_promotion_since_timestamp_seconds{"))
+                .map(str::to_string)
+        };
+        m.pending_since("p", "prod", Some("sha256:a"), 100.0);
+        m.pending_since("p", "prod", Some("sha256:a"), 200.0);
+        assert!(series(&m).unwrap().ends_with(" 100"), "{:?}", series(&m));
+        m.pending_since("p", "prod", Some("sha256:b"), 300.0);
+        assert!(series(&m).unwrap().ends_with(" 300"), "{:?}", series(&m));
+        m.pending_since("p", "prod", None, 400.0);
+        assert_eq!(series(&m), None);
     }
 }

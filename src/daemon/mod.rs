@@ -499,6 +499,8 @@ pub async fn run(
         .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
     let address = listener.local_addr()?;
     let engine = Arc::new(engine);
+    metrics.config_loaded(true);
+    metrics.known_stages(&config.pipelines);
     let shared = Arc::new(Shared::new(config, engine.clone(), metrics.clone()));
     let (server_stop, server_stopped) = watch::channel(false);
     let server = tokio::spawn((wiring.serve)(listener, shared.clone(), server_stopped));
@@ -534,6 +536,7 @@ pub async fn run(
         }
         engine.set_backend(backend);
         let pipelines = loaded.pipelines.len();
+        metrics.known_stages(&loaded.pipelines);
         shared.reconfigure(loaded);
         generation = Generation::start(&shared);
         tracing::info!(pipelines, "configuration reloaded");
@@ -589,6 +592,7 @@ async fn reload(
     address: std::net::SocketAddr,
 ) -> Option<(Config, Arc<dyn Backend>)> {
     let failed = |error: String| {
+        metrics.config_loaded(false);
         tracing::error!(
             error = %error,
             "configuration reload failed; keeping the running configuration"
@@ -615,6 +619,7 @@ async fn reload(
             return None;
         }
     };
+    metrics.config_loaded(true);
     if loaded.server.listen != address && loaded.server.listen.port() != 0 {
         tracing::warn!(
             listen = %loaded.server.listen,
