@@ -654,6 +654,48 @@ fn is_excerpt(line: &str) -> bool {
         .starts_with('|')
 }
 
+/// "expected a table like { range = ... }, found a string" in the file's words: no Rust type
+/// names, and never the value itself (a misplaced URL may hold a token).
+fn wrong_type(path: &str, actual: &figment::error::Actual, expected: &str) -> String {
+    use figment::error::Actual;
+    let found = match actual {
+        Actual::Bool(_) => "true or false",
+        Actual::Unsigned(_) | Actual::Signed(_) | Actual::Float(_) => "a number",
+        Actual::Char(_) | Actual::Str(_) | Actual::Bytes(_) => "a string",
+        Actual::Seq => "a list",
+        Actual::Map | Actual::StructVariant | Actual::NewtypeStruct => "a table",
+        Actual::Unit | Actual::Option => "nothing",
+        _ => "another kind of value",
+    };
+    let wanted = match expected.strip_prefix("struct ") {
+        Some("Semver") => "a table like { range = \">=1.0.0\" }".to_string(),
+        Some("Ordered") => "a table like { order = \"asc\" }".to_string(),
+        Some("FilterTags") => "a table like { pattern = '^v\\d+', extract = '$0' }".to_string(),
+        Some("Policy") => "a table with one of semver, alphabetical, numerical".to_string(),
+        Some("Promote") => "a table like { from = \"dev\", tag = \"{tag}-rc\" }".to_string(),
+        Some("Window") => {
+            "a table like { days = \"mon-fri\", hours = \"09:00-16:00\", time_zone = \"UTC\" }"
+                .to_string()
+        }
+        Some(_) => "a table".to_string(),
+        None => match expected {
+            "a sequence" => "a list".to_string(),
+            "a boolean" => "true or false".to_string(),
+            e if e.starts_with('u') || e.starts_with('i') => "a whole number".to_string(),
+            e if e.starts_with('f') => "a number".to_string(),
+            e => e.to_string(),
+        },
+    };
+    const DURATIONS: [&str; 4] = ["interval", "min_age", "window", "request_timeout"];
+    let last = path.rsplit('.').next().unwrap_or(path);
+    let hint = if wanted == "a string" && DURATIONS.iter().any(|d| last.starts_with(d)) {
+        " (durations are strings like \"30s\", \"5m\", \"1h30m\")"
+    } else {
+        ""
+    };
+    format!("expected {wanted}, found {found}{hint}")
+}
+
 /// Turns a serde error into a problem at the key it concerns: serde reports unknown and missing
 /// keys at their parent, so the key is moved into the path.
 fn shape_problem(e: &serde_path_to_error::Error<figment::Error>) -> Problem {
@@ -685,8 +727,8 @@ fn shape_problem(e: &serde_path_to_error::Error<figment::Error>) -> Problem {
             message: "missing (this key is required)".to_string(),
         },
         Kind::InvalidType(actual, expected) => Problem {
+            message: wrong_type(&parent, actual, expected),
             path: parent,
-            message: format!("expected {expected}, found {actual}"),
         },
         other => Problem {
             path: parent,

@@ -12,7 +12,7 @@ use regex::Regex;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// The pattern does not compile.
-    #[error("invalid pattern {pattern:?}: {reason}")]
+    #[error("invalid pattern {}: {reason}", literal(.pattern))]
     Pattern {
         /// The pattern as written.
         pattern: String,
@@ -20,7 +20,7 @@ pub enum Error {
         reason: String,
     },
     /// `extract` names a capture group the pattern does not have.
-    #[error("extract {extract:?} refers to ${group}, which pattern {pattern:?} does not capture (its groups: {available}){hint}")]
+    #[error("extract {extract:?} refers to ${group}, which pattern {} does not capture (its groups: {available}){hint}", literal(.pattern))]
     UnknownGroup {
         /// The extract template.
         extract: String,
@@ -63,7 +63,7 @@ impl Filter {
             None => None,
             Some(p) => Some(Regex::new(p).map_err(|e| Error::Pattern {
                 pattern: p.to_string(),
-                reason: one_line(&e.to_string()),
+                reason: regex_reason(&e.to_string()),
             })?),
         };
         let extract = extract.filter(|e| !e.is_empty()).map(str::to_string);
@@ -113,6 +113,38 @@ impl Filter {
 
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A pattern as it is written in a TOML literal string (`'^v\d+$'`), so backslashes are not
+/// doubled; with `"..."` escaping when it holds a quote or a control character.
+pub fn literal(pattern: &str) -> String {
+    if pattern.contains('\'') || pattern.chars().any(char::is_control) {
+        format!("{pattern:?}")
+    } else {
+        format!("'{pattern}'")
+    }
+}
+
+/// The regex compiler's multi-line report (the pattern, a caret line, `error: ...`) as one
+/// phrase with the position: `unclosed group (at character 3)`.
+fn regex_reason(report: &str) -> String {
+    let lines: Vec<&str> = report.lines().collect();
+    let Some(what) = lines.iter().find_map(|l| l.trim().strip_prefix("error: ")) else {
+        return one_line(report);
+    };
+    // The caret line follows the pattern's line; both are indented alike.
+    let at = lines.windows(2).find_map(|pair| {
+        let caret = pair[1];
+        let trimmed = caret.trim();
+        (!trimmed.is_empty() && trimmed.chars().all(|c| c == '^')).then(|| {
+            let indent = pair[0].len() - pair[0].trim_start().len();
+            caret.find('^').map_or(0, |c| c.saturating_sub(indent)) + 1
+        })
+    });
+    match at {
+        Some(at) => format!("{what} (at character {at})"),
+        None => what.to_string(),
+    }
 }
 
 /// Finds every `$name` / `${name}` in `template` (with the same reading as

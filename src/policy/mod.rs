@@ -31,12 +31,13 @@ pub enum Error {
     #[error(transparent)]
     Filter(#[from] FilterError),
     /// The semver range is invalid.
-    #[error("invalid semver range {range:?}: {source}")]
+    #[error("invalid semver range {range:?}: {reason}")]
     Range {
         /// The range as written.
         range: String,
-        /// What is wrong with it.
-        source: RangeError,
+        /// What is wrong with it; part of this error's text, not a separate cause, so a chain
+        /// of causes does not print it twice.
+        reason: RangeError,
     },
     /// An order other than `asc` or `desc`.
     #[error("invalid order {0:?} (use \"asc\" or \"desc\")")]
@@ -115,9 +116,9 @@ pub enum Policy {
 impl Policy {
     /// A semver policy; the range is parsed with Masterminds' rules.
     pub fn semver(range: &str) -> Result<Policy, Error> {
-        let parsed = Range::parse(range).map_err(|source| Error::Range {
+        let parsed = Range::parse(range).map_err(|reason| Error::Range {
             range: range.to_string(),
-            source,
+            reason,
         })?;
         Ok(Policy::Semver(SemverPolicy::new(parsed)))
     }
@@ -202,8 +203,8 @@ impl Selector {
         if candidates.is_empty() {
             return Err(Error::NoMatch {
                 reason: format!(
-                    "none of {total} tag(s) matched pattern {:?}",
-                    self.filter.pattern().unwrap_or("")
+                    "none of {total} tag(s) matched pattern {}",
+                    filter::literal(self.filter.pattern().unwrap_or(""))
                 ),
             });
         }

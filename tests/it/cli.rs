@@ -295,6 +295,9 @@ fn policy_exits_1_when_nothing_qualifies_and_2_when_the_policy_is_invalid() {
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+    // Each cause is said once.
+    let (_, _, err) = run(retagd().args(["policy", "--semver", ">=1.0.0 <", "1.0.0"]));
+    assert_eq!(err.matches("improper constraint").count(), 1, "{err}");
 }
 
 #[test]
