@@ -30,7 +30,7 @@ COPY src ./src
 COPY benches ./benches
 # No .git in the build context: build.rs takes the commit from here (`retagd version`).
 ARG REVISION=unknown
-ENV RETAGD_REVISION=${REVISION}
+ENV SOURCE_REVISION=${REVISION}
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin retagd \

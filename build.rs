@@ -1,7 +1,8 @@
 //! Records the commit retagd is built from, and its date (`retagd version`, `--version`,
-//! `retagd_build_info`):
-//! `git rev-parse` when the source is a git checkout, else `RETAGD_REVISION` from the
-//! environment (a source tarball, a container build without `.git`), else `unknown`.
+//! `retagd_build_info`), as `BUILT_REVISION` and `BUILT_REVISION_DATE` (not `RETAGD_*`: Cargo
+//! also sets them when it runs tests, where `RETAGD_*` are configuration overrides):
+//! `SOURCE_REVISION` (and `SOURCE_REVISION_DATE`) when set, as the image build does without
+//! `.git`; else `git` when the source is a checkout; else `unknown`.
 
 use std::process::Command;
 
@@ -14,21 +15,21 @@ fn git(args: &[&str]) -> Option<String> {
 }
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=RETAGD_REVISION");
-    let revision = std::env::var("RETAGD_REVISION")
+    println!("cargo:rerun-if-env-changed=SOURCE_REVISION");
+    let revision = std::env::var("SOURCE_REVISION")
         .ok()
         .filter(|r| !r.is_empty())
         .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
         .unwrap_or_else(|| "unknown".to_string());
-    println!("cargo:rustc-env=RETAGD_REVISION={revision}");
+    println!("cargo:rustc-env=BUILT_REVISION={revision}");
     // The commit's date, not the build's: the same source builds the same binary.
-    let date = std::env::var("RETAGD_REVISION_DATE")
+    let date = std::env::var("SOURCE_REVISION_DATE")
         .ok()
         .filter(|d| !d.is_empty())
         .or_else(|| git(&["log", "-1", "--format=%cs"]))
         .unwrap_or_else(|| "unknown".to_string());
-    println!("cargo:rerun-if-env-changed=RETAGD_REVISION_DATE");
-    println!("cargo:rustc-env=RETAGD_REVISION_DATE={date}");
+    println!("cargo:rerun-if-env-changed=SOURCE_REVISION_DATE");
+    println!("cargo:rustc-env=BUILT_REVISION_DATE={date}");
     // Look again when HEAD moves (a commit, a checkout, a branch update); only paths that exist,
     // or Cargo would run this at every build.
     let dirs = [

@@ -238,7 +238,7 @@ impl Metrics {
             &["version", "revision"],
         )?;
         build
-            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("RETAGD_REVISION")])
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("BUILT_REVISION")])
             .set(1);
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),

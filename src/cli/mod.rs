@@ -24,9 +24,9 @@ use crate::registry::{self, NoObserver, Registries};
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
-    env!("RETAGD_REVISION"),
+    env!("BUILT_REVISION"),
     ", ",
-    env!("RETAGD_REVISION_DATE"),
+    env!("BUILT_REVISION_DATE"),
     ")"
 );
 

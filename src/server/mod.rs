@@ -267,7 +267,7 @@ async fn healthz() -> Response {
     Json(json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
-        "revision": env!("RETAGD_REVISION"),
+        "revision": env!("BUILT_REVISION"),
     }))
     .into_response()
 }
