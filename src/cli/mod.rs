@@ -180,6 +180,51 @@ impl Failure {
     }
 }
 
+/// An image reference as `retagd copy` takes it: `host/repo:tag`, optionally with skopeo's
+/// `docker://` transport in front; skopeo's other transports are named as such.
+fn image_reference(which: &str, text: &str) -> Result<Reference, Failure> {
+    let plain = text.strip_prefix("docker://").unwrap_or(text);
+    // `host:PORT/...` is a registry whatever the host is called.
+    let port = |rest: &str| {
+        rest.split_once('/')
+            .is_some_and(|(p, _)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    const TRANSPORTS: [&str; 6] = [
+        "oci",
+        "oci-archive",
+        "dir",
+        "docker-archive",
+        "docker-daemon",
+        "containers-storage",
+    ];
+    if let Some((transport, _)) = plain
+        .split_once(':')
+        .filter(|(t, rest)| TRANSPORTS.contains(t) && !port(rest))
+    {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "{which}: {transport}: is a skopeo transport; retagd copies between registries (host/repo:tag, or docker://host/repo:tag)"
+        )));
+    }
+    plain.parse().map_err(|e: reference::Error| {
+        Failure::Usage(anyhow::Error::new(e).context(which.to_string()))
+    })
+}
+
+/// Bytes for people: `512 B`, `3.4 KiB`, `12.0 MiB`, `1.5 GiB`.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 3] = ["KiB", "MiB", "GiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 /// Runs one subcommand; output goes to `out`, warnings to `err`.
 pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Failure> {
     match cli.command {
@@ -314,14 +359,8 @@ pub fn summary(origin: &str, config: &Config) -> String {
 
 fn copy(args: &CopyArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Failure> {
     let usage = |e: anyhow::Error| Failure::Usage(e);
-    let src: Reference = args
-        .src
-        .parse()
-        .map_err(|e: reference::Error| usage(anyhow::Error::new(e).context("SRC")))?;
-    let dst: Reference = args
-        .dst
-        .parse()
-        .map_err(|e: reference::Error| usage(anyhow::Error::new(e).context("DST")))?;
+    let src = image_reference("SRC", &args.src)?;
+    let dst = image_reference("DST", &args.dst)?;
     let configured = match &args.config {
         Some(path) => {
             let loaded = config::load(path).map_err(|e| usage(e.into()))?;
@@ -369,9 +408,9 @@ pub fn describe_copy(report: &registry::Report, src: &Reference, dst: &Reference
     }
     if report.blobs_uploaded > 0 {
         what.push(format!(
-            "uploaded {} ({:.1} MiB)",
+            "uploaded {} ({})",
             plural(report.blobs_uploaded, "blob"),
-            report.bytes_uploaded as f64 / (1024.0 * 1024.0)
+            size(report.bytes_uploaded)
         ));
     }
     if report.blobs_present > 0 {
@@ -415,6 +454,11 @@ fn select(args: &PolicyArgs, stdin: &mut dyn BufRead, out: &mut dyn Write) -> Re
     let selector = Selector::new(filter, policy);
 
     let mut from_stdin = Vec::new();
+    if args.tags.is_empty() && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        eprintln!(
+            "reading tags from stdin, one per line; end with Ctrl-D (or give them as arguments)"
+        );
+    }
     let tags: &[String] = if args.tags.is_empty() {
         for (n, line) in stdin.lines().enumerate() {
             let line = line.map_err(|e| {
@@ -437,5 +481,35 @@ fn select(args: &PolicyArgs, stdin: &mut dyn BufRead, out: &mut dyn Write) -> Re
         Ok(selected) => writeln!(out, "{}", selected.tag).map_err(io_failure),
         Err(e) if e.is_invalid_selector() => Err(usage(e)),
         Err(e) => Err(Failure::Work(e.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_takes_skopeo_s_docker_transport_and_names_the_others() {
+        let r = image_reference("SRC", "docker://127.0.0.1:5000/myorg/app:v1").unwrap();
+        assert_eq!(
+            (r.registry.as_str(), r.tag.as_deref()),
+            ("127.0.0.1:5000", Some("v1"))
+        );
+        for text in ["oci:/tmp/layout:v1", "dir:/tmp/x", "docker-daemon:app:v1"] {
+            let Err(Failure::Usage(e)) = image_reference("SRC", text) else {
+                panic!("{text} accepted");
+            };
+            assert!(e.to_string().contains("skopeo transport"), "{e}");
+        }
+        // A registry on port 5000 of a host named `oci` is still a registry.
+        assert!(image_reference("DST", "oci:5000/app:v1").is_ok());
+    }
+
+    #[test]
+    fn sizes_read_in_the_unit_that_fits() {
+        assert_eq!(size(512), "512 B");
+        assert_eq!(size(300 * 1024), "300.0 KiB");
+        assert_eq!(size(96 << 20), "96.0 MiB");
+        assert_eq!(size(3 << 30), "3.0 GiB");
     }
 }
