@@ -654,6 +654,41 @@ fn is_excerpt(line: &str) -> bool {
         .starts_with('|')
 }
 
+/// Keys that belong one level down, where users often put them one level up.
+fn belongs_inside(path: &str, key: &str) -> Option<&'static str> {
+    let stage = path
+        .rsplit_once('.')
+        .is_some_and(|(parent, _)| parent.ends_with(']') && parent.contains("stages["));
+    match key {
+        "min_age" | "approval" | "overwrite" | "windows" | "referrers" | "verify" | "from"
+        | "tag"
+            if stage =>
+        {
+            Some("promote")
+        }
+        "pattern" | "extract" if stage => Some("filter_tags"),
+        "semver" | "alphabetical" | "numerical" if stage => Some("policy"),
+        "range" if path.ends_with(".policy.range") => Some("policy.semver"),
+        _ => None,
+    }
+}
+
+/// Levenshtein distance, for "did you mean" on short key names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(previous + 1);
+        }
+    }
+    row[b.len()]
+}
+
 /// "expected a table like { range = ... }, found a string" in the file's words: no Rust type
 /// names, and never the value itself (a misplaced URL may hold a token).
 fn wrong_type(path: &str, actual: &figment::error::Actual, expected: &str) -> String {
@@ -713,8 +748,20 @@ fn shape_problem(e: &serde_path_to_error::Error<figment::Error>) -> Problem {
             let hint = if key == "password" {
                 "secrets never go in the config file: use password_file or docker_config"
                     .to_string()
+            } else if let Some(inner) = belongs_inside(&parent, key) {
+                format!("{key} goes inside {inner}: {inner} = {{ ..., {key} = ... }}")
             } else {
-                format!("expected one of: {}", expected.join(", "))
+                let near = expected
+                    .iter()
+                    .filter(|e| edit_distance(key, e) <= 2 && key.len() > 2)
+                    .min_by_key(|e| edit_distance(key, e));
+                match near {
+                    Some(near) => format!(
+                        "did you mean {near}? expected one of: {}",
+                        expected.join(", ")
+                    ),
+                    None => format!("expected one of: {}", expected.join(", ")),
+                }
             };
             // serde_path_to_error already ends the path with the unknown key.
             Problem {
