@@ -109,6 +109,54 @@ pub struct CheckArgs {
     /// The configuration file (.toml, .yaml or .yml); RETAGD_* variables override its keys.
     #[arg(long, short, env = "RETAGD_CONFIG", value_name = "FILE")]
     pub config: PathBuf,
+    #[command(flatten)]
+    output: Output,
+}
+
+/// `-o table|json|yaml`, as kubectl, flux and argocd spell it; `--json` stays as `-o json`.
+#[derive(Debug, Clone, Args)]
+pub struct Output {
+    /// How to print: a table for people, or JSON / YAML (the same documented shape) for scripts.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+    output: Format,
+    /// The same as `-o json`.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What [`Output`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// For people.
+    Table,
+    /// The JSON documented in README.md.
+    Json,
+    /// The same as YAML.
+    Yaml,
+}
+
+impl Output {
+    /// The format asked for.
+    pub fn format(&self) -> Format {
+        if self.json {
+            Format::Json
+        } else {
+            self.output
+        }
+    }
+
+    /// `value` as JSON or YAML text ending in a newline; `None` for a table, which the caller
+    /// renders itself.
+    pub fn data(&self, value: &serde_json::Value) -> Result<Option<String>, Failure> {
+        let text = match self.format() {
+            Format::Table => return Ok(None),
+            Format::Json => serde_json::to_string_pretty(value)
+                .map(|t| t + "\n")
+                .map_err(|e| Failure::Work(e.into()))?,
+            Format::Yaml => serde_yaml::to_string(value).map_err(|e| Failure::Work(e.into()))?,
+        };
+        Ok(Some(text))
+    }
 }
 
 /// `retagd policy`.
@@ -152,6 +200,8 @@ pub struct CopyArgs {
     /// Where to copy it (a tag, or the same digest).
     #[arg(value_name = "DST")]
     pub dst: String,
+    #[command(flatten)]
+    output: Output,
 }
 
 /// How a subcommand failed, which decides the exit status.
@@ -252,8 +302,41 @@ fn check(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<(
     for w in &loaded.warnings {
         writeln!(err, "warning: {w}").map_err(io_failure)?;
     }
-    out.write_all(summary(&args.config.display().to_string(), &loaded.config).as_bytes())
-        .map_err(io_failure)
+    let config = &loaded.config;
+    let data = serde_json::json!({
+        "valid": true,
+        "warnings": loaded.warnings.iter().map(|w| serde_json::json!({"path": w.path, "message": w.message})).collect::<Vec<_>>(),
+        "listen": config.server.listen.to_string(),
+        "registries": config.registries.values().map(|r| serde_json::json!({
+            "name": r.name, "url": r.url.as_str(), "max_concurrency": r.max_concurrency,
+        })).collect::<Vec<_>>(),
+        "pipelines": config.pipelines.iter().map(|p| serde_json::json!({
+            "name": p.name,
+            "interval": humantime::format_duration(p.interval).to_string(),
+            "stages": p.stages.iter().map(|s| serde_json::json!({
+                "name": s.name,
+                "registry": s.registry,
+                "repository": s.repository,
+                "pattern": s.selector.filter().pattern(),
+                "extract": s.selector.filter().extract(),
+                "policy": s.selector.policy().to_string(),
+                "promote": s.promote.as_ref().map(|pr| serde_json::json!({
+                    "from": p.stages.get(pr.from).map(|f| f.name.as_str()),
+                    "tag": pr.tag.to_string(),
+                    "approval": pr.approval.to_string(),
+                    "min_age": pr.min_age.map(|d| humantime::format_duration(d).to_string()),
+                    "overwrite": pr.overwrite,
+                    "windows": pr.windows.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                })),
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "freezes": config.freezes.iter().map(crate::engine::describe::freeze_json).collect::<Vec<_>>(),
+    });
+    let text = match args.output.data(&data)? {
+        Some(text) => text,
+        None => summary(&args.config.display().to_string(), config),
+    };
+    out.write_all(text.as_bytes()).map_err(io_failure)
 }
 
 /// The human summary `retagd check` prints.
@@ -392,6 +475,21 @@ fn copy(args: &CopyArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<(),
         .map_err(|e| {
             Failure::Work(anyhow::Error::new(e).context(format!("cannot copy {src} to {dst}")))
         })?;
+    let data = serde_json::json!({
+        "source": src.to_string(),
+        "destination": dst.to_string(),
+        "digest": report.digest.as_str(),
+        "path": format!("{:?}", report.path).to_lowercase(),
+        "up_to_date": report.up_to_date,
+        "manifests_pushed": report.manifests_pushed,
+        "blobs_mounted": report.blobs_mounted,
+        "blobs_uploaded": report.blobs_uploaded,
+        "bytes_uploaded": report.bytes_uploaded,
+        "blobs_present": report.blobs_present,
+    });
+    if let Some(text) = args.output.data(&data)? {
+        return out.write_all(text.as_bytes()).map_err(io_failure);
+    }
     writeln!(out, "{}", describe_copy(&report, &src, &dst)).map_err(io_failure)?;
     writeln!(out, "digest {}", report.digest).map_err(io_failure)
 }

@@ -47,9 +47,9 @@ pub enum LogFormat {
 pub struct PlanArgs {
     #[command(flatten)]
     common: Common,
-    /// Print the plan as JSON (the format is documented in README.md and kept stable).
-    #[arg(long)]
-    json: bool,
+    /// The JSON / YAML shape is documented in README.md and kept stable.
+    #[command(flatten)]
+    output: super::Output,
 }
 
 /// `retagd reconcile`.
@@ -174,17 +174,15 @@ pub fn plan(args: &PlanArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result
     })));
     let now = SystemTime::now();
     let failed = results.iter().filter(|(_, r)| r.is_err()).count();
-    if args.json {
-        let pipelines: Vec<Value> = results
-            .iter()
-            .map(|(name, r)| match r {
-                Ok(plan) => plan_json(plan),
-                Err(e) => json!({"pipeline": name, "error": e.chain(), "stages": []}),
-            })
-            .collect();
-        let text = serde_json::to_string_pretty(&json!({ "pipelines": pipelines }))
-            .map_err(|e| Failure::Work(e.into()))?;
-        writeln!(out, "{text}").map_err(io_failure)?;
+    let pipelines: Vec<Value> = results
+        .iter()
+        .map(|(name, r)| match r {
+            Ok(plan) => plan_json(plan),
+            Err(e) => json!({"pipeline": name, "error": e.chain(), "stages": []}),
+        })
+        .collect();
+    if let Some(text) = args.output.data(&json!({ "pipelines": pipelines }))? {
+        out.write_all(text.as_bytes()).map_err(io_failure)?;
     } else {
         for (name, r) in &results {
             match r {

@@ -29,11 +29,11 @@ pub struct StatusArgs {
     endpoint: Endpoint,
     /// Only this pipeline.
     pipeline: Option<String>,
-    /// Print the API's JSON instead of a table.
+    /// The API's JSON (or YAML) instead of a table.
+    #[command(flatten)]
+    output: super::Output,
+    /// Redraw the table every 2 seconds until interrupted (Ctrl-C).
     #[arg(long)]
-    json: bool,
-    /// Redraw every 2 seconds until interrupted (Ctrl-C).
-    #[arg(long, conflicts_with = "json")]
     watch: bool,
 }
 
@@ -300,10 +300,9 @@ pub fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<(), Failure> {
             200 => answer,
             _ => return Err(refused(code, &answer)),
         };
-        let printed = if args.json {
-            format!("{answer:#}\n")
-        } else {
-            status_table(&answer)
+        let printed = match args.output.data(&answer)? {
+            Some(text) => text,
+            None => status_table(&answer),
         };
         if !args.watch {
             return out.write_all(printed.as_bytes()).map_err(io_failure);

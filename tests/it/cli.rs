@@ -345,3 +345,25 @@ fn version_names_the_commit_and_says_which_daemon_url_it_cannot_reach() {
         "{err}"
     );
 }
+
+#[test]
+fn output_json_and_yaml_carry_the_same_data_and_json_stays_an_alias() {
+    let config = repo("config/retagd.toml");
+    let config = config.to_str().unwrap();
+    let (code, json, _) = run(retagd().args(["check", "-c", config, "-o", "json"]));
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["pipelines"][0]["name"], "api-gateway");
+    assert_eq!(json["pipelines"][0]["stages"][1]["promote"]["from"], "dev");
+    let (code, yaml, _) = run(retagd().args(["check", "-c", config, "--output", "yaml"]));
+    assert_eq!(code, 0);
+    let yaml: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+    assert_eq!(yaml, json);
+    let (_, alias, _) = run(retagd().args(["check", "-c", config, "--json"]));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&alias).unwrap(),
+        json
+    );
+    let (code, _, err) = run(retagd().args(["check", "-c", config, "-o", "xml"]));
+    assert_eq!(code, 2, "{err}");
+}
