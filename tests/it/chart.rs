@@ -268,8 +268,12 @@ fn helm_lint_strict_passes_with_default_and_all_on_values() {
 fn the_objects_rendered_are_the_expected_ones() {
     assert_eq!(
         kinds(defaults()),
-        ["ConfigMap", "Deployment", "Service", "ServiceAccount"]
+        ["ConfigMap", "Deployment", "Pod", "Service", "ServiceAccount"]
     );
+    // The Pod is `helm test`'s.
+    let test = find(defaults(), "Pod");
+    assert_eq!(test["metadata"]["annotations"]["helm.sh/hook"], "test");
+    assert_eq!(test["spec"]["containers"][0]["args"][0], "status");
     assert_eq!(
         kinds(all_on()),
         [
@@ -279,6 +283,7 @@ fn the_objects_rendered_are_the_expected_ones() {
             "Ingress",
             "NetworkPolicy",
             "PersistentVolumeClaim",
+            "Pod",
             "PodMonitor",
             "PrometheusRule",
             "Service",
@@ -481,7 +486,16 @@ fn the_pod_satisfies_the_restricted_pod_security_standard() {
             .iter()
             .flat_map(|k| array(&spec[*k]))
             .collect();
-        assert_eq!(containers.len(), 1, "{name}");
+        // The daemon and the check-config init container, both held to the standard.
+        assert_eq!(containers.len(), 2, "{name}");
+        let check = &array(&spec["initContainers"])[0];
+        let daemon = &array(&spec["containers"])[0];
+        assert_eq!(check["name"], "check-config", "{name}");
+        assert_eq!(check["args"][0], "check", "{name}");
+        // It reads what the daemon reads, with the same overrides.
+        assert_eq!(check["args"][2], daemon["args"][2], "{name}");
+        assert_eq!(check["volumeMounts"], daemon["volumeMounts"], "{name}");
+        assert_eq!(check["env"], daemon["env"], "{name}");
         for c in containers {
             let sc = &c["securityContext"];
             assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");

@@ -251,3 +251,67 @@ of the configuration. */}}
 {{- $longest }}
 {{- end }}
 {{- end }}
+
+{{/* The daemon's environment, shared with the check-config init container. */}}
+{{- define "retagd.env" -}}
+env:
+  - name: RETAGD_LOG
+    value: {{ .Values.logLevel | quote }}
+  {{- if .Values.registryCredentials.existingDockerConfigSecret }}
+  - name: DOCKER_CONFIG
+    value: {{ include "retagd.dockerConfigDir" . | quote }}
+  {{- end }}
+  {{- if .Values.existingConfigMap.name }}
+  {{- include "retagd.envOverrides" . | nindent 2 }}
+  {{- end }}
+  {{- with .Values.extraEnv }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
+
+{{/* The daemon's mounts (configuration, state, every Secret), shared with check-config. */}}
+{{- define "retagd.volumeMounts" -}}
+volumeMounts:
+  - name: config
+    mountPath: {{ include "retagd.configDir" . }}
+    readOnly: true
+  - name: state
+    mountPath: {{ include "retagd.stateDir" . }}
+  - name: tmp
+    mountPath: /tmp
+  {{- if .Values.registryCredentials.existingDockerConfigSecret }}
+  - name: docker-config
+    mountPath: {{ include "retagd.dockerConfigDir" . }}
+    readOnly: true
+  {{- end }}
+  {{- $i := 0 }}
+  {{- range $name, $_ := .Values.registryCredentials.passwordSecrets }}
+  - name: {{ printf "registry-password-%d" $i }}
+    mountPath: {{ printf "%s/registries/%s" (include "retagd.secretsDir" $) $name }}
+    readOnly: true
+  {{- $i = add1 $i }}
+  {{- end }}
+  {{- if .Values.apiToken.existingSecret }}
+  - name: api-token
+    mountPath: {{ include "retagd.apiTokenFile" . | dir }}
+    readOnly: true
+  {{- end }}
+  {{- range $i, $_ := .Values.approvers }}
+  - name: {{ printf "approver-token-%d" $i }}
+    mountPath: {{ printf "%s/approvers/%d" (include "retagd.secretsDir" $) $i }}
+    readOnly: true
+  {{- end }}
+  {{- if .Values.webhooks.existingSecret }}
+  - name: webhook-secret
+    mountPath: {{ include "retagd.webhookSecretFile" . | dir }}
+    readOnly: true
+  {{- end }}
+  {{- range $i, $_ := .Values.notifications }}
+  - name: {{ printf "notification-url-%d" $i }}
+    mountPath: {{ printf "%s/notifications/%d" (include "retagd.secretsDir" $) $i }}
+    readOnly: true
+  {{- end }}
+  {{- with .Values.extraVolumeMounts }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
