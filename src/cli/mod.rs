@@ -97,6 +97,14 @@ pub enum Command {
     Freeze(remote::FreezeArgs),
     /// Lift a freeze (DELETE /api/v1/freeze/ID), or every freeze set through the API.
     Unfreeze(remote::UnfreezeArgs),
+    /// Print a shell completion script: `retagd completion bash > /etc/bash_completion.d/retagd`.
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `retagd man | man -l -`.
+    Man,
     /// Print this retagd's version and commit, and a running daemon's (from /healthz).
     ///
     /// Exit 1 when the daemon cannot be reached (--client skips it).
@@ -290,6 +298,17 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Fai
         Command::Freeze(args) => remote::freeze(&args, out),
         Command::Unfreeze(args) => remote::unfreeze(&args, out),
         Command::Version(args) => remote::version(&args, out),
+        Command::Completion { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "retagd", out);
+            Ok(())
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command)
+                .render(out)
+                .map_err(io_failure)
+        }
     }
 }
 

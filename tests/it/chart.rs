@@ -268,7 +268,13 @@ fn helm_lint_strict_passes_with_default_and_all_on_values() {
 fn the_objects_rendered_are_the_expected_ones() {
     assert_eq!(
         kinds(defaults()),
-        ["ConfigMap", "Deployment", "Pod", "Service", "ServiceAccount"]
+        [
+            "ConfigMap",
+            "Deployment",
+            "Pod",
+            "Service",
+            "ServiceAccount"
+        ]
     );
     // The Pod is `helm test`'s.
     let test = find(defaults(), "Pod");

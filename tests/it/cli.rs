@@ -367,3 +367,25 @@ fn output_json_and_yaml_carry_the_same_data_and_json_stays_an_alias() {
     let (code, _, err) = run(retagd().args(["check", "-c", config, "-o", "xml"]));
     assert_eq!(code, 2, "{err}");
 }
+
+#[test]
+fn completion_scripts_and_the_man_page_are_generated_from_the_commands() {
+    for (shell, needle) in [
+        ("bash", "_retagd()"),
+        ("zsh", "#compdef retagd"),
+        ("fish", "complete -c retagd"),
+    ] {
+        let (code, out, err) = run(retagd().args(["completion", shell]));
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains(needle) && out.contains("freeze"),
+            "{shell}: {out}"
+        );
+    }
+    let (code, out, _) = run(retagd().arg("man"));
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(".TH retagd 1") && out.contains("reconcile"),
+        "{out}"
+    );
+}
