@@ -4,6 +4,7 @@
 //! 1 the work failed or found nothing, 2 bad invocation or bad configuration (clap's own usage
 //! errors also exit 2). Errors are printed once, by `main`, one sentence first.
 
+mod export;
 mod pipelines;
 mod remote;
 
@@ -97,6 +98,9 @@ pub enum Command {
     Freeze(remote::FreezeArgs),
     /// Lift a freeze (DELETE /api/v1/freeze/ID), or every freeze set through the API.
     Unfreeze(remote::UnfreezeArgs),
+    /// Print the cluster side of the configuration for another tool.
+    #[command(subcommand)]
+    Export(Export),
     /// Print a shell completion script: `retagd completion bash > /etc/bash_completion.d/retagd`.
     Completion {
         /// The shell.
@@ -119,6 +123,14 @@ pub struct CheckArgs {
     pub config: PathBuf,
     #[command(flatten)]
     output: Output,
+}
+
+/// `retagd export ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum Export {
+    /// Flux ImageRepository and ImagePolicy objects whose filters and policies are the stages'
+    /// own text, so Flux selects in the cluster what retagd promotes (YAML on stdout).
+    Flux(export::FluxArgs),
 }
 
 /// `-o table|json|yaml`, as kubectl, flux and argocd spell it; `--json` stays as `-o json`.
@@ -298,6 +310,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Fai
         Command::Freeze(args) => remote::freeze(&args, out),
         Command::Unfreeze(args) => remote::unfreeze(&args, out),
         Command::Version(args) => remote::version(&args, out),
+        Command::Export(Export::Flux(args)) => export::run(&args, out, err),
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "retagd", out);

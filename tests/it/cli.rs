@@ -389,3 +389,76 @@ fn completion_scripts_and_the_man_page_are_generated_from_the_commands() {
         "{out}"
     );
 }
+
+#[test]
+fn export_flux_gives_each_stage_an_image_policy_equal_to_its_filter_and_policy() {
+    let config = repo("config/retagd.toml");
+    let config = config.to_str().unwrap();
+    let (code, yaml, err) = run(retagd().args([
+        "export",
+        "flux",
+        "-c",
+        config,
+        "--namespace",
+        "apps",
+        "--secret-ref",
+        "regcred",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&yaml)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let (_, checked, _) = run(retagd().args(["check", "-c", config, "-o", "json"]));
+    let checked: serde_json::Value = serde_json::from_str(&checked).unwrap();
+    let stages = checked["pipelines"][0]["stages"].as_array().unwrap();
+    let repositories: Vec<&serde_json::Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "ImageRepository")
+        .collect();
+    assert_eq!(repositories.len(), 1, "one repository for the three stages");
+    let repository = repositories[0];
+    assert_eq!(repository["apiVersion"], "image.toolkit.fluxcd.io/v1");
+    assert_eq!(
+        repository["spec"]["image"],
+        "127.0.0.1:5000/myorg/api-gateway"
+    );
+    assert_eq!(
+        repository["spec"]["insecure"], true,
+        "the example registry is http://"
+    );
+    assert_eq!(repository["spec"]["secretRef"]["name"], "regcred");
+    let policies: Vec<&serde_json::Value> =
+        docs.iter().filter(|d| d["kind"] == "ImagePolicy").collect();
+    assert_eq!(policies.len(), stages.len());
+    for (policy, stage) in policies.iter().zip(stages) {
+        let name = stage["name"].as_str().unwrap();
+        assert_eq!(policy["metadata"]["name"], format!("api-gateway-{name}"));
+        assert_eq!(policy["metadata"]["namespace"], "apps");
+        assert_eq!(
+            policy["spec"]["imageRepositoryRef"]["name"],
+            repository["metadata"]["name"]
+        );
+        assert_eq!(
+            policy["spec"]["filterTags"]["pattern"], stage["pattern"],
+            "{name}"
+        );
+        // `semver >=1.0.0-0` as check prints it, the same text as Flux's range.
+        let range = policy["spec"]["policy"]["semver"]["range"]
+            .as_str()
+            .unwrap();
+        assert_eq!(
+            format!("semver {range}"),
+            stage["policy"].as_str().unwrap(),
+            "{name}"
+        );
+        assert!(
+            yaml.contains(&format!(
+                "{{\"$imagepolicy\": \"apps:api-gateway-{name}\"}}"
+            )),
+            "{yaml}"
+        );
+    }
+    let (code, _, err) = run(retagd().args(["export", "flux", "-c", config, "--pipeline", "web"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("pipelines: api-gateway"), "{err}");
+}
