@@ -608,10 +608,18 @@ fn pipeline(
         None => Some(default_interval),
     };
     if let Some(i) = interval.filter(|i| *i < SHORT_INTERVAL) {
-        p.warn(
-            format!("{path}.interval"),
-            format!("{} is very short: each reconcile lists tags, which counts against registry rate limits (webhooks give faster promotion)", humantime::format_duration(i)),
-        );
+        // Said once, where it is set: on the pipeline, or at defaults.interval.
+        let at = match &raw.interval {
+            Some(_) => Some(format!("{path}.interval")),
+            None if p.warnings.iter().any(|w| w.path == "defaults.interval") => None,
+            None => Some("defaults.interval".to_string()),
+        };
+        if let Some(at) = at {
+            p.warn(
+                at,
+                format!("{} is very short: each reconcile lists tags, which counts against registry rate limits (webhooks give faster promotion)", humantime::format_duration(i)),
+            );
+        }
     }
     if raw.stages.is_empty() {
         p.error(
@@ -1281,5 +1289,23 @@ mod tests {
             ),
             "{warnings:?}"
         );
+    }
+
+    #[test]
+    fn a_short_default_interval_is_warned_about_once_where_it_is_set() {
+        let pipeline = |name: &str| {
+            format!(
+                "[[pipelines]]\nname = \"{name}\"\nregistry = \"r\"\nrepository = \"x/{name}\"\n\
+                 [[pipelines.stages]]\nname = \"dev\"\npolicy = {{ semver = {{ range = \"*\" }} }}\n"
+            )
+        };
+        let text = format!(
+            "[defaults]\ninterval = \"2s\"\n[registries.r]\nurl = \"http://127.0.0.1:5000\"\n{}{}",
+            pipeline("a"),
+            pipeline("b")
+        );
+        let loaded = parse(&text, Format::Toml, "t").expect("valid");
+        let paths: Vec<&str> = loaded.warnings.iter().map(|w| w.path.as_str()).collect();
+        assert_eq!(paths, ["defaults.interval"]);
     }
 }
