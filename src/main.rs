@@ -23,6 +23,15 @@ fn main() -> ExitCode {
     let mut stderr = std::io::stderr();
     match cli::run(cli, &mut stdout, &mut stderr) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`retagd man | head`): nothing more to say, as other tools do.
+        Err(failure)
+            if failure.error().chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(failure) => {
             eprintln!("error: {:#}", failure.error());
             ExitCode::from(failure.exit_code())
