@@ -462,3 +462,21 @@ fn export_flux_gives_each_stage_an_image_policy_equal_to_its_filter_and_policy()
     assert_eq!(code, 2);
     assert!(err.contains("pipelines: api-gateway"), "{err}");
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_command_quietly() {
+    let mut child = retagd()
+        .arg("man")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the pipe before the page is written.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("error"),
+        "{out:?}"
+    );
+}
