@@ -2,17 +2,21 @@
 //!
 //! Loading has three layers. `figment` reads a TOML or YAML file (by extension) and overlays
 //! `RETAGD_*` environment variables (`__` separates levels: `RETAGD_SERVER__LISTEN`). The merged
-//! value is deserialized into [`raw`] structs that refuse unknown keys, with the key path of any
-//! type error. Then `validate` compiles those into [`Config`]: durations, URLs, regexes, ranges
-//! and templates parsed, names resolved to indices, and every problem collected with its key path
-//! (`pipelines[0].stages[2].promote.from: unknown stage "stagign" ...`) before failing.
+//! value is deserialized into [`raw`] structs that refuse unknown keys; `shape` repairs each
+//! unknown key, missing key or wrong type and goes on, so all of them are found. Then `validate`
+//! compiles those into [`Config`]: durations, URLs, regexes, ranges and templates parsed, names
+//! resolved to indices, and every problem collected with its key path
+//! (`pipelines[0].stages[2].promote.from: unknown stage "stagign" ...`) before failing; `locate`
+//! gives each its line and column in the file.
 //!
 //! Nothing secret lives in the file: credentials are named by path (`password_file`,
 //! `docker_config`) and read by the registry client, so this module never sees a secret and no
 //! error it prints can contain one.
 
 mod depth;
+mod locate;
 pub mod raw;
+mod shape;
 mod validate;
 
 pub use depth::MAX_DEPTH;
@@ -400,10 +404,43 @@ pub struct Problem {
     pub path: String,
     /// What is wrong, and where possible how to fix it.
     pub message: String,
+    /// Where in the file, when the file has the key (an environment variable may set it).
+    pub location: Option<Location>,
+}
+
+impl Problem {
+    /// A problem not yet located in the file.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Problem {
+        Problem {
+            path: path.into(),
+            message: message.into(),
+            location: None,
+        }
+    }
+}
+
+/// `file:line:column`, as compilers print it, so editors and terminals jump to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The file, as it was named.
+    pub file: String,
+    /// The line, from 1.
+    pub line: usize,
+    /// The column, from 1, in characters.
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(at) = &self.location {
+            write!(f, "{at}: ")?;
+        }
         write!(f, "{}: {}", self.path, self.message)
     }
 }
@@ -430,15 +467,8 @@ pub enum Error {
         /// The parser's explanation, with line and column.
         message: String,
     },
-    /// A key that does not exist, a missing key, or a value of the wrong type.
-    #[error("invalid config {origin}: {problem}")]
-    Shape {
-        /// The file (and environment variable, if one was involved).
-        origin: String,
-        /// Where and what.
-        problem: Problem,
-    },
-    /// Validation found problems; all of them are listed.
+    /// Unknown or missing keys, values of the wrong type, values that do not validate: all of
+    /// them are listed, each with its place in the file.
     #[error("invalid config {origin}: {} problem(s):{}", problems.len(), list(problems))]
     Invalid {
         /// The file.
@@ -508,13 +538,13 @@ pub fn load(path: &Path) -> Result<Loaded, Error> {
     let origin = path.display().to_string();
     check_depth(&text, format, &origin)?;
     let figment = base(&text, format).merge(env);
-    from_figment(figment, &origin, &overrides)
+    from_figment(figment, &origin, &overrides, Some((&text, format)))
 }
 
 /// Parses configuration text without environment overrides; `origin` names it in messages.
 pub fn parse(text: &str, format: Format, origin: &str) -> Result<Loaded, Error> {
     check_depth(text, format, origin)?;
-    from_figment(base(text, format), origin, &[])
+    from_figment(base(text, format), origin, &[], Some((text, format)))
 }
 
 /// Refuses YAML nested deeper than [`MAX_DEPTH`] before the parser sees it: libyaml's time grows
@@ -541,11 +571,13 @@ fn base(text: &str, format: Format) -> Figment {
     }
 }
 
-/// `overrides` pairs each overriding variable with the key path it sets.
+/// `overrides` pairs each overriding variable with the key path it sets; `source` is the file's
+/// text, to give each problem its line and column.
 fn from_figment(
     figment: Figment,
     origin: &str,
     overrides: &[(String, String)],
+    source: Option<(&str, Format)>,
 ) -> Result<Loaded, Error> {
     let describe = |path: &str| describe_origin(origin, path, overrides);
     // The merged file and environment as one tree. `Figment::extract` would clone it twice more
@@ -561,33 +593,60 @@ fn from_figment(
         Tag::Default,
         data.remove(&Profile::Default).unwrap_or_default(),
     );
-    let file: raw::File = serde_path_to_error::deserialize(&value).map_err(|e| {
-        let problem = shape_problem(&e);
-        Error::Shape {
-            origin: describe(&problem.path),
-            problem,
-        }
-    })?;
-    let checked = validate::validate(file);
-    match checked.config {
-        Some(config) if checked.errors.is_empty() => Ok(Loaded {
-            config,
-            warnings: checked.warnings,
-        }),
-        _ => {
-            let origin = checked
+    let mut shaped = shape::deserialize(&value);
+    let mut errors = shaped.problems.clone();
+    let mut warnings = Vec::new();
+    let mut config = None;
+    if let Some(file) = shaped.file.take() {
+        let checked = validate::validate(file);
+        errors.extend(
+            checked
                 .errors
+                .into_iter()
+                .filter(|p| !shaped.is_repaired(&p.path)),
+        );
+        warnings = checked.warnings;
+        config = checked.config;
+    }
+    let locate = |problems: &mut Vec<Problem>| {
+        let Some((text, format)) = source else { return };
+        for p in problems.iter_mut().take(MAX_LOCATED) {
+            let segs = locate::segments(&value, &p.path);
+            p.location = locate::position(text, format, &segs).map(|at| Location {
+                file: origin.to_string(),
+                line: at.line,
+                column: at.column,
+            });
+        }
+        // In file order; what the file does not hold (set by a variable) last.
+        problems.sort_by_key(|p| {
+            p.location
+                .as_ref()
+                .map_or((usize::MAX, 0), |l| (l.line, l.column))
+        });
+    };
+    match config {
+        Some(config) if errors.is_empty() => {
+            locate(&mut warnings);
+            Ok(Loaded { config, warnings })
+        }
+        _ => {
+            locate(&mut errors);
+            let origin = errors
                 .iter()
                 .map(|p| describe(&p.path))
                 .find(|o| o != origin)
                 .unwrap_or_else(|| origin.to_string());
             Err(Error::Invalid {
                 origin,
-                problems: checked.errors,
+                problems: errors,
             })
         }
     }
 }
+
+/// Problems located in the file, at most: each costs a parse of it.
+const MAX_LOCATED: usize = 100;
 
 /// Names the file, and the environment variable when one set the key at `path`.
 fn describe_origin(origin: &str, path: &str, overrides: &[(String, String)]) -> String {
@@ -654,136 +713,6 @@ fn is_excerpt(line: &str) -> bool {
         .starts_with('|')
 }
 
-/// Keys that belong one level down, where users often put them one level up.
-fn belongs_inside(path: &str, key: &str) -> Option<&'static str> {
-    let stage = path
-        .rsplit_once('.')
-        .is_some_and(|(parent, _)| parent.ends_with(']') && parent.contains("stages["));
-    match key {
-        "min_age" | "approval" | "overwrite" | "windows" | "referrers" | "verify" | "from"
-        | "tag"
-            if stage =>
-        {
-            Some("promote")
-        }
-        "pattern" | "extract" if stage => Some("filter_tags"),
-        "semver" | "alphabetical" | "numerical" if stage => Some("policy"),
-        "range" if path.ends_with(".policy.range") => Some("policy.semver"),
-        _ => None,
-    }
-}
-
-/// Levenshtein distance, for "did you mean" on short key names.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut previous = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let substitution = previous + usize::from(ca != *cb);
-            previous = row[j + 1];
-            row[j + 1] = substitution.min(row[j] + 1).min(previous + 1);
-        }
-    }
-    row[b.len()]
-}
-
-/// "expected a table like { range = ... }, found a string" in the file's words: no Rust type
-/// names, and never the value itself (a misplaced URL may hold a token).
-fn wrong_type(path: &str, actual: &figment::error::Actual, expected: &str) -> String {
-    use figment::error::Actual;
-    let found = match actual {
-        Actual::Bool(_) => "true or false",
-        Actual::Unsigned(_) | Actual::Signed(_) | Actual::Float(_) => "a number",
-        Actual::Char(_) | Actual::Str(_) | Actual::Bytes(_) => "a string",
-        Actual::Seq => "a list",
-        Actual::Map | Actual::StructVariant | Actual::NewtypeStruct => "a table",
-        Actual::Unit | Actual::Option => "nothing",
-        _ => "another kind of value",
-    };
-    let wanted = match expected.strip_prefix("struct ") {
-        Some("Semver") => "a table like { range = \">=1.0.0\" }".to_string(),
-        Some("Ordered") => "a table like { order = \"asc\" }".to_string(),
-        Some("FilterTags") => "a table like { pattern = '^v\\d+', extract = '$0' }".to_string(),
-        Some("Policy") => "a table with one of semver, alphabetical, numerical".to_string(),
-        Some("Promote") => "a table like { from = \"dev\", tag = \"{tag}-rc\" }".to_string(),
-        Some("Window") => {
-            "a table like { days = \"mon-fri\", hours = \"09:00-16:00\", time_zone = \"UTC\" }"
-                .to_string()
-        }
-        Some(_) => "a table".to_string(),
-        None => match expected {
-            "a sequence" => "a list".to_string(),
-            "a boolean" => "true or false".to_string(),
-            e if e.starts_with('u') || e.starts_with('i') => "a whole number".to_string(),
-            e if e.starts_with('f') => "a number".to_string(),
-            e => e.to_string(),
-        },
-    };
-    const DURATIONS: [&str; 4] = ["interval", "min_age", "window", "request_timeout"];
-    let last = path.rsplit('.').next().unwrap_or(path);
-    let hint = if wanted == "a string" && DURATIONS.iter().any(|d| last.starts_with(d)) {
-        " (durations are strings like \"30s\", \"5m\", \"1h30m\")"
-    } else {
-        ""
-    };
-    format!("expected {wanted}, found {found}{hint}")
-}
-
-/// Turns a serde error into a problem at the key it concerns: serde reports unknown and missing
-/// keys at their parent, so the key is moved into the path.
-fn shape_problem(e: &serde_path_to_error::Error<figment::Error>) -> Problem {
-    use figment::error::Kind;
-    let parent = e.path().to_string();
-    let join = |key: &str| {
-        if parent == "." {
-            key.to_string()
-        } else {
-            format!("{parent}.{key}")
-        }
-    };
-    match &e.inner().kind {
-        Kind::UnknownField(key, expected) => {
-            let hint = if key == "password" {
-                "secrets never go in the config file: use password_file or docker_config"
-                    .to_string()
-            } else if let Some(inner) = belongs_inside(&parent, key) {
-                format!("{key} goes inside {inner}: {inner} = {{ ..., {key} = ... }}")
-            } else {
-                let near = expected
-                    .iter()
-                    .filter(|e| edit_distance(key, e) <= 2 && key.len() > 2)
-                    .min_by_key(|e| edit_distance(key, e));
-                match near {
-                    Some(near) => format!(
-                        "did you mean {near}? expected one of: {}",
-                        expected.join(", ")
-                    ),
-                    None => format!("expected one of: {}", expected.join(", ")),
-                }
-            };
-            // serde_path_to_error already ends the path with the unknown key.
-            Problem {
-                path: parent,
-                message: format!("unknown key ({hint})"),
-            }
-        }
-        Kind::MissingField(key) => Problem {
-            path: join(key),
-            message: "missing (this key is required)".to_string(),
-        },
-        Kind::InvalidType(actual, expected) => Problem {
-            message: wrong_type(&parent, actual, expected),
-            path: parent,
-        },
-        other => Problem {
-            path: parent,
-            message: other.to_string(),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -827,25 +756,23 @@ mod tests {
         assert!(t.warnings.is_empty() && y.warnings.is_empty());
     }
 
-    /// The example with its commented promotion settings and freeze calendar switched on.
+    /// The example with every commented key line switched on (`# key = ...`, `# key: ...`,
+    /// `# [table]`, `# - key: ...` and YAML's nested `#   key: ...`), except alternatives, which
+    /// say "instead of".
     fn uncommented(text: &str) -> String {
-        const KEYS: [&str; 10] = [
-            "min_age",
-            "overwrite",
-            "windows",
-            "[[freezes]]",
-            "freezes:",
-            "reason",
-            "- reason",
-            "from",
-            "until",
-            "stages",
-        ];
+        let is_key = |rest: &str| {
+            let rest = rest.trim_start().trim_start_matches("- ");
+            let key = rest
+                .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                .unwrap_or(rest.len());
+            let table = rest.starts_with('[') && rest.trim_end().ends_with(']');
+            table || (key > 0 && (rest[key..].starts_with(" =") || rest[key..].starts_with(':')))
+        };
         text.lines()
             .map(|line| {
                 let indent = line.len() - line.trim_start().len();
                 match line.trim_start().strip_prefix("# ") {
-                    Some(rest) if KEYS.iter().any(|k| rest.trim_start().starts_with(k)) => {
+                    Some(rest) if is_key(rest) && !rest.contains("instead of") => {
                         format!("{}{rest}\n", &line[..indent])
                     }
                     _ => format!("{line}\n"),
@@ -855,17 +782,30 @@ mod tests {
     }
 
     #[test]
-    fn the_examples_optional_promotion_and_freeze_lines_sit_where_they_belong() {
+    fn the_examples_load_with_every_optional_line_switched_on() {
         let t = parse(&uncommented(EXAMPLE_TOML), Format::Toml, "toml").expect("valid toml");
         let y = parse(&uncommented(EXAMPLE_YAML), Format::Yaml, "yaml").expect("valid yaml");
         for c in [&t.config, &y.config] {
-            let production = c.pipelines[0].stages[2].promote.as_ref().unwrap();
-            assert_eq!(production.min_age, Some(Duration::from_secs(86_400)));
-            assert_eq!(production.windows.len(), 1);
+            let production = &c.pipelines[0].stages[2];
+            assert_eq!(production.registry, "prod");
+            let promote = production.promote.as_ref().unwrap();
+            assert_eq!(promote.min_age, Some(Duration::from_secs(86_400)));
+            assert_eq!(promote.windows.len(), 1);
             assert_eq!(c.freezes.len(), 1);
             assert_eq!(c.freezes[0].stages, ["production"]);
+            assert_eq!(c.pipelines[0].interval, Duration::from_secs(30));
+            assert!(c.server.state_dir.is_some() && c.server.read_token_file.is_some());
+            assert_eq!(c.notifications.len(), 1);
+            assert!(c.webhooks.secret_file.is_some());
+            let local = &c.registries["local"];
+            assert_eq!(local.requests_per_second, Some(20.0));
+            assert!(matches!(local.auth, Auth::Password { .. }));
         }
         assert_eq!(t.config.freezes, y.config.freezes);
+        assert_eq!(
+            t.warnings.iter().map(|w| &w.path).collect::<Vec<_>>(),
+            y.warnings.iter().map(|w| &w.path).collect::<Vec<_>>()
+        );
     }
 
     #[test]
@@ -932,6 +872,79 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "invalid config deep: nested deeper than 64 levels at line 1 column 64"
+        );
+    }
+
+    const MANY_MISTAKES: &str = r#"[defaults]
+interval = 30
+
+[server]
+listn = "127.0.0.1:9090"
+
+[registries.local]
+url = "http://127.0.0.1:5000"
+max_concurrency = "hunter2"
+
+[[pipelines]]
+name = "app"
+registry = "local"
+repository = "myorg/app"
+
+[[pipelines.stages]]
+name = "dev"
+policy = { semver = "1.x" }
+
+[[pipelines.stages]]
+name = "staging"
+min_age = "1h"
+policy = { semver = { range = ">=1.0.0" } }
+promote = { from = "dev", tag = 5, aproval = "manual" }
+
+[[pipelines.stages]]
+name = "prod"
+policy = { semver = { range = ">=1.0.0" } }
+promote = { from = "stagign" }
+"#;
+
+    #[test]
+    fn every_problem_of_every_kind_is_reported_at_once_with_line_and_column() {
+        let Err(Error::Invalid { problems, .. }) = parse(MANY_MISTAKES, Format::Toml, "f.toml")
+        else {
+            panic!("invalid config expected");
+        };
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "f.toml:2:1: defaults.interval: expected a string, found a number (durations are strings with a unit, e.g. \"90s\", \"24h\")",
+                "f.toml:5:1: server.listn: unknown key (did you mean server.listen?)",
+                "f.toml:9:1: registries.local.max_concurrency: expected a whole number, 0 or more, found a string",
+                "f.toml:18:12: pipelines[0].stages[0].policy.semver: expected a table with the keys range, found a string",
+                "f.toml:22:1: pipelines[0].stages[1].min_age: unknown key (did you mean pipelines[0].stages[1].promote.min_age?)",
+                "f.toml:24:27: pipelines[0].stages[1].promote.tag: expected a string, found a number",
+                "f.toml:24:36: pipelines[0].stages[1].promote.aproval: unknown key (did you mean pipelines[0].stages[1].promote.approval?)",
+                "f.toml:29:1: pipelines[0].stages[2].promote.tag: missing (this key is required)",
+                "f.toml:29:13: pipelines[0].stages[2].promote.from: unknown stage \"stagign\" (stages: dev, staging, prod)",
+            ]
+        );
+        assert!(!lines.concat().contains("hunter2"));
+    }
+
+    #[test]
+    fn yaml_problems_have_their_line_and_column_too() {
+        let text = "defaults:\n  interval: 30\nregistries:\n  local:\n    url: http://127.0.0.1:5000\npipelines:\n  - name: app\n    registry: local\n    repository: myorg/app\n    stages:\n      - name: dev\n        policy: { semver: { range: 1 } }\n      - name: staging\n        min_age: 1h\n        policy: { semver: { range: \">=1\" } }\n        promote:\n          from: dev\n";
+        let Err(Error::Invalid { problems, .. }) = parse(text, Format::Yaml, "f.yaml") else {
+            panic!("invalid config expected");
+        };
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "f.yaml:2:3: defaults.interval: expected a string, found a number (durations are strings with a unit, e.g. \"90s\", \"24h\")",
+                "f.yaml:12:29: pipelines[0].stages[0].policy.semver.range: expected a string, found a number (a semver range is a string, e.g. \">=1.0.0\")",
+                "f.yaml:14:9: pipelines[0].stages[1].min_age: unknown key (did you mean pipelines[0].stages[1].promote.min_age?)",
+                "f.yaml:16:9: pipelines[0].stages[1].promote.tag: missing (this key is required)",
+            ]
         );
     }
 

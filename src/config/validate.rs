@@ -53,17 +53,11 @@ struct Problems {
 
 impl Problems {
     fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(Problem {
-            path: path.into(),
-            message: message.into(),
-        });
+        self.errors.push(Problem::new(path, message));
     }
 
     fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.warnings.push(Problem {
-            path: path.into(),
-            message: message.into(),
-        });
+        self.warnings.push(Problem::new(path, message));
     }
 
     /// Records the error of `result` at `path` and passes its value on.
@@ -79,6 +73,10 @@ pub(super) fn validate(file: raw::File) -> Checked {
         Some(text) => duration(&mut p, "defaults.interval", text, true),
         None => Some(DEFAULT_INTERVAL),
     };
+    let inherited = file.pipelines.iter().any(|pl| pl.interval.is_none());
+    if inherited {
+        short_interval(&mut p, "defaults.interval", interval);
+    }
     let server = server(&mut p, &file.server);
     let webhooks = Webhooks {
         secret_file: nonempty_path(&mut p, "webhooks.secret_file", &file.webhooks.secret_file),
@@ -253,6 +251,16 @@ fn duration(p: &mut Problems, path: &str, text: &str, positive: bool) -> Option<
             );
             None
         }
+    }
+}
+
+/// Warns at `path` when `interval` burns rate limits.
+fn short_interval(p: &mut Problems, path: &str, interval: Option<Duration>) {
+    if let Some(i) = interval.filter(|i| *i < SHORT_INTERVAL) {
+        p.warn(
+            path,
+            format!("{} is very short: each reconcile lists tags, which counts against registry rate limits (webhooks give faster promotion)", humantime::format_duration(i)),
+        );
     }
 }
 
@@ -607,19 +615,9 @@ fn pipeline(
         Some(text) => duration(p, &format!("{path}.interval"), text, true),
         None => Some(default_interval),
     };
-    if let Some(i) = interval.filter(|i| *i < SHORT_INTERVAL) {
-        // Said once, where it is set: on the pipeline, or at defaults.interval.
-        let at = match &raw.interval {
-            Some(_) => Some(format!("{path}.interval")),
-            None if p.warnings.iter().any(|w| w.path == "defaults.interval") => None,
-            None => Some("defaults.interval".to_string()),
-        };
-        if let Some(at) = at {
-            p.warn(
-                at,
-                format!("{} is very short: each reconcile lists tags, which counts against registry rate limits (webhooks give faster promotion)", humantime::format_duration(i)),
-            );
-        }
+    // A short defaults.interval is reported once, at its own key.
+    if raw.interval.is_some() {
+        short_interval(p, &format!("{path}.interval"), interval);
     }
     if raw.stages.is_empty() {
         p.error(
@@ -1032,6 +1030,16 @@ fn sample_check(
 mod tests {
     use super::*;
     use crate::config::{parse, Error, Format};
+
+    #[test]
+    fn a_short_default_interval_is_reported_at_defaults_once() {
+        let text = "[defaults]\ninterval = \"2s\"\n[registries.r]\nurl = \"http://127.0.0.1:5000\"\n[[pipelines]]\nname = \"a\"\nregistry = \"r\"\nrepository = \"x/a\"\n[[pipelines.stages]]\nname = \"dev\"\npolicy = { semver = { range = \"*\" } }\n[[pipelines]]\nname = \"b\"\nregistry = \"r\"\nrepository = \"x/b\"\n[[pipelines.stages]]\nname = \"dev\"\npolicy = { semver = { range = \"*\" } }\n";
+        let loaded =
+            super::super::parse(text, super::super::Format::Toml, "f.toml").expect("valid");
+        let paths: Vec<&str> = loaded.warnings.iter().map(|w| w.path.as_str()).collect();
+        assert_eq!(paths, ["defaults.interval"]);
+        assert!(loaded.warnings[0].message.starts_with("2s is very short"));
+    }
 
     #[test]
     fn a_pattern_repeated_across_stages_is_compiled_once() {

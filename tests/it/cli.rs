@@ -199,14 +199,14 @@ promote = { from = "dev", tag = "v{major}.{minor}.{patch}", approval = "auto" }
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("is valid"), "{out}");
     assert!(
-        err.contains("warning: registries.unused: not used by any pipeline"),
+        err.contains("warn.toml:4:13: registries.unused: not used by any pipeline"),
         "{err}"
     );
     assert!(
-        err.contains("warning: pipelines[0].interval: 2s is very short"),
+        err.contains("warn.toml:10:1: pipelines[0].interval: 2s is very short"),
         "{err}"
     );
-    assert!(err.contains("warning: pipelines[0].stages[1].promote.tag: for a source version like 1.2.3-rc.1 the template gives \"v1.2.3\""), "{err}");
+    assert!(err.contains("warn.toml:18:27: pipelines[0].stages[1].promote.tag: for a source version like 1.2.3-rc.1 the template gives \"v1.2.3\""), "{err}");
 }
 
 #[test]
