@@ -646,7 +646,7 @@ fn from_figment(
 }
 
 /// Problems located in the file, at most: each costs a parse of it.
-const MAX_LOCATED: usize = 100;
+const MAX_LOCATED: usize = 60;
 
 /// Names the file, and the environment variable when one set the key at `path`.
 fn describe_origin(origin: &str, path: &str, overrides: &[(String, String)]) -> String {

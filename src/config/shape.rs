@@ -18,8 +18,10 @@ use serde_path_to_error::Segment;
 use super::locate::Seg;
 use super::{raw, Problem};
 
-/// More repairs than this and the file is probably not a retagd config at all.
-const MAX_REPAIRS: usize = 200;
+/// Each repair deserializes the whole file again, so a file wrong everywhere would cost time
+/// quadratic in its size; after this many (as compilers stop after so many errors) the rest is
+/// left for the next run.
+const MAX_REPAIRS: usize = 50;
 
 /// What deserializing with repairs found.
 pub(super) struct Shaped {
@@ -113,9 +115,15 @@ pub(super) fn deserialize(tree: &Value) -> Shaped {
             }
         };
         if !repaired {
-            break;
+            return shaped;
         }
     }
+    shaped.problems.push(Problem::new(
+        ".",
+        format!(
+            "stopped after {MAX_REPAIRS} unknown keys and wrong types; fix these and check again"
+        ),
+    ));
     shaped
 }
 
@@ -320,6 +328,27 @@ fn fields<T: DeserializeOwned>() -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_wrong_everywhere_is_reported_up_to_a_limit() {
+        let mut text = String::from("[registries.r]\nurl = \"http://127.0.0.1:5000\"\n");
+        for i in 0..80 {
+            text.push_str(&format!(
+                "[[pipelines]]\nname = \"p{i}\"\nregistry = \"r\"\nrepository = \"x/p{i}\"\nbogus = 1\n[[pipelines.stages]]\nname = \"dev\"\npolicy = {{ semver = {{ range = \"*\" }} }}\n"
+            ));
+        }
+        let started = std::time::Instant::now();
+        let Err(super::super::Error::Invalid { problems, .. }) =
+            super::super::parse(&text, super::super::Format::Toml, "f.toml")
+        else {
+            panic!("invalid");
+        };
+        assert_eq!(problems.len(), MAX_REPAIRS + 1);
+        assert!(problems[MAX_REPAIRS]
+            .message
+            .starts_with("stopped after 50"));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
 
     #[test]
     fn raw_structs_list_their_keys() {
