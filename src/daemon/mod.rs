@@ -496,7 +496,12 @@ pub async fn run(
     let engine = engine(&config, backend)?.with_parallel(options.parallel);
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (server.listen; another port: RETAGD_SERVER__LISTEN=127.0.0.1:PORT)",
+                config.server.listen
+            )
+        })?;
     let address = listener.local_addr()?;
     let engine = Arc::new(engine);
     metrics.config_loaded(true);

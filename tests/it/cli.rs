@@ -480,3 +480,18 @@ fn a_reader_that_goes_away_ends_the_command_quietly() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_taken_listen_address_names_the_variable_that_moves_it() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let address = held.local_addr().expect("its address");
+    let (code, _, err) = run(retagd()
+        .args(["run", "--config"])
+        .arg(repo("config/retagd.toml"))
+        .env("RETAGD_SERVER__LISTEN", address.to_string()));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {address} (server.listen; another port: RETAGD_SERVER__LISTEN=127.0.0.1:PORT)")),
+        "{err}"
+    );
+}
