@@ -15,8 +15,9 @@
 //!    range language. [`calendar`]: promotion windows in IANA time zones, and RFC 3339 times.
 //!    Pure: no I/O.
 //! 2. [`template`]: promotion target tag templates (`v{major}.{minor}.{patch}-rc.{n}`).
-//!    [`cosign`]: key-based cosign signatures checked against a digest (`promote.verify`);
-//!    pure as well.
+//!    [`cosign`]: key-based cosign signatures checked against a digest (`promote.verify`).
+//!    [`record`]: the promotion record artifact written next to each promoted image. Pure as
+//!    well.
 //! 3. [`config`]: the configuration file (TOML or YAML plus `RETAGD_*` overrides), validated up
 //!    front with key paths in every error.
 //! 4. [`registry`]: the registry client: tag lists, manifests, and copies with the fewest
@@ -45,6 +46,7 @@ mod fuzzing;
 pub mod metrics;
 pub mod notify;
 pub mod policy;
+pub mod record;
 pub mod reference;
 pub mod registry;
 pub mod secret;
@@ -62,7 +64,7 @@ mod layers {
     const LAYERS: &[&[&str]] = &[
         &["fuzzing"],
         &["secret", "reference", "policy", "calendar"],
-        &["template", "cosign"],
+        &["template", "cosign", "record"],
         &["config"],
         &["registry", "notify"],
         &["engine"],

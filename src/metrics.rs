@@ -64,6 +64,11 @@ pub struct Metrics {
     held: Mutex<BTreeSet<(String, String)>>,
     referrers: IntCounterVec,
     unverified: IntCounterVec,
+    drift: IntGaugeVec,
+    /// The (pipeline, stage, tag) series of `retagd_drift`, so a resolved one goes to 0.
+    drifted: Mutex<BTreeSet<(String, String, String)>>,
+    records: IntCounterVec,
+    unrecorded: IntGaugeVec,
 }
 
 /// An info series' family, pipeline and stage.
@@ -230,6 +235,22 @@ impl Metrics {
                 "Reconciles that refused a stage's candidate for want of a valid cosign signature by the stage's key (promote.verify), by reason: no_signature, not_verified, other_digest, malformed, unreadable.",
                 &["pipeline", "stage", "reason"],
             )?,
+            drift: gauge_vec(
+                "retagd_drift",
+                "1 while a tag retagd wrote names another digest (someone pushed over it), 0 once it is resolved (moved back, healed, or gone).",
+                &["pipeline", "stage", "tag"],
+            )?,
+            drifted: Mutex::new(BTreeSet::new()),
+            records: counter_vec(
+                "retagd_records_total",
+                "Promotion records written into target repositories, by result: written, failed (kept and tried again at the next reconcile).",
+                &["pipeline", "stage", "result"],
+            )?,
+            unrecorded: gauge_vec(
+                "retagd_records_pending",
+                "Promotion records of the pipeline not written yet.",
+                &["pipeline"],
+            )?,
             registry: registry.clone(),
         };
         let build = gauge_vec(
@@ -338,6 +359,14 @@ impl Metrics {
             }
             false
         });
+        let mut drifted = self.drifted.lock().unwrap_or_else(|e| e.into_inner());
+        drifted.retain(|(pipeline, stage, tag)| {
+            let kept = stages.contains(&(pipeline.clone(), stage.clone()));
+            if !kept {
+                let _ = self.drift.remove_label_values(&[pipeline, stage, tag]);
+            }
+            kept
+        });
         let mut info = self.info.lock().unwrap_or_else(|e| e.into_inner());
         info.retain(|(family, pipeline, stage), labels| {
             if stages.contains(&(pipeline.clone(), stage.clone())) {
@@ -398,6 +427,22 @@ impl Metrics {
                 Err(e) => self.promotion(name, &a.stage, "failure", e.reason()),
             }
         }
+        for r in &outcome.records {
+            let result = if r.result.is_ok() {
+                "written"
+            } else {
+                "failed"
+            };
+            self.records
+                .with_label_values(&[name, &r.stage, result])
+                .inc();
+        }
+        self.unrecorded
+            .with_label_values(&[name])
+            .set(i64::try_from(outcome.unrecorded).unwrap_or(i64::MAX));
+        if outcome.plan.is_ok() {
+            self.drift(name, &outcome.drift);
+        }
         for c in &outcome.referrers {
             for (result, n) in [
                 ("copied", c.report.written),
@@ -407,6 +452,30 @@ impl Metrics {
                 counter.inc_by(n as u64);
             }
         }
+    }
+
+    /// Sets `retagd_drift` to 1 for the pipeline's open drift, and to 0 for what was drifted
+    /// before and is not now.
+    fn drift(&self, pipeline: &str, drift: &[crate::engine::Drift]) {
+        let mut drifted = self.drifted.lock().unwrap_or_else(|e| e.into_inner());
+        let open: BTreeSet<(String, String, String)> = drift
+            .iter()
+            .filter(|d| d.open())
+            .map(|d| (pipeline.to_string(), d.stage.clone(), d.tag.clone()))
+            .collect();
+        for key in drifted.iter().filter(|(p, _, _)| p == pipeline) {
+            if !open.contains(key) {
+                self.drift
+                    .with_label_values(&[&key.0, &key.1, &key.2])
+                    .set(0);
+            }
+        }
+        for key in &open {
+            self.drift
+                .with_label_values(&[&key.0, &key.1, &key.2])
+                .set(1);
+        }
+        drifted.extend(open);
     }
 
     /// Sets a promoted stage's freeze flag and when its held promotion goes ahead.

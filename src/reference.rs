@@ -116,7 +116,7 @@ impl FromStr for Digest {
             Some(_) => Ok(Digest {
                 text: s.to_string(),
             }),
-            None => Err(Error::Digest(shorten(s))),
+            None => Err(Error::Digest(shorten(s, 100))),
         }
     }
 }
@@ -133,9 +133,9 @@ impl fmt::Debug for Digest {
     }
 }
 
-/// Keeps hostile input from flooding an error message.
-fn shorten(s: &str) -> String {
-    match s.char_indices().nth(100) {
+/// Keeps hostile input from flooding an error message: at most `max` characters, then `...`.
+pub fn shorten(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}...", &s[..i]),
         None => s.to_string(),
     }
@@ -176,7 +176,7 @@ impl FromStr for Reference {
     /// rather than defaulted to `latest`: promoting `latest` by accident is how wrong bytes ship.
     fn from_str(s: &str) -> Result<Reference, Error> {
         let fail = |reason: String| Error::Reference {
-            reference: shorten(s),
+            reference: shorten(s, 100),
             reason,
         };
         let (rest, digest) = match s.split_once('@') {

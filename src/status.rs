@@ -11,8 +11,9 @@ use std::sync::RwLock;
 use std::time::SystemTime;
 
 use crate::config::{EventKind, Pipeline};
-use crate::engine::{Action, Applied, Outcome, Promotion, StagePlan};
+use crate::engine::{Action, Applied, Drift, Outcome, Promotion, StagePlan};
 use crate::notify::Event;
+use crate::reference::Digest;
 
 /// One pipeline as last seen.
 #[derive(Debug, Clone)]
@@ -25,6 +26,8 @@ pub struct PipelineStatus {
     pub last_success: Option<SystemTime>,
     /// Why the last reconcile could not plan, if it could not.
     pub last_error: Option<String>,
+    /// Promotion records not written yet (retried every reconcile).
+    pub unrecorded: usize,
 }
 
 /// One stage as last seen.
@@ -45,6 +48,13 @@ pub struct StageStatus {
     /// The referrers of the digests watched for this stage (`2 of 3 copied`), and what failed
     /// in the last round; `None` for a stage that carries none.
     pub referrers: Option<ReferrersStatus>,
+    /// Tags of the stage that retagd wrote and that name another digest now, as of the last
+    /// reconcile (a healed one is listed once, in the reconcile that healed it).
+    pub drift: Vec<Drift>,
+    /// The last promotion record written into the stage (the artifact's digest).
+    pub last_record: Option<Digest>,
+    /// Why the last record could not be written; cleared when one is.
+    pub record_error: Option<String>,
 }
 
 /// The referrers carried into a stage, as of the last reconcile.
@@ -201,6 +211,28 @@ impl StageStatus {
     }
 }
 
+/// The `drift` event of one drifted tag.
+fn drift_event(pipeline: &str, st: &StagePlan, d: &Drift, at: SystemTime) -> Event {
+    Event {
+        kind: EventKind::Drift,
+        pipeline: pipeline.to_string(),
+        stage: st.stage.clone(),
+        registry: st.registry.clone(),
+        repository: st.repository.clone(),
+        from_tag: d.tag.clone(),
+        to_tag: d.tag.clone(),
+        digest: d.expected.to_string(),
+        existing_digest: Some(d.found.to_string()),
+        error: d.healed.as_ref().and_then(|h| h.as_ref().err().cloned()),
+        approved_by: None,
+        reason: matches!(d.healed, Some(Ok(()))).then(|| "put back".to_string()),
+        forced: false,
+        freeze_id: None,
+        until: None,
+        time: at,
+    }
+}
+
 /// What was last announced per stage, so an unchanged situation is not announced again.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Announced {
@@ -211,6 +243,8 @@ struct Announced {
     failure: Option<(String, String)>,
     /// The candidate refused for want of a valid signature, announced once (as a failure).
     unverified: Option<(String, String)>,
+    /// Drifted tags and the digests they were found at, announced once each.
+    drift: std::collections::BTreeSet<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -238,11 +272,15 @@ fn blank(pipeline: &Pipeline) -> PipelineStatus {
                 last_promotion: None,
                 last_error: None,
                 referrers: None,
+                drift: Vec::new(),
+                last_record: None,
+                record_error: None,
             })
             .collect(),
         last_reconcile: None,
         last_success: None,
         last_error: None,
+        unrecorded: 0,
     }
 }
 
@@ -283,6 +321,18 @@ impl Status {
         };
         let at = outcome.at;
         entry.status.last_reconcile = Some(at);
+        entry.status.unrecorded = outcome.unrecorded;
+        for r in &outcome.records {
+            if let Some(stage) = entry.status.stages.iter_mut().find(|s| s.name == r.stage) {
+                match &r.result {
+                    Ok(d) => {
+                        stage.last_record = Some(d.clone());
+                        stage.record_error = None;
+                    }
+                    Err(e) => stage.record_error = Some(e.clone()),
+                }
+            }
+        }
         let plan = match &outcome.plan {
             Err(e) => {
                 entry.status.last_error = Some(e.chain());
@@ -319,7 +369,26 @@ impl Status {
                 until: None,
                 time: at,
             };
+            let drift: Vec<Drift> = outcome
+                .drift
+                .iter()
+                .filter(|d| d.stage == st.stage)
+                .cloned()
+                .collect();
+            let announced = std::mem::take(&mut was.drift);
+            let mut kept = std::collections::BTreeSet::new();
+            for d in &drift {
+                let key = (d.tag.clone(), d.found.to_string());
+                if !announced.contains(&key) {
+                    events.push(drift_event(&outcome.pipeline, st, d, at));
+                }
+                if d.open() {
+                    kept.insert(key);
+                }
+            }
             events.extend(stage.record(st, applied, was, at, event));
+            was.drift = kept;
+            stage.drift = drift;
             stage.referrers = ReferrersStatus::of(outcome, &st.stage);
         }
         events
@@ -425,6 +494,9 @@ mod tests {
             duration: Duration::ZERO,
             at: SystemTime::now(),
             referrers: Vec::new(),
+            records: Vec::new(),
+            unrecorded: 0,
+            drift: Vec::new(),
         }
     }
 

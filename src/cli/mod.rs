@@ -5,6 +5,7 @@
 //! errors also exit 2). Errors are printed once, by `main`, one sentence first.
 
 mod export;
+mod history;
 mod pipelines;
 mod remote;
 
@@ -75,6 +76,13 @@ pub enum Command {
     /// Promotes the source stage's current tag, or --tag. An existing target tag with another
     /// digest is still a conflict unless the stage allows overwrite.
     Promote(pipelines::PromoteArgs),
+    /// The promotions of a pipeline, read back from the promotion records in its registries.
+    ///
+    /// Newest first. Needs no daemon and no state directory: the records live next to the
+    /// images. Records that do not check out (not JSON of the record's shape, another
+    /// pipeline's, attached to another image) are skipped with a warning. Exit 1 when a
+    /// repository could not be read.
+    History(history::HistoryArgs),
     /// The daemon: reconcile every pipeline on its interval until SIGTERM or SIGINT.
     ///
     /// SIGHUP reloads the configuration (an invalid one is logged and ignored).
@@ -177,6 +185,24 @@ impl Output {
         };
         Ok(Some(text))
     }
+}
+
+/// Rows as left-aligned columns two spaces apart, one line each, for the tables people read.
+fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// `retagd policy`.
@@ -304,6 +330,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Fai
         Command::Plan(args) => pipelines::plan(&args, out, err),
         Command::Reconcile(args) => pipelines::reconcile(&args, out, err),
         Command::Promote(args) => pipelines::promote(&args, out, err),
+        Command::History(args) => history::history(&args, out, err),
         Command::Run(args) => pipelines::run(&args, err),
         Command::Status(args) => remote::status(&args, out),
         Command::Approve(args) => remote::approve(&args, out),

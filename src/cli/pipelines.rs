@@ -140,7 +140,7 @@ fn init_logging(format: LogFormat) {
     };
 }
 
-fn load(common: &Common, err: &mut dyn Write) -> Result<Config, Failure> {
+pub(super) fn load(common: &Common, err: &mut dyn Write) -> Result<Config, Failure> {
     init_logging(common.log_format);
     let loaded = config::load(&common.config).map_err(|e| Failure::Usage(e.into()))?;
     for w in &loaded.warnings {
@@ -149,7 +149,7 @@ fn load(common: &Common, err: &mut dyn Write) -> Result<Config, Failure> {
     Ok(loaded.config)
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -364,6 +364,17 @@ impl server::Handle for daemon::Shared {
 
     fn pushed(&self, host: Option<&str>, repository: &str) -> Vec<String> {
         daemon::Shared::pushed(self, host, repository)
+    }
+
+    fn history(
+        self: Arc<Self>,
+        pipeline: String,
+        stage: Option<String>,
+        limit: usize,
+    ) -> BoxFuture<'static, Option<Arc<Value>>> {
+        Box::pin(
+            async move { daemon::Shared::history(&self, &pipeline, stage.as_deref(), limit).await },
+        )
     }
 
     fn freezes(&self) -> Vec<Freeze> {

@@ -175,6 +175,18 @@ fn state_cell(s: &Value) -> String {
     let p = action.get("promotion").unwrap_or(&Value::Null);
     let step = || format!("{} -> {}", text(p, "from_tag"), text(p, "to_tag"));
     let kind = text(action, "kind");
+    let open_drift = s.get("drift").and_then(Value::as_array).and_then(|d| {
+        d.iter()
+            .find(|d| d.get("healed") != Some(&Value::Bool(true)))
+    });
+    if let Some(d) = open_drift {
+        return format!(
+            "drift: {} is {} (retagd wrote {})",
+            text(d, "tag"),
+            short_digest(text(d, "found")),
+            short_digest(text(d, "expected"))
+        );
+    }
     if s.get("last_error").is_some_and(|e| !e.is_null())
         && matches!(kind, "promote" | "pending" | "waiting" | "frozen")
     {
@@ -265,19 +277,7 @@ pub fn status_table(answer: &Value) -> String {
             }
         }
     }
-    let widths: Vec<usize> = (0..5)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in &rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
+    let mut out = super::columns(&rows);
     for n in notes {
         out.push_str(&n);
         out.push('\n');

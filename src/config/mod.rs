@@ -94,17 +94,20 @@ pub enum EventKind {
     Freeze,
     /// Someone lifted a freeze.
     Unfreeze,
+    /// A tag retagd wrote names another digest now (someone pushed over it).
+    Drift,
 }
 
 impl EventKind {
     /// Every kind, in the order the docs list them.
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 7] = [
         EventKind::Success,
         EventKind::Failure,
         EventKind::Conflict,
         EventKind::Pending,
         EventKind::Freeze,
         EventKind::Unfreeze,
+        EventKind::Drift,
     ];
 
     /// The name used in the config, payloads and metrics.
@@ -116,6 +119,7 @@ impl EventKind {
             EventKind::Pending => "pending",
             EventKind::Freeze => "freeze",
             EventKind::Unfreeze => "unfreeze",
+            EventKind::Drift => "drift",
         }
     }
 }
@@ -304,6 +308,9 @@ pub struct Pipeline {
     pub name: String,
     /// Reconcile interval.
     pub interval: Duration,
+    /// Write a promotion record into the target repository after each promotion (see
+    /// [`crate::record`]); on by default, so "who promoted this" has an answer in the registry.
+    pub records: bool,
     /// Stages in promotion order.
     pub stages: Vec<Stage>,
 }
@@ -354,6 +361,9 @@ pub struct Promotion {
     pub min_age: Option<Duration>,
     /// Whether an existing target tag with another digest may be moved.
     pub overwrite: bool,
+    /// A tag retagd wrote that someone moved (drift) is put back to the digest retagd wrote;
+    /// off by default: drift is reported, and a person decides.
+    pub heal: bool,
     /// When promotions into the stage may happen; always when empty.
     pub windows: Vec<crate::calendar::Window>,
     /// Which referrers follow a promoted image into this stage.

@@ -150,6 +150,8 @@ pub struct Pipeline {
     pub repository: String,
     /// Reconcile interval.
     pub interval: Option<String>,
+    /// Write a promotion record next to every promoted image (default true).
+    pub records: Option<bool>,
     /// Stages in promotion order.
     pub stages: Vec<Stage>,
 }
@@ -224,6 +226,8 @@ pub struct Promote {
     pub min_age: Option<String>,
     /// Whether an existing target tag with another digest may be moved.
     pub overwrite: Option<bool>,
+    /// Whether a tag retagd wrote and someone moved is put back.
+    pub heal: Option<bool>,
     /// When promotions into the stage may happen; any time when unset.
     pub windows: Option<Vec<Window>>,
     /// Whether and which signatures, attestations and SBOMs follow the image.

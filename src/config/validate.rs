@@ -652,6 +652,7 @@ fn pipeline(
     Some(Pipeline {
         name: raw.name.clone(),
         interval: interval?,
+        records: raw.records.unwrap_or(true),
         stages,
     })
 }
@@ -920,6 +921,7 @@ fn promotion(
         approval: approval?,
         min_age,
         overwrite: raw.overwrite.unwrap_or(false),
+        heal: raw.heal.unwrap_or(false),
         windows: windows.into_iter().collect::<Option<_>>()?,
         referrers: referrers(p, &ppath, raw.referrers.as_ref())?,
         verify: match &raw.verify {

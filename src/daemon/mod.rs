@@ -138,7 +138,17 @@ pub struct Shared {
     routes: RwLock<Arc<Routes>>,
     /// True once the daemon stops: approvals are refused, and one in flight starts no copy.
     stopping: watch::Sender<bool>,
+    /// Histories read lately, by (pipeline, stage, limit), so a dashboard open in many browsers
+    /// reads the registries once per [`HISTORY_FRESH`]; a pipeline's entries go when it writes
+    /// a record.
+    histories: std::sync::Mutex<HashMap<HistoryKey, (std::time::Instant, Arc<serde_json::Value>)>>,
 }
+
+/// A history asked for: pipeline, stage, limit.
+type HistoryKey = (String, Option<String>, usize);
+
+/// How long a history read from the registries is served again.
+const HISTORY_FRESH: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -194,7 +204,40 @@ impl Shared {
             notifier: RwLock::new(Arc::new(notifier)),
             routes: RwLock::new(Arc::new(Routes::new(config))),
             stopping: watch::Sender::new(false),
+            histories: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The pipeline's promotions from its registries' records, as `retagd history -o json`
+    /// prints them; `None` for a pipeline not configured.
+    pub async fn history(
+        &self,
+        pipeline: &str,
+        stage: Option<&str>,
+        limit: usize,
+    ) -> Option<Arc<serde_json::Value>> {
+        let routes = self.routes();
+        let p = routes
+            .config
+            .pipelines
+            .iter()
+            .find(|p| p.name == pipeline)?;
+        let key = (pipeline.to_string(), stage.map(str::to_string), limit);
+        let cached = {
+            let mut all = self.histories.lock().unwrap_or_else(|e| e.into_inner());
+            all.retain(|_, (at, _)| at.elapsed() < HISTORY_FRESH);
+            all.get(&key).map(|(_, v)| v.clone())
+        };
+        if let Some(v) = cached {
+            return Some(v);
+        }
+        let found = self.engine.history(p, stage, limit).await;
+        let value = Arc::new(found.json(pipeline));
+        self.histories
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, (std::time::Instant::now(), value.clone()));
+        Some(value)
     }
 
     /// The configuration in force.
@@ -251,6 +294,12 @@ impl Shared {
         }
         let events = self.status.record(outcome);
         self.metrics.record(outcome);
+        if outcome.records.iter().any(|r| r.result.is_ok()) {
+            self.histories
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|(p, _, _), _| *p != outcome.pipeline);
+        }
         let notifier = self
             .notifier
             .read()
@@ -307,11 +356,10 @@ impl Shared {
         let routes = self.routes();
         let (pipeline, index) = engine::approval_target(&routes.config.pipelines, pipeline, stage)?;
         let intent = asked.intent(index);
-        let mut outcome = self
+        let outcome = self
             .engine
             .reconcile(pipeline, &intent, &move || *stop.borrow())
             .await;
-        outcome.sign(index, &asked.by, asked.reason.as_deref());
         self.record(&outcome);
         let approved = outcome.approved(index)?;
         if let Approved::Promoted {

@@ -31,6 +31,10 @@ impl Asked {
             source_tag: self.tag.clone(),
             force: self.force,
             digest: self.digest.clone(),
+            approver: Some(super::plan::Approver {
+                by: self.by.clone(),
+                reason: self.reason.clone(),
+            }),
         }
     }
 }

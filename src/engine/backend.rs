@@ -57,6 +57,23 @@ pub trait Backend: Send + Sync {
         memo: &'a mut referrers::Memo,
     ) -> BoxFuture<'a, Result<referrers::Report>>;
 
+    /// The host of a configured registry, as records name it (the name itself when unknown).
+    fn host(&self, registry: &str) -> String;
+
+    /// Writes a promotion record (see [`registry::referrers::attach`]); the artifact
+    /// manifest's digest.
+    fn attach<'a>(&'a self, job: &'a RecordJob<'a>) -> BoxFuture<'a, Result<Digest>>;
+
+    /// The promotion records in a repository about `subjects` (see
+    /// [`registry::referrers::records`]); `tags` is the repository's listing.
+    fn records<'a>(
+        &'a self,
+        registry: &'a str,
+        repository: &'a str,
+        subjects: &'a [Digest],
+        tags: &'a [String],
+    ) -> BoxFuture<'a, Result<referrers::Found>>;
+
     /// The cosign signatures of `digest` in a repository, unchecked (see
     /// [`registry::referrers::signatures`]); `tags` is the repository's listing.
     fn signatures<'a>(
@@ -85,6 +102,23 @@ pub struct ReferrerJob<'a> {
     pub source_tags: &'a [String],
     /// artifactTypes carried; empty carries all.
     pub artifact_types: &'a [String],
+}
+
+/// One promotion record to write, by configured registry name.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordJob<'a> {
+    /// The target registry.
+    pub registry: &'a str,
+    /// The target repository.
+    pub repository: &'a str,
+    /// The promoted manifest.
+    pub subject: &'a Digest,
+    /// The record's artifact.
+    pub artifact: &'a crate::record::Artifact,
+    /// The record's time, for the index entry's annotation.
+    pub time: &'a str,
+    /// An earlier record in this repository wrote the empty config: skip it.
+    pub config_present: bool,
 }
 
 impl Registries {
@@ -178,6 +212,38 @@ impl Backend for Registries {
                 artifact_types: job.artifact_types,
             };
             Ok(referrers::carry(&route, job.digest, job.source_tags, memo).await)
+        })
+    }
+
+    fn host(&self, registry: &str) -> String {
+        self.get(registry)
+            .map_or_else(|| registry.to_string(), |c| c.host().to_string())
+    }
+
+    fn attach<'a>(&'a self, job: &'a RecordJob<'a>) -> BoxFuture<'a, Result<Digest>> {
+        Box::pin(async move {
+            let client = self.client(job.registry)?;
+            referrers::attach(
+                &client,
+                job.repository,
+                job.subject,
+                job.artifact,
+                (job.time, job.config_present),
+            )
+            .await
+        })
+    }
+
+    fn records<'a>(
+        &'a self,
+        registry: &'a str,
+        repository: &'a str,
+        subjects: &'a [Digest],
+        tags: &'a [String],
+    ) -> BoxFuture<'a, Result<referrers::Found>> {
+        Box::pin(async move {
+            let client = self.client(registry)?;
+            referrers::records(&client, repository, subjects, tags).await
         })
     }
 

@@ -31,6 +31,8 @@ pub enum Op {
     Fetch,
     /// [`Backend::copy`], matched on the target repository and tag.
     Copy,
+    /// [`Backend::attach`], matched on the target repository.
+    Attach,
 }
 
 /// Builds the error a failing operation returns (`registry::Error` is not `Clone`).
@@ -57,6 +59,8 @@ struct Inner {
     /// Per copy: the target tag, whether the source manifest came with it, and whether the
     /// destination was known absent.
     known: Vec<(String, bool, bool)>,
+    /// Records attached, per repository: the subject and the record's JSON.
+    records: BTreeMap<RepoKey, Vec<(Digest, Vec<u8>)>>,
 }
 
 impl Inner {
@@ -131,6 +135,21 @@ impl Memory {
             .unwrap_or_default()
     }
 
+    /// The records attached in a repository, in order: subject and record.
+    pub fn records(
+        &self,
+        registry: &str,
+        repository: &str,
+    ) -> Vec<(Digest, crate::record::Record)> {
+        self.inner()
+            .records
+            .get(&repo_key_of(registry, repository))
+            .into_iter()
+            .flatten()
+            .filter_map(|(d, bytes)| Some((d.clone(), crate::record::Record::read(bytes, d).ok()?)))
+            .collect()
+    }
+
     /// Calls of `op` so far (failed ones included).
     pub fn calls(&self, op: Op) -> usize {
         self.inner().calls.get(&op).copied().unwrap_or(0)
@@ -180,6 +199,11 @@ impl Memory {
             tag: tag.map(str::to_string),
             error: Box::new(error),
         });
+    }
+
+    /// Lets every operation succeed again.
+    pub fn recover(&self) {
+        self.inner().failures.clear();
     }
 
     /// The next `heads` HEADs of `tag` answer `None`, while the listing shows it.
@@ -251,6 +275,11 @@ impl Memory {
             blobs_uploaded: 0,
             bytes_uploaded: 0,
             blobs_present: 0,
+            subject: Some(crate::record::Subject {
+                digest: p.digest.clone(),
+                media_type: registry::manifest::OCI_MANIFEST.to_string(),
+                size: 1,
+            }),
         })
     }
 }
@@ -362,6 +391,56 @@ impl Backend for Memory {
         _memo: &'a mut registry::referrers::Memo,
     ) -> BoxFuture<'a, Result<registry::referrers::Report>> {
         Box::pin(async move { Ok(registry::referrers::Report::default()) })
+    }
+
+    fn host(&self, registry: &str) -> String {
+        format!("{registry}.example")
+    }
+
+    fn attach<'a>(
+        &'a self,
+        job: &'a super::backend::RecordJob<'a>,
+    ) -> BoxFuture<'a, Result<Digest>> {
+        Box::pin(async move {
+            let mut inner = self.count(Op::Attach);
+            let key = repo_key_of(job.registry, job.repository);
+            if let Some(e) = inner.failure(Op::Attach, &key, None) {
+                return Err(e);
+            }
+            inner
+                .records
+                .entry(key)
+                .or_default()
+                .push((job.subject.clone(), job.artifact.layer.clone()));
+            Ok(Digest::of(&job.artifact.manifest))
+        })
+    }
+
+    /// The records attached about `subjects` (the tag list plays no part here).
+    fn records<'a>(
+        &'a self,
+        registry: &'a str,
+        repository: &'a str,
+        subjects: &'a [Digest],
+        _tags: &'a [String],
+    ) -> BoxFuture<'a, Result<registry::referrers::Found>> {
+        Box::pin(async move {
+            let inner = self.inner();
+            let mut found = registry::referrers::Found::default();
+            for (subject, layer) in inner
+                .records
+                .get(&repo_key_of(registry, repository))
+                .into_iter()
+                .flatten()
+                .filter(|(d, _)| subjects.contains(d))
+            {
+                match crate::record::Record::read(layer, subject) {
+                    Ok(r) => found.records.push((Digest::of(layer), r)),
+                    Err(why) => found.skipped.push(why),
+                }
+            }
+            Ok(found)
+        })
     }
 
     /// No referrers, so no signatures either.

@@ -22,10 +22,12 @@ pub mod approval;
 pub mod backend;
 pub mod describe;
 pub mod freeze;
+pub mod history;
 #[cfg(test)]
 pub(crate) mod memory;
 pub mod outcome;
 pub mod plan;
+mod records;
 mod referrers;
 pub mod state;
 #[cfg(test)]
@@ -46,7 +48,10 @@ pub use approval::{approval_target, ApproveError, Approved, Asked, TargetError};
 pub use backend::Backend;
 pub use freeze::{FreezeError, Freezes};
 pub use outcome::{Applied, Next, Outcome, PromotionError};
-pub use plan::{Action, Intent, Observed, PipelinePlan, Planned, Promotion, StagePlan, Wait};
+pub use plan::{
+    Action, Approver, Intent, Observed, PipelinePlan, Planned, Promotion, StagePlan, Wait,
+};
+pub use records::{Drift, Recorded};
 pub use referrers::Carried;
 pub use state::State;
 
@@ -139,6 +144,8 @@ pub struct Engine {
     parallel: usize,
     /// Promoted digests whose referrers are watched, with what their targets have.
     referrers: referrers::Watched,
+    /// Promotion records not written yet, and drift sweeps.
+    records: records::Records,
     /// One state-file write at a time (see [`Engine::save_state_in_turn`]).
     saving: tokio::sync::Mutex<()>,
     /// `state_dir`: where retagd's writers on one machine (the daemon, `retagd promote`,
@@ -166,6 +173,7 @@ impl Engine {
             slots: Mutex::new(HashMap::new()),
             parallel: DEFAULT_PARALLEL,
             referrers: referrers::Watched::default(),
+            records: records::Records::default(),
             saving: tokio::sync::Mutex::new(()),
             writers: None,
         }
@@ -480,7 +488,7 @@ impl Engine {
         pipeline: &Pipeline,
         (plan, observed): (&PipelinePlan, &Observed),
         intent: &Intent,
-        exclusive: bool,
+        (exclusive, drift): (bool, &[Drift]),
         stopping: &(dyn Fn() -> bool + Sync),
     ) -> Vec<Applied> {
         // Retagd's writers exclude each other (`exclusive`), so a tag absent from a listing
@@ -512,7 +520,13 @@ impl Engine {
                     p.to_tag.clone(),
                 ));
             let started = Instant::now();
-            let result = if failed.contains(p.from_stage.as_str()) {
+            let drifted = drift.iter().find(|d| d.open() && d.stage == p.from_stage);
+            let result = if let Some(d) = drifted {
+                Err(PromotionError::Drifted {
+                    from_stage: d.stage.clone(),
+                    tag: d.tag.clone(),
+                })
+            } else if failed.contains(p.from_stage.as_str()) {
                 Err(PromotionError::Skipped {
                     from_stage: p.from_stage.clone(),
                 })
@@ -532,20 +546,26 @@ impl Engine {
                     .await
                     .map_err(PromotionError::Copy)
             };
+            let approver = intent
+                .approver
+                .as_ref()
+                .filter(|_| intent.approve == Some(index));
             let done = Applied {
                 stage: stage.stage.clone(),
                 promotion: p.clone(),
                 result,
                 duration: started.elapsed(),
                 forced: intent.force && intent.approve == Some(index),
-                approved_by: None,
-                reason: None,
+                approved_by: approver.map(|a| a.by.clone()),
+                reason: approver.and_then(|a| a.reason.clone()),
             };
             log_applied(&pipeline.name, stage, &done);
             match &done.result {
                 Ok(_) => {
-                    self.state()
-                        .observe(&pipeline.name, &stage.stage, &p.digest, SystemTime::now())
+                    let now = SystemTime::now();
+                    let mut state = self.state();
+                    state.observe(&pipeline.name, &stage.stage, &p.digest, now);
+                    state.wrote(&pipeline.name, &stage.stage, &p.to_tag, &p.digest, now);
                 }
                 Err(_) => {
                     failed.insert(stage.stage.as_str());
@@ -565,30 +585,39 @@ impl Engine {
         stopping: &(dyn Fn() -> bool + Sync),
     ) -> Outcome {
         let started = Instant::now();
-        let (plan, applied, referrers) = {
+        let (plan, applied, referrers, drift) = {
             let held = self.lock_targets(pipeline).await;
             match self.plan_holding_slots(pipeline, intent, true).await {
                 Ok((plan, observed)) => {
+                    let drift = self.drift(pipeline, &plan, &observed).await;
                     let applied = self
                         .apply(
                             pipeline,
                             (&plan, &observed),
                             intent,
-                            held.exclusive,
+                            (held.exclusive, &drift),
                             stopping,
                         )
                         .await;
-                    let referrers = if stopping() {
-                        Vec::new()
+                    if pipeline.records {
+                        self.queue_records(pipeline, &applied);
+                    }
+                    // Records before referrers, which take them on to later stages.
+                    let (records, referrers) = if stopping() {
+                        (Vec::new(), Vec::new())
                     } else {
-                        self.carry_referrers(pipeline, &plan, &observed, &applied)
-                            .await
+                        let records = self.write_records(&pipeline.name).await;
+                        let referrers = self
+                            .carry_referrers(pipeline, &plan, &observed, &applied)
+                            .await;
+                        (records, referrers)
                     };
-                    (Ok(plan), applied, referrers)
+                    (Ok(plan), applied, referrers, (drift, records))
                 }
-                Err(e) => (Err(e), Vec::new(), Vec::new()),
+                Err(e) => (Err(e), Vec::new(), Vec::new(), Default::default()),
             }
         };
+        let (drift, records) = drift;
         self.save_state_in_turn().await;
         let outcome = Outcome {
             pipeline: pipeline.name.clone(),
@@ -597,6 +626,9 @@ impl Engine {
             duration: started.elapsed(),
             at: SystemTime::now(),
             referrers,
+            records,
+            unrecorded: self.unrecorded(&pipeline.name),
+            drift,
         };
         outcome.log();
         outcome
@@ -634,6 +666,16 @@ impl Engine {
             exclusive: files.is_some(),
             _files: files,
         }
+    }
+
+    /// The pipeline's promotions as its registries' records say (see [`history`]).
+    pub async fn history(
+        &self,
+        pipeline: &Pipeline,
+        stage: Option<&str>,
+        limit: usize,
+    ) -> history::History {
+        history::read(self.backend().as_ref(), pipeline, stage, limit).await
     }
 
     /// Writes the state file if anything changed; a failure is logged, not fatal (it only

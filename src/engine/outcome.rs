@@ -21,6 +21,17 @@ pub enum PromotionError {
         /// The source stage whose own promotion failed.
         from_stage: String,
     },
+    /// The source stage's tag names another digest than retagd wrote (drift): what it holds
+    /// now was never approved, so it is not promoted onward.
+    #[error(
+        "not promoted: {tag} in {from_stage} was moved outside retagd (drift); put it back or heal"
+    )]
+    Drifted {
+        /// The drifted stage.
+        from_stage: String,
+        /// Its drifted tag.
+        tag: String,
+    },
     /// The copy failed.
     #[error(transparent)]
     Copy(#[from] registry::Error),
@@ -32,6 +43,7 @@ impl PromotionError {
     pub fn reason(&self) -> &'static str {
         match self {
             PromotionError::Skipped { .. } => "skipped",
+            PromotionError::Drifted { .. } => "drift",
             PromotionError::Copy(e) => e.reason().as_str(),
         }
     }
@@ -55,7 +67,7 @@ pub struct Applied {
     pub duration: Duration,
     /// Approved with `force`, before the stage's `min_age` had passed.
     pub forced: bool,
-    /// Who approved it, for a promotion someone approved ([`Outcome::sign`]).
+    /// Who approved it, for a promotion someone approved ([`super::Intent::approver`]).
     pub approved_by: Option<String>,
     /// The reason the approver gave.
     pub reason: Option<String>,
@@ -95,6 +107,12 @@ pub struct Outcome {
     pub at: SystemTime,
     /// The referrers carried into promoted stages, one entry per watched digest.
     pub referrers: Vec<super::Carried>,
+    /// The promotion records written or tried in this reconcile (new ones and earlier failures).
+    pub records: Vec<super::Recorded>,
+    /// Records of this pipeline still waiting to be written after it.
+    pub unrecorded: usize,
+    /// Tags retagd wrote that name another digest now, healed or not.
+    pub drift: Vec<super::Drift>,
 }
 
 impl Outcome {
@@ -133,30 +151,13 @@ impl Outcome {
 
     /// The wake-up decision.
     pub fn next(&self) -> Next {
-        if self.applied.iter().any(Applied::wrote) {
+        let healed = self.drift.iter().any(|d| d.healed.is_some() && !d.open());
+        if self.applied.iter().any(Applied::wrote) || healed {
             Next::Now
         } else if self.succeeded() {
             Next::Interval
         } else {
             Next::Backoff
-        }
-    }
-
-    /// Records who approved the promotion into stage `index` (a reconcile made with
-    /// [`super::Intent::approve`]), and why, on that promotion, before the outcome is recorded.
-    pub fn sign(&mut self, index: usize, by: &str, reason: Option<&str>) {
-        let Some(stage) = self
-            .plan
-            .as_ref()
-            .ok()
-            .and_then(|p| p.stages.get(index))
-            .map(|s| s.stage.clone())
-        else {
-            return;
-        };
-        if let Some(a) = self.applied.iter_mut().find(|a| a.stage == stage) {
-            a.approved_by = Some(by.to_string());
-            a.reason = reason.map(str::to_string);
         }
     }
 

@@ -75,6 +75,17 @@ pub struct Intent {
     /// With `approve`: the digest the approver saw; a candidate with another one is not
     /// promoted ([`Action::Moved`]).
     pub digest: Option<Digest>,
+    /// With `approve`: who approved, and why, as the promotion's record and events keep it.
+    pub approver: Option<Approver>,
+}
+
+/// Who approved a promotion, as its record, events and status name them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Approver {
+    /// An approver's name from the configuration, or the local user of `retagd promote`.
+    pub by: String,
+    /// Why, in the approver's words.
+    pub reason: Option<String>,
 }
 
 /// The answer of one planning round.
@@ -953,6 +964,7 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
             source_tag: None,
             force: false,
             digest: None,
+            approver: None,
         };
         let actions = run(&p, &o, &approve);
         assert_eq!(promote_to(&actions[1]).map(|p| p.1), Some("v1.2.0-rc.2"));
@@ -1214,6 +1226,7 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
             source_tag: None,
             force: false,
             digest: None,
+            approver: None,
         };
         assert_eq!(
             promote_to(&run(&p, &o, &approve)[2]),
@@ -1224,6 +1237,7 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
             source_tag: Some("v1.2.0-rc.1".into()),
             force: false,
             digest: None,
+            approver: None,
         };
         assert_eq!(
             promote_to(&run(&p, &o, &older)[2]),
@@ -1234,6 +1248,7 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
             source_tag: Some("v9.9.9-rc.1".into()),
             force: false,
             digest: None,
+            approver: None,
         };
         assert!(
             matches!(&run(&p, &o, &missing)[2], Action::Invalid { reason } if reason.contains("does not exist"))
@@ -1249,6 +1264,7 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
             source_tag: None,
             force: false,
             digest: Some(digest),
+            approver: None,
         };
         match &run(&p, &o, &seen(digest(1)))[2] {
             Action::Moved {
@@ -1274,6 +1290,7 @@ promote = {{ from = "staging", tag = "v{{major}}.{{minor}}.{{patch}}", {producti
             source_tag: None,
             force,
             digest: None,
+            approver: None,
         };
         // Before the soak: waiting, with the time it ends, whether or not someone approves.
         let until = now() + Duration::from_secs(23 * 3600);

@@ -1,7 +1,10 @@
 //! What retagd remembers between reconciles: when each digest was first seen as a stage's
-//! current tag, for `min_age`. Kept in memory, and in `state_dir/state.json` when configured.
+//! current tag, for `min_age`; and which digest it wrote under each tag it promoted, to notice
+//! drift (a tag moved by someone else). Kept in memory, and in `state_dir/state.json` when
+//! configured.
 //!
-//! Losing the file only restarts the clocks, which delays promotions and never hastens one. So a
+//! Losing the file only restarts the clocks, which delays promotions and never hastens one, and
+//! forgets what drift is measured against (the registry's promotion records still say it). So a
 //! damaged file is moved aside with a warning rather than stopping the daemon. Saving takes an
 //! exclusive lock on `state.lock`, merges with what is on disk (the earliest sighting wins, so a
 //! `retagd promote` next to the daemon loses nothing), writes a temporary file of its own,
@@ -18,6 +21,8 @@ use crate::reference::Digest;
 
 /// Digests remembered per stage; older ones are forgotten first.
 const KEEP_PER_STAGE: usize = 32;
+/// Tags written remembered per stage, for drift; older ones are forgotten first.
+const KEEP_WRITTEN_PER_STAGE: usize = 64;
 /// A state file larger than this is not ours.
 const MAX_STATE_BYTES: u64 = 16 << 20;
 
@@ -34,6 +39,17 @@ pub struct State {
 struct File {
     /// `pipeline/stage` -> digest -> first seen, seconds since the Unix epoch.
     first_seen: BTreeMap<String, BTreeMap<String, u64>>,
+    /// `pipeline/stage` -> tag -> what retagd last wrote under it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    written: BTreeMap<String, BTreeMap<String, Written>>,
+}
+
+/// A tag retagd wrote: the digest and when (seconds since the Unix epoch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Written {
+    digest: String,
+    at: u64,
 }
 
 /// Why the state could not be read or written.
@@ -126,6 +142,55 @@ impl State {
         self.dirty = true;
     }
 
+    /// Records that retagd wrote `digest` under `stage`'s `tag` at `now`.
+    pub fn wrote(
+        &mut self,
+        pipeline: &str,
+        stage: &str,
+        tag: &str,
+        digest: &Digest,
+        now: SystemTime,
+    ) {
+        let at = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let tags = self.file.written.entry(key(pipeline, stage)).or_default();
+        tags.insert(
+            tag.to_string(),
+            Written {
+                digest: digest.to_string(),
+                at,
+            },
+        );
+        prune_written(tags);
+        self.dirty = true;
+    }
+
+    /// The digest retagd last wrote under `stage`'s `tag`, if it wrote one (and remembers it).
+    pub fn written(&self, pipeline: &str, stage: &str, tag: &str) -> Option<Digest> {
+        self.file
+            .written
+            .get(&key(pipeline, stage))?
+            .get(tag)?
+            .digest
+            .parse()
+            .ok()
+    }
+
+    /// Every tag of `stage` retagd wrote and remembers, with its digest, the most recently
+    /// written first.
+    pub fn written_tags(&self, pipeline: &str, stage: &str) -> Vec<(String, Digest)> {
+        let mut tags: Vec<(&String, &Written)> = self
+            .file
+            .written
+            .get(&key(pipeline, stage))
+            .into_iter()
+            .flatten()
+            .collect();
+        tags.sort_by(|a, b| b.1.at.cmp(&a.1.at).then_with(|| a.0.cmp(b.0)));
+        tags.into_iter()
+            .filter_map(|(tag, w)| Some((tag.clone(), w.digest.parse().ok()?)))
+            .collect()
+    }
+
     /// Writes the file if anything changed and a `state_dir` is configured; see the module docs.
     pub fn save(&mut self) -> Result<(), Error> {
         match self.snapshot() {
@@ -184,6 +249,19 @@ impl Snapshot {
                     *entry = (*entry).min(at);
                 }
                 prune(ours);
+            }
+            // The later write of each tag wins.
+            for (stage, tags) in on_disk.written {
+                let ours = self.file.written.entry(stage).or_default();
+                for (tag, theirs) in tags {
+                    match ours.get(&tag) {
+                        Some(mine) if mine.at >= theirs.at => {}
+                        _ => {
+                            ours.insert(tag, theirs);
+                        }
+                    }
+                }
+                prune_written(ours);
             }
         }
         let text = serde_json::to_vec_pretty(&self.file).map_err(|e| Error::Corrupt {
@@ -247,6 +325,20 @@ fn prune(seen: &mut BTreeMap<String, u64>) {
     }
 }
 
+/// Keeps the [`KEEP_WRITTEN_PER_STAGE`] most recently written tags of a stage.
+fn prune_written(tags: &mut BTreeMap<String, Written>) {
+    while tags.len() > KEEP_WRITTEN_PER_STAGE {
+        let oldest = tags
+            .iter()
+            .min_by_key(|(t, w)| (w.at, (*t).clone()))
+            .map(|(t, _)| t.clone());
+        match oldest {
+            Some(t) => tags.remove(&t),
+            None => break,
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,5 +394,35 @@ mod tests {
         let merged = State::load(dir.path()).unwrap();
         assert_eq!(merged.first_seen("p", "dev", &digest(1)), Some(t(50)));
         assert_eq!(merged.first_seen("p", "rc", &digest(2)), Some(t(60)));
+    }
+
+    #[test]
+    fn written_tags_survive_a_restart_and_the_later_write_wins_a_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+        let mut daemon = State::load(dir.path()).unwrap();
+        let mut cli = State::load(dir.path()).unwrap();
+        daemon.wrote("p", "release", "v1", &digest(1), t(100));
+        cli.wrote("p", "release", "v1", &digest(2), t(200));
+        cli.wrote("p", "release", "v2", &digest(3), t(50));
+        cli.save().unwrap();
+        daemon.save().unwrap();
+        let merged = State::load(dir.path()).unwrap();
+        assert_eq!(merged.written("p", "release", "v1"), Some(digest(2)));
+        assert_eq!(merged.written("p", "release", "v2"), Some(digest(3)));
+        assert_eq!(merged.written("p", "rc", "v1"), None);
+        let mut many = State::load(dir.path()).unwrap();
+        for n in 0..70u8 {
+            many.wrote(
+                "p",
+                "rc",
+                &format!("t{n}"),
+                &digest(n),
+                t(1000 + u64::from(n)),
+            );
+        }
+        let tags = many.written_tags("p", "rc");
+        assert_eq!(tags.len(), 64);
+        assert!(!tags.iter().any(|(t, _)| t == "t0"));
     }
 }

@@ -401,3 +401,164 @@ async fn an_invalid_stage_is_one_of_the_outcomes_problems() {
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].starts_with("app/rc: invalid: "), "{problems:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn each_promotion_leaves_a_record_and_one_that_cannot_be_written_is_retried() {
+    let backend = Arc::new(Memory::default());
+    let dev1 = backend.push("r", "app/dev", "v1.2.0-dev.1");
+    let pipeline = app("manual");
+    let engine = engine(&backend);
+    backend.fail(Op::Attach, "r", "app/rc", None, || http("r", 503));
+
+    // The promotion stands; its record waits.
+    let first = reconcile(&engine, &pipeline).await;
+    assert_eq!(backend.tags("r", "app/rc").get("v1.2.0-rc.1"), Some(&dev1));
+    assert!(first.records[0].result.is_err(), "{:?}", first.records);
+    assert_eq!(first.unrecorded, 1);
+    assert!(backend.records("r", "app/rc").is_empty());
+
+    backend.recover();
+    let second = reconcile(&engine, &pipeline).await;
+    assert!(second.records[0].result.is_ok(), "{:?}", second.records);
+    assert_eq!(second.unrecorded, 0);
+    let records = backend.records("r", "app/rc");
+    assert_eq!(records.len(), 1);
+    let (subject, r) = &records[0];
+    assert_eq!(subject, &dev1);
+    assert_eq!(
+        (r.pipeline.as_str(), r.stage.as_str(), r.approval.as_str()),
+        ("app", "rc", "auto")
+    );
+    assert_eq!(
+        (r.from.tag.as_str(), r.to.tag.as_str()),
+        ("v1.2.0-dev.1", "v1.2.0-rc.1")
+    );
+    assert_eq!(r.to.registry, "r.example", "hosts, not configured names");
+    assert_eq!(r.approved_by, None);
+
+    // An approval is recorded with its approver and reason.
+    let asked = Asked {
+        by: "alice".into(),
+        reason: Some("CAB-7".into()),
+        ..Asked::default()
+    };
+    let approved = engine
+        .reconcile(&pipeline, &asked.intent(2), &|| false)
+        .await;
+    assert!(approved.succeeded(), "{:?}", approved.problems());
+    let records = backend.records("r", "app/release");
+    assert_eq!(records.len(), 1, "{records:?}");
+    let r = &records[0].1;
+    assert_eq!(
+        (
+            r.approval.as_str(),
+            r.approved_by.as_deref(),
+            r.reason.as_deref()
+        ),
+        ("manual", Some("alice"), Some("CAB-7"))
+    );
+
+    // Nothing new: nothing recorded again.
+    let steady = reconcile(&engine, &pipeline).await;
+    assert!(steady.records.is_empty(), "{:?}", steady.records);
+    assert_eq!(backend.calls(Op::Attach), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn records_off_writes_none() {
+    let backend = Arc::new(Memory::default());
+    backend.push("r", "app/dev", "v1.2.0-dev.1");
+    let text = pipeline_toml("app", &APP, None).replace(
+        "repository = \"app/dev\"\n",
+        "repository = \"app/dev\"\nrecords = false\n",
+    );
+    let pipeline = pipelines(&[text]).remove(0);
+    assert!(!pipeline.records);
+    let engine = engine(&backend);
+    let outcome = reconcile(&engine, &pipeline).await;
+    assert!(outcome.succeeded());
+    assert!(outcome.records.is_empty());
+    assert_eq!(backend.calls(Op::Attach), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_release_tag_moved_by_hand_is_drift_and_heal_puts_it_back() {
+    let backend = Arc::new(Memory::default());
+    let dev1 = backend.push("r", "app/dev", "v1.2.0-dev.1");
+    let pipeline = app("auto");
+    let engine = engine(&backend);
+    let first = reconcile(&engine, &pipeline).await;
+    assert!(first.succeeded(), "{:?}", first.problems());
+    assert_eq!(backend.tags("r", "app/release").get("v1.2.0"), Some(&dev1));
+
+    // Someone pushes other bytes over v1.2.0: drift, reported every round, nothing written.
+    let forged = memory::digest("forged");
+    backend.set("r", "app/release", "v1.2.0", &forged);
+    for _ in 0..2 {
+        let seen = reconcile(&engine, &pipeline).await;
+        assert_eq!(
+            seen.drift,
+            [Drift {
+                stage: "release".into(),
+                tag: "v1.2.0".into(),
+                expected: dev1.clone(),
+                found: forged.clone(),
+                healed: None,
+            }]
+        );
+        assert!(seen.applied.is_empty(), "{:?}", seen.applied);
+    }
+    assert_eq!(
+        backend.tags("r", "app/release").get("v1.2.0"),
+        Some(&forged)
+    );
+
+    // With heal, the tag is put back and the heal is recorded; then all is quiet.
+    let text = pipeline_toml("app", &APP, Some("auto")).replace(
+        "approval = \"auto\" }\n",
+        "approval = \"auto\", heal = true }\n",
+    );
+    let healing = pipelines(&[text]).remove(0);
+    let healed = reconcile(&engine, &healing).await;
+    assert_eq!(healed.drift.len(), 1);
+    assert_eq!(healed.drift[0].healed, Some(Ok(())));
+    assert_eq!(healed.next(), Next::Now);
+    assert_eq!(backend.tags("r", "app/release").get("v1.2.0"), Some(&dev1));
+    let records = backend.records("r", "app/release");
+    let heal = records.last().map(|(_, r)| r.reason.clone());
+    assert!(
+        heal.flatten()
+            .is_some_and(|r| r.starts_with("heal: v1.2.0 named")),
+        "{records:?}"
+    );
+    let after = reconcile(&engine, &healing).await;
+    assert!(after.succeeded(), "{:?}", after.problems());
+    assert!(after.drift.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_is_promoted_out_of_a_drifted_stage() {
+    let backend = Arc::new(Memory::default());
+    backend.push("r", "app/dev", "v1.2.0-dev.1");
+    let pipeline = app("manual");
+    let engine = engine(&backend);
+    let _ = reconcile(&engine, &pipeline).await;
+
+    // rc.1 is pushed over; approving the release of what rc holds now is refused.
+    let forged = memory::digest("forged");
+    backend.set("r", "app/rc", "v1.2.0-rc.1", &forged);
+    let asked = Asked {
+        by: "alice".into(),
+        ..Asked::default()
+    };
+    let held = engine
+        .reconcile(&pipeline, &asked.intent(2), &|| false)
+        .await;
+    let refused: Vec<_> = held
+        .failures()
+        .map(|(a, e)| (a.stage.as_str(), e.reason()))
+        .collect();
+    assert_eq!(refused, [("release", "drift")], "{:?}", held.plan);
+    assert!(backend.tags("r", "app/release").is_empty());
+    assert!(held.drift[0].open());
+}

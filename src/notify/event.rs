@@ -138,6 +138,18 @@ impl Event {
                 self.approved_by.as_deref().unwrap_or("?"),
                 self.reason.as_deref().unwrap_or_default()
             ),
+            EventKind::Drift => format!(
+                "{pipeline}/{stage}: {to_tag} was moved outside retagd: it names {}, retagd wrote \
+                 {digest}{}",
+                self.existing_digest
+                    .as_deref()
+                    .map_or_else(|| "another digest".to_string(), short_digest),
+                match (&self.error, &self.reason) {
+                    (Some(e), _) => format!("; putting it back failed: {e}"),
+                    (None, Some(r)) => format!("; {r}"),
+                    (None, None) => String::new(),
+                }
+            ),
         }
     }
 }
@@ -192,6 +204,14 @@ mod tests {
             conflict.summary(),
             "api-gateway/staging: cannot promote v1.2.0-dev.3 -> v1.2.0-rc.1 \
              (sha256:abcd1234ef56): v1.2.0-rc.1 already holds sha256:0123456789ab"
+        );
+        let mut drift = event(EventKind::Drift);
+        drift.from_tag = drift.to_tag.clone();
+        drift.existing_digest = Some("sha256:0123456789abcdef".into());
+        assert_eq!(
+            drift.summary(),
+            "api-gateway/staging: v1.2.0-rc.1 was moved outside retagd: it names \
+             sha256:0123456789ab, retagd wrote sha256:abcd1234ef56"
         );
         assert_eq!(
             event(EventKind::Pending).summary(),

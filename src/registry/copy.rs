@@ -70,6 +70,9 @@ pub struct Report {
     pub bytes_uploaded: u64,
     /// Blobs the destination already had.
     pub blobs_present: usize,
+    /// The root manifest as a referrer's `subject` names it; `None` when it was not read (up
+    /// to date).
+    pub subject: Option<crate::record::Subject>,
 }
 
 impl Report {
@@ -83,6 +86,7 @@ impl Report {
             blobs_uploaded: 0,
             bytes_uploaded: 0,
             blobs_present: 0,
+            subject: None,
         }
     }
 }
@@ -151,6 +155,11 @@ pub async fn copy_knowing(
         _ => job.root(wanted.as_ref()).await?,
     };
     let mut report = Report::new(root.digest.clone(), job.path);
+    report.subject = Some(crate::record::Subject {
+        digest: root.digest.clone(),
+        media_type: root.media_type.clone(),
+        size: root.bytes.len() as u64,
+    });
     if job.path != Path::SameRepository {
         job.push_below_root(&root, &mut report).await?;
     }
@@ -604,6 +613,82 @@ impl Job<'_> {
         }
         Ok(())
     }
+}
+
+/// Whether `repo` has the blob (a HEAD).
+pub(super) async fn has_blob(
+    dst: &Client,
+    repo: &str,
+    digest: &Digest,
+    scopes: &Scopes,
+) -> Result<bool, Error> {
+    let req = Request::new(
+        Method::HEAD,
+        dst.url(&format!("/v2/{repo}/blobs/{digest}"))?,
+        scopes,
+    );
+    let answer = dst.transport.fetch(&req, MAX_ERROR_BODY).await?;
+    match answer.status {
+        s if s.is_success() => Ok(true),
+        StatusCode::NOT_FOUND => Ok(false),
+        _ => Err(dst.unexpected(&req, &answer)),
+    }
+}
+
+/// Writes a small blob held in memory (a promotion record, the empty config) into `repo`,
+/// retried as one: a single POST with the digest and the bytes (the spec's monolithic upload,
+/// one request), or, from a registry that opens a session instead (202), a PUT into it.
+pub(super) async fn put_small_blob(
+    dst: &Client,
+    repo: &str,
+    bytes: &[u8],
+    scopes: &Scopes,
+) -> Result<(), Error> {
+    let digest = Digest::of(bytes);
+    let mut url = dst.url(&format!("/v2/{repo}/blobs/uploads/"))?;
+    url.query_pairs_mut().append_pair("digest", digest.as_str());
+    let body = Bytes::copy_from_slice(bytes);
+    let octets = || {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        headers
+    };
+    dst.transport
+        .retrying(|| async {
+            let post = Request {
+                method: Method::POST,
+                url: url.clone(),
+                headers: octets(),
+                body: Some(body.clone()),
+                scopes,
+            };
+            let answer = dst.transport.fetch(&post, MAX_ERROR_BODY).await?;
+            match answer.status {
+                StatusCode::CREATED => return Ok(()),
+                StatusCode::ACCEPTED => {}
+                _ => return Err(dst.unexpected(&post, &answer)),
+            }
+            let mut session = location(dst, &post, &answer.headers)?;
+            session
+                .query_pairs_mut()
+                .append_pair("digest", digest.as_str());
+            let put = Request {
+                method: Method::PUT,
+                url: session,
+                headers: octets(),
+                body: Some(body.clone()),
+                scopes,
+            };
+            let answer = dst.transport.fetch(&put, MAX_ERROR_BODY).await?;
+            if !answer.status.is_success() {
+                return Err(dst.unexpected(&put, &answer));
+            }
+            Ok(())
+        })
+        .await
 }
 
 /// The upload session a `Location` names, relative to the request that got it.

@@ -34,6 +34,7 @@ use super::manifest::{self, Contents, Manifest};
 use super::transport::Request;
 use super::{copy, Client, Error};
 use crate::cosign::{Evidence, MAX_EVIDENCE_BYTES};
+use crate::record;
 use crate::reference::{Digest, Reference};
 
 /// Referrers of referrers are followed this deep (image -> SBOM -> signature of the SBOM).
@@ -588,12 +589,32 @@ async fn fallback_index(
             return Ok(());
         }
     }
+    let entries: Vec<(String, Value)> = carried
+        .iter()
+        .map(|e| (e.digest.to_string(), e.raw.clone()))
+        .collect();
+    let (wrote, listed) = extend_index(route.dst, route.dst_repo, subject, &entries).await?;
+    if wrote {
+        report.written += 1;
+    }
+    let known = memo.indexed.entry(subject.clone()).or_default();
+    known.extend(listed.iter().filter_map(|d| d.parse::<Digest>().ok()));
+    known.extend(carried.iter().map(|e| e.digest.clone()));
+    Ok(())
+}
+
+/// Extends the `sha256-<hex>` index of `subject` in `repo` with the `entries` (digest,
+/// descriptor) it does not list yet: re-read right before, every entry already there kept,
+/// written only when it grew. Returns whether it wrote, and the digests it listed before.
+async fn extend_index(
+    dst: &Client,
+    repo: &str,
+    subject: &Digest,
+    entries: &[(String, Value)],
+) -> Result<(bool, BTreeSet<String>), Error> {
+    let scopes = Scopes::from([auth::pull_push(repo)]);
     let tag = fallback_tag(subject);
-    let existing = match route
-        .dst
-        .get_manifest_with(route.dst_repo, &tag, None, &dst_scopes)
-        .await
-    {
+    let existing = match dst.get_manifest_with(repo, &tag, None, &scopes).await {
         Ok(m) => Some(m),
         Err(e) if e.is_not_found() => None,
         Err(e) => return Err(e),
@@ -603,15 +624,15 @@ async fn fallback_index(
             .ok()
             .filter(|v| v.get("manifests").is_none_or(Value::is_array))
             .ok_or_else(|| Error::Protocol {
-                registry: route.dst.name().to_string(),
-                what: format!("{}:{tag} is not a JSON index; left alone", route.dst_repo),
+                registry: dst.name().to_string(),
+                what: format!("{repo}:{tag} is not a JSON index; left alone"),
             })?,
         Some(m) => {
             return Err(Error::Protocol {
-                registry: route.dst.name().to_string(),
+                registry: dst.name().to_string(),
                 what: format!(
-                    "{}:{tag} is a {}, not a referrers index; left alone",
-                    route.dst_repo, m.media_type
+                    "{repo}:{tag} is a {}, not a referrers index; left alone",
+                    m.media_type
                 ),
             })
         }
@@ -630,33 +651,140 @@ async fn fallback_index(
                 .collect()
         })
         .unwrap_or_default();
-    let missing: Vec<Value> = carried
+    let missing: Vec<Value> = entries
         .iter()
-        .filter(|e| !listed.contains(e.digest.as_str()))
-        .map(|e| e.raw.clone())
+        .filter(|(d, _)| !listed.contains(d))
+        .map(|(_, raw)| raw.clone())
         .collect();
-    if !missing.is_empty() {
-        if let Some(Value::Array(manifests)) = index.get_mut("manifests") {
-            manifests.extend(missing);
-        } else if let Some(object) = index.as_object_mut() {
-            object.insert("manifests".into(), Value::Array(missing));
-        }
-        let bytes = bytes::Bytes::from(serde_json::to_vec(&index).unwrap_or_default());
-        let m = Manifest {
-            digest: Digest::of(&bytes),
-            bytes,
-            media_type: manifest::OCI_INDEX.to_string(),
-        };
-        route
-            .dst
-            .put_manifest(route.dst_repo, &tag, &m, &dst_scopes)
-            .await?;
-        report.written += 1;
+    if missing.is_empty() {
+        return Ok((false, listed));
     }
-    let known = memo.indexed.entry(subject.clone()).or_default();
-    known.extend(listed.iter().filter_map(|d| d.parse::<Digest>().ok()));
-    known.extend(carried.iter().map(|e| e.digest.clone()));
-    Ok(())
+    if let Some(Value::Array(manifests)) = index.get_mut("manifests") {
+        manifests.extend(missing);
+    } else if let Some(object) = index.as_object_mut() {
+        object.insert("manifests".into(), Value::Array(missing));
+    }
+    let bytes = bytes::Bytes::from(serde_json::to_vec(&index).unwrap_or_default());
+    let m = Manifest {
+        digest: Digest::of(&bytes),
+        bytes,
+        media_type: manifest::OCI_INDEX.to_string(),
+    };
+    dst.put_manifest(repo, &tag, &m, &scopes).await?;
+    Ok((true, listed))
+}
+
+/// Writes a promotion record about `subject` into `repo`: the empty config (HEADed first,
+/// unless `config_present`: an earlier record in this repository wrote it) and the record's
+/// layer,
+/// the artifact manifest by digest, and its entry in the `sha256-<hex>` index unless the
+/// registry lists referrers itself (`OCI-Subject` on the PUT). Returns the artifact manifest's
+/// digest. Nothing is overwritten: the manifest is written by digest, the index only grows.
+pub async fn attach(
+    dst: &Client,
+    repo: &str,
+    subject: &Digest,
+    artifact: &record::Artifact,
+    (time, config_present): (&str, bool),
+) -> Result<Digest, Error> {
+    let scopes = Scopes::from([auth::pull_push(repo)]);
+    if !config_present
+        && !copy::has_blob(dst, repo, &Digest::of(record::EMPTY_BYTES), &scopes).await?
+    {
+        copy::put_small_blob(dst, repo, record::EMPTY_BYTES, &scopes).await?;
+    }
+    copy::put_small_blob(dst, repo, &artifact.layer, &scopes).await?;
+    let bytes = bytes::Bytes::from(artifact.manifest.clone());
+    let m = Manifest {
+        digest: Digest::of(&bytes),
+        bytes,
+        media_type: manifest::OCI_MANIFEST.to_string(),
+    };
+    let headers = dst
+        .put_manifest(repo, m.digest.as_str(), &m, &scopes)
+        .await?;
+    if !headers.contains_key("oci-subject") {
+        let entry = (m.digest.to_string(), artifact.descriptor(time));
+        extend_index(dst, repo, subject, &[entry]).await?;
+    }
+    Ok(m.digest)
+}
+
+/// What [`records`] found in one repository: the records, and what was skipped and why.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// The records read and checked, with the digest of the manifest that holds each.
+    pub records: Vec<(Digest, record::Record)>,
+    /// Artifacts of the record type that did not pass [`record::Record::read`], with why.
+    pub skipped: Vec<String>,
+}
+
+/// The promotion records in `repo` about the given subjects (at most [`MAX_SUBJECTS`]): listed
+/// by the referrers API where the registry serves it, else by each subject's `sha256-<hex>`
+/// index when `tags` (the repository's listing) shows one. Each is read and checked; a record
+/// that does not check out is skipped with the reason, never returned.
+pub async fn records(
+    src: &Client,
+    repo: &str,
+    subjects: &[Digest],
+    tags: &[String],
+) -> Result<Found, Error> {
+    let tags: HashSet<&str> = tags.iter().map(String::as_str).collect();
+    let mut memo = Memo::default();
+    let mut found = Found::default();
+    let mut seen = HashSet::new();
+    for subject in subjects.iter().take(MAX_SUBJECTS) {
+        let entries = match listing(src, repo, subject, &tags, &mut memo).await? {
+            Listing::Fresh(entries, _) | Listing::Known(entries) => entries,
+            Listing::None => continue,
+        };
+        for e in entries
+            .iter()
+            .filter(|e| e.artifact_type.as_deref() == Some(record::ARTIFACT_TYPE))
+            .take(MAX_REFERRERS)
+        {
+            if !seen.insert(e.digest.clone()) {
+                continue;
+            }
+            match read_record(src, repo, subject, &e.digest).await {
+                Ok(Ok(r)) => found.records.push((e.digest.clone(), r)),
+                Ok(Err(why)) => {
+                    let why = format!("{repo}@{}: {why}", e.digest);
+                    tracing::warn!(record = %e.digest, "skipping a promotion record: {why}");
+                    found.skipped.push(why);
+                }
+                Err(err) if err.is_not_found() => {
+                    found
+                        .skipped
+                        .push(format!("{repo}@{}: listed but gone", e.digest));
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// One record: its manifest and layer, read and checked against `subject`. The outer error is
+/// the registry's; the inner one says why the artifact is not a record to trust.
+async fn read_record(
+    src: &Client,
+    repo: &str,
+    subject: &Digest,
+    digest: &Digest,
+) -> Result<Result<record::Record, String>, Error> {
+    let m = src.get_manifest(repo, digest.as_str()).await?;
+    let (layer, size, about) = match record::Record::layer_of(&m.bytes) {
+        Ok(found) => found,
+        Err(why) => return Ok(Err(why)),
+    };
+    if about != *subject {
+        return Ok(Err(format!(
+            "listed as a referrer of {subject} but its subject is {about}"
+        )));
+    }
+    let bytes = blob(src, repo, &layer, size).await?;
+    Ok(record::Record::read(&bytes, subject))
 }
 
 /// A Sigstore bundle's artifactType and layer media type.

@@ -68,6 +68,32 @@ fn pipeline_json(name: &str, status: &PipelineStatus) -> Value {
                 );
                 fields.insert("last_error".into(), json!(s.last_error));
                 fields.insert(
+                    "drift".into(),
+                    Value::Array(
+                        s.drift
+                            .iter()
+                            .map(|d| {
+                                json!({
+                                    "tag": d.tag,
+                                    "expected": d.expected.to_string(),
+                                    "found": d.found.to_string(),
+                                    "healed": match &d.healed {
+                                        None => Value::Null,
+                                        Some(Ok(())) => json!(true),
+                                        Some(Err(_)) => json!(false),
+                                    },
+                                    "heal_error": d.healed.as_ref().and_then(|h| h.as_ref().err()),
+                                })
+                            })
+                            .collect(),
+                    ),
+                );
+                fields.insert(
+                    "last_record".into(),
+                    json!(s.last_record.as_ref().map(ToString::to_string)),
+                );
+                fields.insert("record_error".into(), json!(s.record_error));
+                fields.insert(
                     "referrers".into(),
                     s.referrers.as_ref().map_or(Value::Null, |r| {
                         json!({"summary": r.summary, "failures": r.failures, "skipped": r.skipped})
@@ -82,6 +108,7 @@ fn pipeline_json(name: &str, status: &PipelineStatus) -> Value {
         "last_reconcile": time(status.last_reconcile),
         "last_success": time(status.last_success),
         "last_error": status.last_error,
+        "unrecorded": status.unrecorded,
         "stages": stages,
     })
 }
@@ -103,6 +130,63 @@ pub(super) async fn one(
     match shared.status().get(&pipeline) {
         Some(status) => Json(pipeline_json(&pipeline, &status)).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no pipeline {pipeline:?}")),
+    }
+}
+
+/// Most promotions one history answer lists.
+const MAX_HISTORY: usize = 500;
+
+/// `?stage=&limit=` of a history request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HistoryQuery {
+    stage: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/pipelines/{pipeline}/history`: the same JSON as `retagd history -o json`.
+pub(super) async fn history(
+    State(shared): State<Arc<Shared>>,
+    Path(pipeline): Path<String>,
+    query: Result<axum::extract::Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let query = match query {
+        Ok(q) => q.0,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("query: {} (it takes stage and limit)", e.body_text()),
+            )
+        }
+    };
+    let limit = query.limit.unwrap_or(50);
+    if limit == 0 || limit > MAX_HISTORY {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("limit: 1 to {MAX_HISTORY}"),
+        );
+    }
+    let config = shared.config();
+    let Some(p) = config.pipelines.iter().find(|p| p.name == pipeline) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no pipeline {:?}", reference::shorten(&pipeline, 100)),
+        );
+    };
+    if let Some(stage) = &query.stage {
+        if !p.stages.iter().any(|s| &s.name == stage) {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "pipeline {pipeline} has no stage {:?}",
+                    reference::shorten(stage, 100)
+                ),
+            );
+        }
+    }
+    match shared.history(pipeline, query.stage, limit).await {
+        Some(v) => Json(v.as_ref().clone()).into_response(),
+        None => error(StatusCode::NOT_FOUND, "no such pipeline".to_string()),
     }
 }
 

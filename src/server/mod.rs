@@ -71,6 +71,14 @@ pub trait Handle: Send + Sync + 'static {
     /// A registry reported a push of `repository` (on `host`, when it said): wakes the
     /// pipelines with a stage there and returns their names.
     fn pushed(&self, host: Option<&str>, repository: &str) -> Vec<String>;
+    /// The pipeline's promotions (into `stage` only, when given), newest first, at most
+    /// `limit`, from its registries' records; `None` for a pipeline not configured.
+    fn history(
+        self: Arc<Self>,
+        pipeline: String,
+        stage: Option<String>,
+        limit: usize,
+    ) -> futures_util::future::BoxFuture<'static, Option<Arc<serde_json::Value>>>;
     /// Every freeze not over yet.
     fn freezes(&self) -> Vec<Freeze>;
     /// Sets a freeze, already checked against the configuration.
@@ -194,6 +202,10 @@ pub fn router_with(shared: Arc<dyn Handle>, limits: Limits) -> Router {
         .route(
             "/api/v1/pipelines/{pipeline}",
             get(api::one).route_layer(read_gate.clone()),
+        )
+        .route(
+            "/api/v1/pipelines/{pipeline}/history",
+            get(api::history).route_layer(read_gate.clone()),
         )
         .route(
             "/api/v1/pipelines/{pipeline}/stages/{stage}/promote",

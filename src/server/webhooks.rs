@@ -43,7 +43,7 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use super::same_secret;
-use crate::reference::{is_valid_host, is_valid_repository, is_valid_tag, DOCKER_HUB};
+use crate::reference::{is_valid_host, is_valid_repository, is_valid_tag, shorten, DOCKER_HUB};
 
 /// Most events (distribution) or resources (Harbor) in one payload: bounds a request's work.
 pub const MAX_ENTRIES: usize = 1000;
@@ -309,13 +309,6 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
 /// A 400 whose message, which may quote the payload, cannot flood a log.
 fn bad(message: String) -> Refusal {
     Refusal::BadRequest(shorten(&message, 300))
-}
-
-fn shorten(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => format!("{}...", &s[..i]),
-        None => s.to_owned(),
-    }
 }
 
 fn limit(what: &str, n: usize) -> Result<(), Refusal> {

@@ -524,13 +524,41 @@ async fn a_new_build_is_promoted_with_a_tag_list_a_get_and_a_put_and_a_steady_ro
     env.proxy.clear();
     let out = run(&config, &["reconcile"]).await;
     assert!(out.status.success(), "{}", text(&out));
+    // The promotion (3 requests), then its record: the empty config looked for and uploaded
+    // (this registry opens a session for a POST with a digest, so a PUT follows), the record's
+    // layer, the artifact by digest, and the sha256-<hex> index read and extended.
+    let lines = env.proxy.request_lines();
+    let shapes: Vec<String> = lines
+        .iter()
+        .map(|l| l.split_once('?').map_or(l.as_str(), |(path, _)| path))
+        .map(|l| {
+            let (head, last) = l.rsplit_once('/').unwrap();
+            match () {
+                _ if head.ends_with("/blobs/uploads") && !last.is_empty() => {
+                    format!("{head}/<session>")
+                }
+                _ if last.starts_with("sha256:") => format!("{head}/<digest>"),
+                _ => l.to_string(),
+            }
+        })
+        .collect();
+    let index = format!("/v2/{REPO}/manifests/sha256-{}", &dev1[7..]);
     assert_eq!(
-        env.proxy.request_lines(),
+        shapes,
         [
-            format!("GET /v2/{REPO}/tags/list?n=1000"),
+            format!("GET /v2/{REPO}/tags/list"),
             format!("GET /v2/{REPO}/manifests/v1.2.0-dev.1"),
             format!("PUT /v2/{REPO}/manifests/v1.2.0-rc.1"),
-        ]
+            format!("HEAD /v2/{REPO}/blobs/<digest>"),
+            format!("POST /v2/{REPO}/blobs/uploads/"),
+            format!("PUT /v2/{REPO}/blobs/uploads/<session>"),
+            format!("POST /v2/{REPO}/blobs/uploads/"),
+            format!("PUT /v2/{REPO}/blobs/uploads/<session>"),
+            format!("PUT /v2/{REPO}/manifests/<digest>"),
+            format!("GET {index}"),
+            format!("PUT {index}"),
+        ],
+        "{lines:#?}"
     );
     assert_eq!(
         env.digest(REPO, "v1.2.0-rc.1").await.as_deref(),

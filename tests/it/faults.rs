@@ -122,6 +122,14 @@ impl Fleet {
                 if tag.contains("-dev.") {
                     continue;
                 }
+                // The promotion records' index: only ever about an image pushed here.
+                if let Some(hex) = tag.strip_prefix("sha256-") {
+                    assert!(
+                        self.pushed[repo].iter().any(|d| d.ends_with(hex)),
+                        "{repo}:{tag}: records about an image nobody pushed"
+                    );
+                    continue;
+                }
                 let round: usize = tag
                     .strip_prefix("v1.")
                     .and_then(|t| t.split('.').next())

@@ -17,6 +17,7 @@ mod notify;
 mod policy_props;
 mod policy_table;
 mod reasons;
+mod records;
 mod referrers;
 mod registry;
 mod server;

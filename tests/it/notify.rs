@@ -341,7 +341,7 @@ async fn endpoints_get_only_the_events_they_subscribe_to() {
     assert_eq!(kinds(&problems), ["failure", "conflict"]);
     assert_eq!(
         kinds(&everything),
-        ["success", "failure", "conflict", "pending", "freeze", "unfreeze"]
+        ["success", "failure", "conflict", "pending", "freeze", "unfreeze", "drift"]
     );
 }
 

@@ -1,6 +1,8 @@
 //! Signatures, attestations and SBOMs follow a promoted image into other repositories and
 //! registries (issue 16), against the CNCF registry 2.8, which has no referrers API: the cosign
-//! tags and the referrers tag schema (`sha256-<hex>` indexes) are the paths here.
+//! tags and the referrers tag schema (`sha256-<hex>` indexes) are the paths here. Promotion
+//! records are off, so the counts here are the other tools' referrers only; `records.rs` shows
+//! records carried like any other referrer.
 
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
@@ -130,7 +132,8 @@ async fn a_signed_image_with_an_sbom_arrives_with_both_and_later_attestations_fo
         &env.config("1s", AUTO, AUTO)
             .registry("prod", &prod.url())
             .map_pipeline("api-gateway", |p| {
-                p.map_stage("staging", |s| s.in_repository(STAGING))
+                p.setting("records = false")
+                    .map_stage("staging", |s| s.in_repository(STAGING))
                     .map_stage("production", |s| {
                         s.in_registry("prod").in_repository(RELEASE)
                     })
@@ -282,7 +285,8 @@ async fn referrers_listed_by_the_referrers_api_are_carried_and_indexed_in_a_targ
     let config = env.write(
         &env.config("1s", AUTO, MANUAL)
             .map_pipeline("api-gateway", |p| {
-                p.map_stage("staging", |s| s.in_repository(STAGING))
+                p.setting("records = false")
+                    .map_stage("staging", |s| s.in_repository(STAGING))
             }),
     );
     let out = run(&config, &["reconcile"]).await;
@@ -329,7 +333,8 @@ async fn a_broken_referrers_answer_does_not_undo_the_promotion() {
     let config = env.write(
         &env.config("1s", AUTO, MANUAL)
             .map_pipeline("api-gateway", |p| {
-                p.map_stage("staging", |s| s.in_repository(STAGING))
+                p.setting("records = false")
+                    .map_stage("staging", |s| s.in_repository(STAGING))
             }),
     );
     let out = run(&config, &["reconcile"]).await;
@@ -466,7 +471,8 @@ async fn the_referrers_of_an_index_children_come_along() {
     let config = env.write(
         &env.config("1s", AUTO, MANUAL)
             .map_pipeline("api-gateway", |p| {
-                p.map_stage("staging", |s| s.in_repository(STAGING))
+                p.setting("records = false")
+                    .map_stage("staging", |s| s.in_repository(STAGING))
             }),
     );
     let out = run(&config, &["reconcile"]).await;
@@ -503,7 +509,8 @@ async fn a_fallback_tag_that_is_not_an_index_is_left_alone() {
     let config = env.write(
         &env.config("1s", AUTO, MANUAL)
             .map_pipeline("api-gateway", |p| {
-                p.map_stage("staging", |s| s.in_repository(STAGING))
+                p.setting("records = false")
+                    .map_stage("staging", |s| s.in_repository(STAGING))
             }),
     );
     let out = run(&config, &["reconcile"]).await;

@@ -17,12 +17,12 @@ use support::prometheus::Prometheus;
 use support::proxy::FaultProxy;
 use support::registry::{Registry, RegistryOptions};
 
-const TOKEN: &str = "api-token-7f3a9c";
+pub(crate) const TOKEN: &str = "api-token-7f3a9c";
 const SECRET: &str = "hook-secret-51be0d";
 
 /// Writes the API token and webhook secret files; returns the `[server]` line and the
 /// `[webhooks]` table for the config.
-fn secrets(env: &Env) -> (String, String) {
+pub(crate) fn secrets(env: &Env) -> (String, String) {
     let token = env.dir.path().join("api-token");
     let secret = env.dir.path().join("webhook-secret");
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
@@ -33,20 +33,20 @@ fn secrets(env: &Env) -> (String, String) {
     )
 }
 
-struct Api {
+pub(crate) struct Api {
     base: String,
     client: reqwest::Client,
 }
 
 impl Api {
-    fn new(address: SocketAddr) -> Api {
+    pub(crate) fn new(address: SocketAddr) -> Api {
         Api {
             base: format!("http://{address}"),
             client: support::http_client(),
         }
     }
 
-    async fn get(&self, path: &str) -> (u16, Value) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
         let answer = self
             .client
             .get(format!("{}{path}", self.base))
@@ -71,7 +71,7 @@ impl Api {
         (status, value)
     }
 
-    async fn promote(
+    pub(crate) async fn promote(
         &self,
         pipeline: &str,
         stage: &str,
@@ -95,7 +95,12 @@ impl Api {
     }
 
     /// Waits until the stage's object in the status API satisfies `done`; returns it.
-    async fn stage_where(&self, stage: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn stage_where(
+        &self,
+        stage: &str,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         support::poll_until(&format!("{stage} to {what}"), DEADLINE, || async {
             let (_, p) = self.get("/api/v1/pipelines/api-gateway").await;
             let st = p["stages"]
@@ -109,7 +114,7 @@ impl Api {
     }
 
     /// Waits until the stage's current tag is `tag` in the status API.
-    async fn current(&self, stage: &str, tag: &str) -> Value {
+    pub(crate) async fn current(&self, stage: &str, tag: &str) -> Value {
         self.stage_where(stage, &format!("show {tag}"), |st| {
             st["current"]["tag"] == tag
         })
@@ -117,7 +122,7 @@ impl Api {
     }
 
     /// Waits until the stage's action in the status API is of `kind`.
-    async fn action(&self, stage: &str, kind: &str) -> Value {
+    pub(crate) async fn action(&self, stage: &str, kind: &str) -> Value {
         self.stage_where(stage, &format!("be {kind}"), |st| {
             st["action"]["kind"] == kind
         })
@@ -137,13 +142,13 @@ impl Api {
         (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
     }
 
-    async fn metrics(&self) -> String {
+    pub(crate) async fn metrics(&self) -> String {
         let answer = self.client.get(format!("{}/metrics", self.base));
         answer.send().await.unwrap().text().await.unwrap()
     }
 }
 
-fn stage<'a>(pipeline: &'a Value, name: &str) -> &'a Value {
+pub(crate) fn stage<'a>(pipeline: &'a Value, name: &str) -> &'a Value {
     pipeline["stages"]
         .as_array()
         .unwrap()

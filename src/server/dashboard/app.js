@@ -46,6 +46,13 @@ function when(iso) {
 function stageState(stage) {
   const action = stage.action || {};
   const p = action.promotion || {};
+  const drift = (stage.drift || []).find((d) => d.healed !== true);
+  if (drift) {
+    return {
+      cls: "bad",
+      text: `drift: ${drift.tag} was moved outside retagd: it is ${shortDigest(drift.found)}, retagd wrote ${shortDigest(drift.expected)}`,
+    };
+  }
   if (stage.last_error && ["promote", "pending", "waiting", "frozen"].includes(action.kind)) {
     return { cls: "bad", text: `error: ${stage.last_error}` };
   }

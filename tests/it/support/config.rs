@@ -79,6 +79,8 @@ pub struct Pipeline {
     name: String,
     registry: String,
     repository: String,
+    /// Pipeline-level lines such as `records = false`.
+    settings: Vec<String>,
     stages: Vec<Stage>,
 }
 
@@ -89,8 +91,16 @@ impl Pipeline {
             name: name.to_string(),
             registry: registry.to_string(),
             repository: repository.to_string(),
+            settings: Vec::new(),
             stages: Vec::new(),
         }
+    }
+
+    /// Adds a pipeline-level `key = value` line, such as `records = false`.
+    #[must_use]
+    pub fn setting(mut self, line: &str) -> Pipeline {
+        self.settings.push(line.to_string());
+        self
     }
 
     /// The example pipeline (dev -> staging -> production in registry `local`, semver tags
@@ -143,6 +153,10 @@ impl Pipeline {
             "\n[[pipelines]]\nname = \"{}\"\nregistry = \"{}\"\nrepository = \"{}\"\n",
             self.name, self.registry, self.repository
         );
+        for line in &self.settings {
+            text.push_str(line);
+            text.push('\n');
+        }
         for stage in &self.stages {
             text.push_str(&format!(
                 "\n[[pipelines.stages]]\nname = \"{}\"\n",

@@ -89,7 +89,8 @@ impl Env {
         digest_at(&self.registry, repo, tag).await
     }
 
-    /// `repo`'s tags, sorted, read without retagd.
+    /// `repo`'s image tags, sorted, read without retagd: the referrers tag schema's
+    /// `sha256-<hex>` indexes (promotion records, signatures) are left out.
     pub async fn tags(&self, repo: &str) -> Vec<String> {
         let url = format!("{}/v2/{repo}/tags/list", self.registry.url());
         let body = super::http_client()
@@ -105,6 +106,7 @@ impl Env {
             .as_array()
             .map(|a| a.iter().map(|t| t.as_str().unwrap().to_string()).collect())
             .unwrap_or_default();
+        tags.retain(|t| !t.starts_with("sha256-"));
         tags.sort();
         tags
     }
