@@ -552,6 +552,48 @@ mod tests {
     }
 
     #[test]
+    fn drift_is_announced_once_per_digest_found_and_again_when_it_comes_back() {
+        let p = pipeline();
+        let status = Status::default();
+        status.configure(std::slice::from_ref(&p));
+        let drifted = |found: &[u8], healed: Option<Result<(), String>>| {
+            let mut o = outcome(Action::UpToDate { tag: "v1".into() }, None);
+            o.drift = vec![Drift {
+                stage: "production".into(),
+                tag: "v1".into(),
+                expected: Digest::of(b"x"),
+                found: Digest::of(found),
+                healed,
+            }];
+            o
+        };
+        let events = status.record(&drifted(b"forged", None));
+        assert_eq!(kinds(&events), ["drift"]);
+        assert_eq!(
+            events[0].existing_digest,
+            Some(Digest::of(b"forged").to_string())
+        );
+        assert!(status.record(&drifted(b"forged", None)).is_empty());
+        assert_eq!(
+            status.get("api-gateway").unwrap().stages[2].drift[0].found,
+            Digest::of(b"forged")
+        );
+        // Pushed over again with other bytes: a new announcement.
+        assert_eq!(kinds(&status.record(&drifted(b"again", None))), ["drift"]);
+        // Healed in this reconcile: said once (as put back), then gone from the status.
+        let healed = status.record(&drifted(b"again", Some(Ok(()))));
+        assert!(healed.is_empty(), "announced already: {healed:?}");
+        assert!(status
+            .record(&outcome(Action::UpToDate { tag: "v1".into() }, None))
+            .is_empty());
+        assert!(status.get("api-gateway").unwrap().stages[2]
+            .drift
+            .is_empty());
+        // The same forgery later is news again.
+        assert_eq!(kinds(&status.record(&drifted(b"forged", None))), ["drift"]);
+    }
+
+    #[test]
     fn a_pipeline_removed_by_a_reload_is_not_brought_back() {
         let status = Status::default();
         status.configure(&[]);

@@ -86,7 +86,11 @@ try {
   await page.keyboard.press("Enter");
   await page.locator("#notice", { hasText: "promoted api-gateway/production" }).waitFor({ timeout: WAIT });
   await shows("production", "v1.2.1");
-  await page.locator(".recent li", { hasText: "approved by alice" }).waitFor({ timeout: WAIT });
+  // The recent promotions come from the promotion records in the registry (the history API).
+  const recorded = page.locator(".recent li[title^='recorded in the registry as sha256:']", {
+    hasText: "approved by alice",
+  });
+  await recorded.waitFor({ timeout: WAIT });
   await shot("3-approved");
 
   step = "a freeze set from the page shows, and lifting it from the page removes it";

@@ -11,6 +11,9 @@ const $ = (id) => document.getElementById(id);
 let pipelines = [];
 let freezes = [];
 let lastOk = null;
+/** Per pipeline: the promotions its registries' records hold, and what they were read for. */
+const histories = new Map();
+const HISTORY_LIMIT = 8;
 
 /** An element with a class and text. */
 function el(tag, className, text) {
@@ -134,10 +137,7 @@ function renderPipeline(p) {
   const stages = el("div", "stages");
   for (const s of p.stages || []) stages.append(renderStage(p.pipeline, s));
   card.append(stages);
-  const recent = (p.stages || [])
-    .filter((s) => s.last_promotion)
-    .map((s) => ({ stage: s.stage, ...s.last_promotion }))
-    .sort((a, b) => Date.parse(b.time) - Date.parse(a.time));
+  const recent = recentPromotions(p);
   if (recent.length) {
     card.append(el("h3", "recent-title", "Recent promotions"));
     const list = el("ul", "recent");
@@ -146,11 +146,53 @@ function renderPipeline(p) {
       const who = r.approved_by ? `, approved by ${r.approved_by}` : ", automatic";
       const why = r.reason ? ` (${r.reason})` : "";
       const forced = r.forced ? ", forced" : "";
-      list.append(el("li", null, `${when(r.time)}: ${r.stage} ← ${r.to_tag} from ${r.from_tag}${who}${forced}${why}`));
+      const li = el("li", null, `${when(r.time)}: ${r.stage} ← ${r.to_tag} from ${r.from_tag}${who}${forced}${why}`);
+      if (r.artifact) li.title = `recorded in the registry as ${r.artifact}`;
+      list.append(li);
     }
     card.append(list);
   }
   return card;
+}
+
+/** The pipeline's latest promotions: from its promotion records when the daemon could read
+ * them, else each stage's last promotion as the daemon saw it. */
+function recentPromotions(p) {
+  const h = histories.get(p.pipeline);
+  if (h && h.entries && h.entries.length) {
+    return h.entries.map((e) => ({
+      stage: e.stage,
+      time: e.time,
+      to_tag: (e.to || {}).tag,
+      from_tag: (e.from || {}).tag,
+      approved_by: e.approved_by,
+      reason: e.reason,
+      forced: e.forced,
+      artifact: e.artifact,
+    }));
+  }
+  return (p.stages || [])
+    .filter((s) => s.last_promotion)
+    .map((s) => ({ stage: s.stage, ...s.last_promotion }))
+    .sort((a, b) => Date.parse(b.time) - Date.parse(a.time));
+}
+
+/** Reads a pipeline's history again when its stages' last promotions changed (the daemon
+ * serves it from the registries, so not on every poll). */
+async function refreshHistory(p) {
+  const key = JSON.stringify((p.stages || []).map((s) => (s.last_promotion || {}).time || ""));
+  const known = histories.get(p.pipeline);
+  if (known && known.key === key) return;
+  histories.set(p.pipeline, { key, entries: known ? known.entries : [] });
+  try {
+    const a = await read(`api/v1/pipelines/${encodeURIComponent(p.pipeline)}/history?limit=${HISTORY_LIMIT}`);
+    if (!a.ok) return;
+    const h = await a.json();
+    histories.set(p.pipeline, { key, entries: h.entries || [] });
+    if (!document.querySelector("dialog[open]")) render();
+  } catch (_) {
+    // The last promotions from the status stand in.
+  }
 }
 
 function renderFreezes() {
@@ -243,6 +285,7 @@ async function poll() {
     $("live").classList.remove("lost");
     // Do not rebuild what the person is typing into.
     if (!document.querySelector("dialog[open]")) render();
+    for (const p of pipelines) refreshHistory(p);
   } catch (e) {
     $("live").textContent = `cannot reach retagd (${e.message}); retrying`;
     $("live").classList.add("lost");
