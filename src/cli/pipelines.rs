@@ -237,6 +237,7 @@ pub fn reconcile(
             }
             .map_err(io_failure)?;
         }
+        warn_records(outcome, err)?;
         problems.extend(outcome.problems());
     }
     if problems.is_empty() {
@@ -248,6 +249,38 @@ pub fn reconcile(
             problems.join("\n  ")
         )))
     }
+}
+
+/// A promotion record that could not be written does not fail the command (the promotion
+/// stands), but a one-shot run does not try again: say so on stderr, and for drift too.
+fn warn_records(outcome: &engine::Outcome, err: &mut dyn Write) -> Result<(), Failure> {
+    let name = &outcome.pipeline;
+    for r in &outcome.records {
+        if let Err(e) = &r.result {
+            writeln!(
+                err,
+                "warning: {name}/{}: the promotion record of {} was not written: {e}",
+                r.stage, r.tag
+            )
+            .map_err(io_failure)?;
+        }
+    }
+    for d in outcome.drift.iter().filter(|d| d.open()) {
+        writeln!(
+            err,
+            "warning: {name}/{}: drift: {} names {}, retagd wrote {}{}",
+            d.stage,
+            d.tag,
+            d.found,
+            d.expected,
+            match &d.healed {
+                Some(Err(e)) => format!(" (putting it back failed: {e})"),
+                _ => String::new(),
+            }
+        )
+        .map_err(io_failure)?;
+    }
+    Ok(())
 }
 
 /// `retagd promote`: the manual approval of one stage's promotion.
@@ -265,8 +298,9 @@ pub fn promote(
     .map_err(|e| Failure::Usage(e.into()))?;
     let engine = engine(&config)?;
     let intent = args.approval.asked().intent(index);
-    let approved = runtime()?
-        .block_on(engine.reconcile(pipeline, &intent, &|| false))
+    let outcome = runtime()?.block_on(engine.reconcile(pipeline, &intent, &|| false));
+    warn_records(&outcome, err)?;
+    let approved = outcome
         .approved(index)
         .map_err(|e| Failure::Work(e.into()))?;
     let name = &pipeline.name;

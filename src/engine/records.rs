@@ -16,7 +16,10 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+// Tokio's clock, so tests on paused time can reach the next sweep.
+use tokio::time::Instant;
 
 use super::plan::{self, Observed, PipelinePlan, Promotion, StagePlan};
 use super::{Applied, Engine};

@@ -562,3 +562,40 @@ async fn nothing_is_promoted_out_of_a_drifted_stage() {
     assert!(backend.tags("r", "app/release").is_empty());
     assert!(held.drift[0].open());
 }
+
+#[tokio::test(start_paused = true)]
+async fn older_tags_retagd_wrote_are_swept_for_drift_once_an_hour() {
+    let backend = Arc::new(Memory::default());
+    let dev1 = backend.push("r", "app/dev", "v1.2.0-dev.1");
+    let pipeline = app("manual");
+    let engine = engine(&backend);
+    let _ = reconcile(&engine, &pipeline).await;
+    backend.push("r", "app/dev", "v1.2.1-dev.1");
+    let _ = reconcile(&engine, &pipeline).await;
+    assert!(backend.tags("r", "app/rc").contains_key("v1.2.1-rc.1"));
+
+    // rc.1 of 1.2.0 is no stage's current tag any more; someone pushes over it.
+    let forged = memory::digest("forged");
+    backend.set("r", "app/rc", "v1.2.0-rc.1", &forged);
+    backend.reset_counts();
+    let quiet = reconcile(&engine, &pipeline).await;
+    assert!(quiet.drift.is_empty(), "not swept yet: {:?}", quiet.drift);
+    assert_eq!(backend.heads("r", "app/rc", "v1.2.0-rc.1"), 0);
+
+    tokio::time::advance(records::SWEEP_EVERY).await;
+    let swept = reconcile(&engine, &pipeline).await;
+    assert_eq!(swept.drift.len(), 1, "{:?}", swept.drift);
+    assert_eq!(
+        (
+            swept.drift[0].tag.as_str(),
+            &swept.drift[0].expected,
+            &swept.drift[0].found
+        ),
+        ("v1.2.0-rc.1", &dev1, &forged)
+    );
+    assert_eq!(backend.heads("r", "app/rc", "v1.2.0-rc.1"), 1);
+    // Reported every round until the next sweep, without another HEAD.
+    let again = reconcile(&engine, &pipeline).await;
+    assert_eq!(again.drift.len(), 1);
+    assert_eq!(backend.heads("r", "app/rc", "v1.2.0-rc.1"), 1);
+}

@@ -325,6 +325,18 @@ async fn a_release_tag_moved_by_hand_is_drift_in_metrics_and_status_and_heal_put
         text(&out)
     );
 
+    // A one-shot reconcile sharing the state_dir says so too, and writes nothing.
+    let out = run(&path, &["reconcile"]).await;
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("drift: v1.2.0 names"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        env.digest(REPO, "v1.2.0").await.as_deref(),
+        Some(forged.as_str())
+    );
+
     // heal = true, reloaded: the tag is put back, the heal recorded, the series goes to 0.
     env.write(&env.config("1s", AUTO, r#"approval = "auto", heal = true"#));
     daemon.signal("HUP");
