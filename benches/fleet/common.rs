@@ -323,11 +323,11 @@ pub enum Stages {
 }
 
 /// A configuration with one pipeline per repository on the registry at `url`; `head` (a
-/// `[server]` or `[webhooks]` table) is added as written.
+/// `[server]` or `[webhooks]` table) is added as written. `records` as the pipelines' setting.
 pub fn config(
     url: &str,
     repositories: &[String],
-    stages: Stages,
+    (stages, records): (Stages, bool),
     interval: &str,
     head: &str,
 ) -> String {
@@ -337,7 +337,7 @@ pub fn config(
         .registry("local", url);
     for (i, repository) in repositories.iter().enumerate() {
         let name = format!("svc-{i:04}");
-        config = config.pipeline(match stages {
+        let pipeline = match stages {
             // A `dev` stage and an `rc` stage promoted into automatically.
             Stages::Two => Pipeline::new(&name, "local", repository)
                 .stage(
@@ -352,6 +352,11 @@ pub fn config(
                         .promote("dev", "v{major}.{minor}.{patch}-rc.{n}", AUTO),
                 ),
             Stages::Three => Pipeline::example(&name, repository, AUTO, MANUAL),
+        };
+        config = config.pipeline(if records {
+            pipeline
+        } else {
+            pipeline.setting("records = false")
         });
     }
     config.toml()

@@ -29,8 +29,10 @@ pub const WIDTH: usize = 8;
 /// Who promotes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Tool {
-    /// One `retagd reconcile`.
+    /// One `retagd reconcile`, promotion records off: the same work as the others.
     Retagd,
+    /// The same with promotion records on (the default), for what they cost.
+    RetagdRecords,
     /// The minimal client.
     Ceiling,
     /// `skopeo copy`, one image after the other.
@@ -45,8 +47,9 @@ pub enum Tool {
 
 impl Tool {
     /// Every tool, in the order of the first run.
-    pub const ALL: [Tool; 5] = [
+    pub const ALL: [Tool; 6] = [
         Tool::Retagd,
+        Tool::RetagdRecords,
         Tool::Ceiling,
         Tool::Skopeo,
         Tool::SkopeoPreserve,
@@ -57,6 +60,7 @@ impl Tool {
     pub fn slug(self) -> &'static str {
         match self {
             Tool::Retagd => "retagd",
+            Tool::RetagdRecords => "retagd-records",
             Tool::Ceiling => "ceiling",
             Tool::Skopeo => "skopeo",
             Tool::SkopeoPreserve => "skopeo-preserve-digests",
@@ -141,11 +145,16 @@ pub async fn run(options: &Options, work: &std::path::Path) -> Value {
             for (tool, repos) in order {
                 let mark = log.mark();
                 let (wall, cpu) = match tool {
-                    Tool::Retagd => retagd(common::RETAGD, &tool_base, repos, work, p, run).await,
+                    Tool::Retagd => {
+                        retagd(common::RETAGD, &tool_base, repos, work, (p, run, false)).await
+                    }
+                    Tool::RetagdRecords => {
+                        retagd(common::RETAGD, &tool_base, repos, work, (p, run, true)).await
+                    }
                     Tool::Baseline => {
                         let binary = std::env::var("BENCH_BASELINE_RETAGD")
                             .expect("BENCH_BASELINE_RETAGD names the baseline binary");
-                        retagd(&binary, &tool_base, repos, work, p, run).await
+                        retagd(&binary, &tool_base, repos, work, (p, run, false)).await
                     }
                     Tool::Ceiling => (ceiling(&tool_base, repos).await, f64::NAN),
                     Tool::Skopeo => (
@@ -229,24 +238,23 @@ async fn seed(base: &str, sets: &[(Tool, Vec<String>)], images: &[TestImage]) {
         .await;
 }
 
-/// One `retagd reconcile` (of `binary`) over a fresh configuration and state directory; wall and
-/// CPU time.
+/// One `retagd reconcile` (of `binary`) over a fresh configuration and state directory, with
+/// promotion records on or off; wall and CPU time.
 async fn retagd(
     binary: &str,
     base: &str,
     repos: &[String],
     work: &std::path::Path,
-    p: usize,
-    run: usize,
+    (p, run, records): (usize, usize, bool),
 ) -> (Duration, f64) {
-    let config = work.join(format!("fleet-p{p}-r{run}.toml"));
+    let config = work.join(format!("fleet-p{p}-r{run}-records-{records}.toml"));
     // As deployed (the chart always sets one): with a state_dir, retagd's writers lock each
     // target repository, and a copy trusts the listing that its tag is free.
-    let state = work.join(format!("state-p{p}-r{run}"));
+    let state = work.join(format!("state-p{p}-r{run}-records-{records}"));
     let server = format!("\n[server]\nstate_dir = \"{}\"\n", state.display());
     std::fs::write(
         &config,
-        common::config(base, repos, Stages::Two, "1m", &server),
+        common::config(base, repos, (Stages::Two, records), "1m", &server),
     )
     .unwrap();
     let ran = common::run_timed(common::retagd_binary(

@@ -184,6 +184,7 @@ async fn smoke_fleet(work: &Path) {
         runs_large: 1,
         tools: vec![
             fleet::Tool::Retagd,
+            fleet::Tool::RetagdRecords,
             fleet::Tool::Ceiling,
             fleet::Tool::Skopeo8,
         ],
@@ -191,10 +192,10 @@ async fn smoke_fleet(work: &Path) {
     };
     let result = fleet::run(&options, work).await;
     let tools = &result["sizes"][0]["tools"];
-    for tool in ["retagd", "ceiling", "skopeo-8-parallel"] {
+    for tool in ["retagd", "retagd-records", "ceiling", "skopeo-8-parallel"] {
         assert_eq!(tools[tool]["wall_s"].as_array().unwrap().len(), 1, "{tool}");
     }
-    for tool in ["retagd", "ceiling"] {
+    for tool in ["retagd", "retagd-records", "ceiling"] {
         assert_eq!(tools[tool]["digest_kept"], true, "{tool} changed a digest");
     }
     let retagd = &tools["retagd"]["requests"]["by_kind"];
@@ -212,6 +213,17 @@ async fn smoke_fleet(work: &Path) {
         .map(|v| v.as_u64().unwrap() as usize)
         .sum();
     assert!(total <= 5 * p, "{total} requests for {p} images: {retagd}");
+    // With records: per image the record's layer (POST, PUT: this registry opens a session),
+    // the artifact PUT and the index GET and PUT; the empty config once per repository.
+    let with_records = tools["retagd-records"]["requests_per_image"]
+        .as_f64()
+        .unwrap();
+    let without = tools["retagd"]["requests_per_image"].as_f64().unwrap();
+    assert!(
+        (with_records - without - 8.0).abs() < 1e-9,
+        "records cost {} requests per image",
+        with_records - without
+    );
     let ceiling = tools["ceiling"]["requests_per_image"].as_f64().unwrap();
     assert!((ceiling - 3.0).abs() < 1e-9, "ceiling: {ceiling} per image");
 }

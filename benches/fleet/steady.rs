@@ -224,7 +224,7 @@ pub async fn run(options: &Options, seeded: &Seeded, work: &Path) -> Value {
         let config = work.join(format!("steady-p{}-t{}.toml", point.pipelines, point.tags));
         std::fs::write(
             &config,
-            common::config(&registry.url(), &repos, Stages::Three, "1m", ""),
+            common::config(&registry.url(), &repos, (Stages::Three, true), "1m", ""),
         )
         .unwrap();
         let mut walls = Vec::new();
@@ -321,7 +321,13 @@ async fn daemon(
     ));
     std::fs::write(
         &config,
-        common::config(&registry.url(), repos, Stages::Three, &interval, SERVER),
+        common::config(
+            &registry.url(),
+            repos,
+            (Stages::Three, true),
+            &interval,
+            SERVER,
+        ),
     )
     .unwrap();
     let log = AccessLog::new(registry.log_path());
@@ -404,7 +410,7 @@ async fn paged(registry: &Registry, seeded: &Seeded, point: Point, work: &Path) 
     let config = work.join("steady-paged.toml");
     std::fs::write(
         &config,
-        common::config(&proxy.url(), &repos, Stages::Three, "1m", ""),
+        common::config(&proxy.url(), &repos, (Stages::Three, true), "1m", ""),
     )
     .unwrap();
     let ran = common::run_timed(common::retagd(&[

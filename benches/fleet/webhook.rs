@@ -43,7 +43,7 @@ pub async fn run(pushes: usize, work: &std::path::Path) -> Value {
         common::config(
             &registry.url(),
             &[REPO.to_string()],
-            Stages::Two,
+            (Stages::Two, true),
             "1h",
             &head,
         ),

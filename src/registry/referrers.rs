@@ -676,8 +676,7 @@ async fn extend_index(
 
 /// Writes a promotion record about `subject` into `repo`: the empty config (HEADed first,
 /// unless `config_present`: an earlier record in this repository wrote it) and the record's
-/// layer,
-/// the artifact manifest by digest, and its entry in the `sha256-<hex>` index unless the
+/// layer, the artifact manifest by digest, and its entry in the `sha256-<hex>` index unless the
 /// registry lists referrers itself (`OCI-Subject` on the PUT). Returns the artifact manifest's
 /// digest. Nothing is overwritten: the manifest is written by digest, the index only grows.
 pub async fn attach(
@@ -688,12 +687,16 @@ pub async fn attach(
     (time, config_present): (&str, bool),
 ) -> Result<Digest, Error> {
     let scopes = Scopes::from([auth::pull_push(repo)]);
-    if !config_present
-        && !copy::has_blob(dst, repo, &Digest::of(record::EMPTY_BYTES), &scopes).await?
-    {
-        copy::put_small_blob(dst, repo, record::EMPTY_BYTES, &scopes).await?;
-    }
-    copy::put_small_blob(dst, repo, &artifact.layer, &scopes).await?;
+    // The two blobs at once: they do not depend on each other.
+    let config = async {
+        let empty = Digest::of(record::EMPTY_BYTES);
+        if config_present || copy::has_blob(dst, repo, &empty, &scopes).await? {
+            return Ok(());
+        }
+        copy::put_small_blob(dst, repo, record::EMPTY_BYTES, &scopes).await
+    };
+    let layer = copy::put_small_blob(dst, repo, &artifact.layer, &scopes);
+    futures_util::try_join!(config, layer)?;
     let bytes = bytes::Bytes::from(artifact.manifest.clone());
     let m = Manifest {
         digest: Digest::of(&bytes),
