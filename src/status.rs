@@ -497,6 +497,7 @@ mod tests {
             records: Vec::new(),
             unrecorded: 0,
             drift: Vec::new(),
+            after: None,
         }
     }
 

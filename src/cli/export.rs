@@ -62,6 +62,28 @@ fn image(config: &Config, registry: &str, repository: &str) -> String {
     format!("{host}/{repository}")
 }
 
+/// A duration as Go writes it (`1h30m`, `45s`, `1500ms`): Flux's `interval` takes only that
+/// form (`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`), not humantime's `1h 30m` or `1day`.
+fn go_duration(d: std::time::Duration) -> String {
+    let millis = d.as_millis();
+    if millis % 1000 != 0 {
+        return format!("{millis}ms");
+    }
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
 /// The `spec.policy` of a stage, with its own text.
 fn policy(policy: &Policy) -> Value {
     match policy {
@@ -104,7 +126,7 @@ pub fn flux(config: &Config, args: &FluxArgs) -> Result<String, Failure> {
                 .is_some_and(|r| r.url.scheme() == "http");
             repositories.entry(repo_name.clone()).or_insert((
                 reference.clone(),
-                humantime::format_duration(p.interval).to_string(),
+                go_duration(p.interval),
                 plain_http,
             ));
             let mut filter = serde_json::Map::new();
@@ -174,4 +196,21 @@ pub fn run(args: &FluxArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<
     }
     out.write_all(flux(&loaded.config, args)?.as_bytes())
         .map_err(io_failure)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::go_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn intervals_are_written_as_go_durations() {
+        let d = Duration::from_secs;
+        assert_eq!(go_duration(d(30)), "30s");
+        assert_eq!(go_duration(d(60)), "1m");
+        assert_eq!(go_duration(d(5400)), "1h30m");
+        assert_eq!(go_duration(d(36 * 3600 + 1)), "36h1s");
+        assert_eq!(go_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(go_duration(Duration::ZERO), "0s");
+    }
 }

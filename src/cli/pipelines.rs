@@ -222,7 +222,8 @@ pub fn reconcile(
     let mut problems = Vec::new();
     for outcome in &outcomes {
         let name = &outcome.pipeline;
-        if let Ok(plan) = &outcome.plan {
+        // The plan as it stands after the promotions, so what prints is what is there now.
+        if let Some(plan) = outcome.after.as_ref().or(outcome.plan.as_ref().ok()) {
             out.write_all(plan_text(plan, now).as_bytes())
                 .map_err(io_failure)?;
         }

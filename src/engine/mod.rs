@@ -612,12 +612,18 @@ impl Engine {
                             .await;
                         (records, referrers)
                     };
-                    (Ok(plan), applied, referrers, (drift, records))
+                    let after = self.plan_after(pipeline, &plan, &observed, &applied);
+                    (Ok(plan), applied, referrers, (drift, records, after))
                 }
-                Err(e) => (Err(e), Vec::new(), Vec::new(), Default::default()),
+                Err(e) => (
+                    Err(e),
+                    Vec::new(),
+                    Vec::new(),
+                    (Vec::new(), Vec::new(), None),
+                ),
             }
         };
-        let (drift, records) = drift;
+        let (drift, records, after) = drift;
         self.save_state_in_turn().await;
         let outcome = Outcome {
             pipeline: pipeline.name.clone(),
@@ -629,9 +635,59 @@ impl Engine {
             records,
             unrecorded: self.unrecorded(&pipeline.name),
             drift,
+            after,
         };
         outcome.log();
         outcome
+    }
+
+    /// The plan as it stands after `applied`, when something was written: the planner again over
+    /// what this reconcile observed plus the tags it wrote, without asking the registry (`None`
+    /// when nothing was written, or the planner needs a digest nobody read).
+    fn plan_after(
+        &self,
+        pipeline: &Pipeline,
+        plan: &PipelinePlan,
+        observed: &Observed,
+        applied: &[Applied],
+    ) -> Option<PipelinePlan> {
+        if !applied.iter().any(Applied::wrote) {
+            return None;
+        }
+        let mut seen = Observed {
+            tags: observed.tags.clone(),
+            digests: observed.digests.clone(),
+            ..Observed::default()
+        };
+        for a in applied.iter().filter(|a| a.result.is_ok()) {
+            let stage = plan.stages.iter().find(|s| s.stage == a.stage)?;
+            let key = plan::repo_key_of(&stage.registry, &stage.repository);
+            let tags = seen.tags.entry(key.clone()).or_default();
+            if !tags.contains(&a.promotion.to_tag) {
+                tags.push(a.promotion.to_tag.clone());
+            }
+            seen.digests.insert(
+                (key, a.promotion.to_tag.clone()),
+                Some(a.promotion.digest.clone()),
+            );
+        }
+        let now = SystemTime::now();
+        let freezes = self.freezes().current(now);
+        let state = self.state();
+        let first_seen = |stage: usize, digest: &Digest| {
+            state.first_seen(&pipeline.name, &pipeline.stages[stage].name, digest)
+        };
+        match plan::plan(
+            pipeline,
+            &seen,
+            &first_seen,
+            now,
+            &Intent::default(),
+            &freezes,
+        ) {
+            Planned::Complete(p) => Some(p),
+            Planned::Needs(_) => None,
+        }
     }
 
     /// Takes the pipeline's registry slots, then the locks of the repositories it promotes into;

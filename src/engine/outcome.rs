@@ -113,6 +113,9 @@ pub struct Outcome {
     pub unrecorded: usize,
     /// Tags retagd wrote that name another digest now, healed or not.
     pub drift: Vec<super::Drift>,
+    /// The plan as it stands after this reconcile's promotions, when it wrote any and that can
+    /// be told without asking the registry again (what `retagd reconcile` prints).
+    pub after: Option<PipelinePlan>,
 }
 
 impl Outcome {

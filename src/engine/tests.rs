@@ -599,3 +599,32 @@ async fn older_tags_retagd_wrote_are_swept_for_drift_once_an_hour() {
     assert_eq!(again.drift.len(), 1);
     assert_eq!(backend.heads("r", "app/rc", "v1.2.0-rc.1"), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_plan_after_a_reconcile_shows_its_promotions_without_asking_the_registry() {
+    let backend = Arc::new(Memory::default());
+    let dev1 = backend.push("r", "app/dev", "v1.2.0-dev.1");
+    let pipeline = app("manual");
+    let engine = engine(&backend);
+    let outcome = reconcile(&engine, &pipeline).await;
+    // Before: rc promotes dev.1, the release has nothing to promote yet.
+    assert!(matches!(action(&outcome, "rc"), Action::Promote(_)));
+    let calls = (backend.calls(Op::List), backend.calls(Op::Head));
+    let after = outcome.after.as_ref().expect("a promotion was written");
+    let stage = |name: &str| after.stages.iter().find(|s| s.stage == name).unwrap();
+    assert_eq!(
+        stage("rc").action,
+        Action::UpToDate {
+            tag: "v1.2.0-rc.1".into()
+        }
+    );
+    assert_eq!(stage("rc").current.as_ref().map(|c| &c.digest), Some(&dev1));
+    assert!(
+        matches!(&stage("release").action, Action::Pending(p) if p.to_tag == "v1.2.0"),
+        "{:?}",
+        stage("release").action
+    );
+    assert_eq!((backend.calls(Op::List), backend.calls(Op::Head)), calls);
+    // Nothing written: no plan after.
+    assert!(reconcile(&engine, &pipeline).await.after.is_none());
+}

@@ -279,7 +279,15 @@ fn the_objects_rendered_are_the_expected_ones() {
     // The Pod is `helm test`'s.
     let test = find(defaults(), "Pod");
     assert_eq!(test["metadata"]["annotations"]["helm.sh/hook"], "test");
-    assert_eq!(test["spec"]["containers"][0]["args"][0], "status");
+    // It asks the daemon through the Service (`retagd version` exits 1 when none answers).
+    let args = &test["spec"]["containers"][0]["args"];
+    assert_eq!(args[0], "version", "{test:#}");
+    assert_eq!(args[1], "--url", "{test:#}");
+    assert!(
+        args[2].as_str().unwrap().starts_with("http://retagd.")
+            && args[2].as_str().unwrap().ends_with(".svc:9090"),
+        "{test:#}"
+    );
     assert_eq!(
         kinds(all_on()),
         [

@@ -463,6 +463,81 @@ fn export_flux_gives_each_stage_an_image_policy_equal_to_its_filter_and_policy()
     assert!(err.contains("pipelines: api-gateway"), "{err}");
 }
 
+/// `retagd export flux` of `config`, checked by tests/flux/validate.py against the schemas of
+/// Flux's CRDs; its report and whether it passed.
+fn flux_schema_check(config: &std::path::Path) -> (bool, String) {
+    let (code, yaml, err) = run(retagd().args(["export", "flux", "-c", config.to_str().unwrap()]));
+    assert_eq!(code, 0, "{err}");
+    let mut python = Command::new("python3")
+        .arg(repo("tests/flux/validate.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 (scripts/test installs it, with jsonschema via kubernetes-validate)");
+    python
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let out = python.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}\n{yaml}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), report)
+}
+
+#[test]
+fn export_flux_is_valid_against_flux_crd_schemas() {
+    let (ok, report) = flux_schema_check(&repo("config/retagd.toml"));
+    assert!(ok, "{report}");
+    // Intervals humantime would write as `1h 30m` or `1day`, an extract, every policy kind.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("odd.toml");
+    std::fs::write(
+        &config,
+        r#"
+[registries.hub]
+url = "https://registry-1.docker.io"
+
+[[pipelines]]
+name = "Odd_Name.1"
+registry = "hub"
+repository = "library/nginx"
+interval = "1h30m"
+
+[[pipelines.stages]]
+name = "builds"
+filter_tags = { pattern = '^main-(?P<ts>\d+)$', extract = '$ts' }
+policy = { numerical = { order = "asc" } }
+
+[[pipelines.stages]]
+name = "names"
+policy = { alphabetical = { order = "desc" } }
+
+[[pipelines]]
+name = "daily"
+registry = "hub"
+repository = "library/redis"
+interval = "36h"
+
+[[pipelines.stages]]
+name = "dev"
+policy = { semver = { range = "^1.2 || ~2.0" } }
+"#,
+    )
+    .unwrap();
+    let (ok, report) = flux_schema_check(&config);
+    assert!(ok, "{report}");
+    assert!(
+        report.contains("interval: 1h30m") && report.contains("interval: 36h"),
+        "{report}"
+    );
+}
+
 #[test]
 fn a_reader_that_goes_away_ends_the_command_quietly() {
     let mut child = retagd()
