@@ -66,7 +66,7 @@ fn image(config: &Config, registry: &str, repository: &str) -> String {
 /// form (`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`), not humantime's `1h 30m` or `1day`.
 fn go_duration(d: std::time::Duration) -> String {
     let millis = d.as_millis();
-    if millis % 1000 != 0 {
+    if !millis.is_multiple_of(1000) {
         return format!("{millis}ms");
     }
     let secs = d.as_secs();
