@@ -466,7 +466,8 @@ fn export_flux_gives_each_stage_an_image_policy_equal_to_its_filter_and_policy()
 /// `retagd export flux` of `config`, checked by tests/flux/validate.py against the schemas of
 /// Flux's CRDs; its report and whether it passed.
 fn flux_schema_check(config: &std::path::Path) -> (bool, String) {
-    let (code, yaml, err) = run(retagd().args(["export", "flux", "-c", config.to_str().unwrap()]));
+    let config = config.to_str().expect("a UTF-8 path");
+    let (code, yaml, err) = run(retagd().args(["export", "flux", "-c", config]));
     assert_eq!(code, 0, "{err}");
     let mut python = Command::new("python3")
         .arg(repo("tests/flux/validate.py"))
@@ -478,10 +479,10 @@ fn flux_schema_check(config: &std::path::Path) -> (bool, String) {
     python
         .stdin
         .take()
-        .unwrap()
+        .expect("python3's stdin")
         .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = python.wait_with_output().unwrap();
+        .expect("the export to python3");
+    let out = python.wait_with_output().expect("python3 ends");
     let report = format!(
         "{}{}\n{yaml}",
         String::from_utf8_lossy(&out.stdout),
@@ -495,7 +496,7 @@ fn export_flux_is_valid_against_flux_crd_schemas() {
     let (ok, report) = flux_schema_check(&repo("config/retagd.toml"));
     assert!(ok, "{report}");
     // Intervals humantime would write as `1h 30m` or `1day`, an extract, every policy kind.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let config = dir.path().join("odd.toml");
     std::fs::write(
         &config,
@@ -529,7 +530,7 @@ name = "dev"
 policy = { semver = { range = "^1.2 || ~2.0" } }
 "#,
     )
-    .unwrap();
+    .expect("the configuration written");
     let (ok, report) = flux_schema_check(&config);
     assert!(ok, "{report}");
     assert!(
