@@ -109,6 +109,16 @@ pub struct PromoteArgs {
     common: Common,
     #[command(flatten)]
     approval: Approval,
+    /// A running daemon to approve through (default: the configuration's server.listen).
+    /// When one answers there and an API token is at hand, the promotion goes through it, so
+    /// its status, metrics and notifications show it at once.
+    #[arg(long, env = "RETAGD_URL")]
+    url: Option<String>,
+    /// Promote here, even when a daemon answers.
+    #[arg(long)]
+    local: bool,
+    #[command(flatten)]
+    token: super::remote::Token,
 }
 
 /// `retagd run`.
@@ -252,6 +262,68 @@ pub fn reconcile(
     }
 }
 
+/// `retagd promote` through a daemon answering at `--url` (default: `server.listen`), with the
+/// token of `--token-file`, `RETAGD_API_TOKEN` or `server.api_token_file`. `None`: no daemon
+/// answers, or no token is at hand (said on stderr): promote here.
+fn promote_through_daemon(
+    args: &PromoteArgs,
+    config: &Config,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<Option<Result<(), Failure>>, Failure> {
+    let url = args.url.clone().unwrap_or_else(|| {
+        let mut listen = config.server.listen;
+        if listen.ip().is_unspecified() {
+            listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{listen}")
+    });
+    let daemon = super::remote::Endpoint::at(url);
+    if !daemon.answers() {
+        if args.url.is_some() {
+            writeln!(
+                err,
+                "note: no retagd answers at {}; promoting here",
+                daemon.url()
+            )
+            .map_err(io_failure)?;
+        }
+        return Ok(None);
+    }
+    let token = match super::remote::given_token(&args.token)? {
+        Some(t) => Some(t),
+        None => config
+            .server
+            .api_token_file
+            .as_ref()
+            .and_then(|f| crate::secret::read("server.api_token_file", f).ok())
+            .map(|s| s.expose().to_string()),
+    };
+    let Some(token) = token else {
+        writeln!(
+            err,
+            "note: retagd runs at {} but no API token is at hand (--token-file, RETAGD_API_TOKEN, \
+             or a readable server.api_token_file): promoting here; the daemon shows it at its \
+             next look (--local says this is meant)",
+            daemon.url()
+        )
+        .map_err(io_failure)?;
+        return Ok(None);
+    };
+    writeln!(
+        err,
+        "approving through the daemon at {} (--local promotes here)",
+        daemon.url()
+    )
+    .map_err(io_failure)?;
+    Ok(Some(super::remote::approve_at(
+        &daemon,
+        &token,
+        &args.approval,
+        out,
+    )))
+}
+
 /// A promotion record that could not be written does not fail the command (the promotion
 /// stands), but a one-shot run does not try again: say so on stderr, and for drift too.
 fn warn_records(outcome: &engine::Outcome, err: &mut dyn Write) -> Result<(), Failure> {
@@ -297,6 +369,11 @@ pub fn promote(
         &args.approval.stage,
     )
     .map_err(|e| Failure::Usage(e.into()))?;
+    if !args.local {
+        if let Some(done) = promote_through_daemon(args, &config, out, err)? {
+            return done;
+        }
+    }
     let engine = engine(&config)?;
     let intent = args.approval.asked().intent(index);
     let outcome = runtime()?.block_on(engine.reconcile(pipeline, &intent, &|| false));

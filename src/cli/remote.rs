@@ -22,6 +22,32 @@ pub struct Endpoint {
     url: String,
 }
 
+impl Endpoint {
+    /// The daemon at `url`.
+    pub fn at(url: String) -> Endpoint {
+        Endpoint { url }
+    }
+
+    /// Its base URL as given.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Whether a retagd daemon answers there: its `/healthz` within a second.
+    pub fn answers(&self) -> bool {
+        let Ok(target) = url(self, "healthz") else {
+            return false;
+        };
+        let Ok(client) = client(Duration::from_secs(1)) else {
+            return false;
+        };
+        matches!(
+            exchange(client.get(target), "its health"),
+            Ok((200, answer)) if text(&answer, "status") == "ok"
+        )
+    }
+}
+
 /// `retagd status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -320,40 +346,57 @@ pub fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<(), Failure> {
 }
 
 fn token(args: &Token) -> Result<String, Failure> {
+    given_token(args)?.ok_or_else(|| {
+        Failure::Usage(anyhow::anyhow!(
+            "no API token: pass --token-file FILE or set RETAGD_API_TOKEN"
+        ))
+    })
+}
+
+/// The token of `--token-file`, else `RETAGD_API_TOKEN`; `None` when neither is given.
+pub fn given_token(args: &Token) -> Result<Option<String>, Failure> {
     let usage = |m: String| Failure::Usage(anyhow::anyhow!(m));
     let token = match &args.token_file {
         Some(path) => crate::secret::read("--token-file", path)
             .map_err(|e| usage(e.to_string()))?
             .expose()
             .to_string(),
-        None => std::env::var("RETAGD_API_TOKEN")
-            .map_err(|_| {
-                usage("no API token: pass --token-file FILE or set RETAGD_API_TOKEN".into())
-            })?
-            .trim()
-            .to_string(),
+        None => match std::env::var("RETAGD_API_TOKEN") {
+            Ok(t) => t.trim().to_string(),
+            Err(_) => return Ok(None),
+        },
     };
     if token.is_empty() {
         return Err(usage("the API token is empty".into()));
     }
-    Ok(token)
+    Ok(Some(token))
 }
 
 /// `retagd approve`: exit 0 promoted or already there, 1 not promoted (conflict, failure,
 /// nothing to promote), 2 refused (token, names).
 pub fn approve(args: &ApproveArgs, out: &mut dyn Write) -> Result<(), Failure> {
-    let token = token(&args.token)?;
+    approve_at(&args.endpoint, &token(&args.token)?, &args.approval, out)
+}
+
+/// The approval through the daemon at `endpoint` with `token`; shared by `retagd approve` and
+/// `retagd promote` when a daemon answers.
+pub fn approve_at(
+    endpoint: &Endpoint,
+    token: &str,
+    approval: &super::pipelines::Approval,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
     let path = format!(
         "api/v1/pipelines/{}/stages/{}/promote",
-        urlencode(&args.approval.pipeline),
-        urlencode(&args.approval.stage)
+        urlencode(&approval.pipeline),
+        urlencode(&approval.stage)
     );
-    let target = url(&args.endpoint, &path)?;
+    let target = url(endpoint, &path)?;
     let body = serde_json::json!({
-        "tag": args.approval.tag,
-        "force": args.approval.force,
-        "digest": args.approval.digest.as_ref().map(|d| d.as_str()),
-        "reason": args.approval.reason,
+        "tag": approval.tag,
+        "force": approval.force,
+        "digest": approval.digest.as_ref().map(|d| d.as_str()),
+        "reason": approval.reason,
     });
     // A promotion across registries may stream gigabytes before the answer.
     let request = client(Duration::from_secs(3600))?
@@ -367,8 +410,8 @@ pub fn approve(args: &ApproveArgs, out: &mut dyn Write) -> Result<(), Failure> {
             let line = match text(&answer, "result") {
                 "up_to_date" => format!(
                     "already up to date: {}/{} has it as {}",
-                    args.approval.pipeline,
-                    args.approval.stage,
+                    approval.pipeline,
+                    approval.stage,
                     text(&answer, "tag")
                 ),
                 _ => {
@@ -376,8 +419,8 @@ pub fn approve(args: &ApproveArgs, out: &mut dyn Write) -> Result<(), Failure> {
                     let forced = answer.get("forced") == Some(&Value::Bool(true));
                     format!(
                         "promoted {}/{}: {} -> {} ({}){}",
-                        args.approval.pipeline,
-                        args.approval.stage,
+                        approval.pipeline,
+                        approval.stage,
                         text(&p, "from_tag"),
                         text(&p, "to_tag"),
                         text(&p, "digest"),

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::config::{AUTO, MANUAL};
-use support::pipeline::{wait_tag, Daemon, Env, DEADLINE, REPO};
+use support::pipeline::{run, text, wait_tag, Daemon, Env, DEADLINE, REPO};
 use support::prometheus::Prometheus;
 use support::proxy::FaultProxy;
 use support::registry::{Registry, RegistryOptions};
@@ -1008,4 +1008,74 @@ async fn a_calendar_freeze_holds_until_it_ends_then_the_daemon_promotes_without_
     // The interval is an hour: only the freeze's end can wake the pipeline in time.
     wait_tag(&env, REPO, "v1.2.0-rc.1").await;
     assert!(std::time::SystemTime::now() >= until - Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn retagd_promote_goes_through_a_running_daemon_which_shows_it_at_once() {
+    let env = Env::start();
+    let (token_line, _) = secrets(&env);
+    // An hour between looks: only going through the daemon shows the promotion now.
+    let config = env.write(&env.config("1h", AUTO, MANUAL).server_setting(&token_line));
+    let dev1 = env.push(REPO, "v1.2.0-dev.1", 1).await;
+    let daemon = Daemon::start(&config, env.dir.path().join("daemon.log"));
+    let address = daemon.address().await;
+    let api = Api::new(address);
+    api.current("staging", "v1.2.0-rc.1").await;
+    let url = format!("http://{address}");
+    let promote = [
+        "promote",
+        "--pipeline",
+        "api-gateway",
+        "--stage",
+        "production",
+        "--digest",
+        dev1.as_str(),
+        "--reason",
+        "from a terminal",
+        "--url",
+        url.as_str(),
+    ];
+
+    // The token comes from the configuration's server.api_token_file.
+    let out = run(&config, &promote).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("approving through the daemon at"),
+        "{stderr}"
+    );
+    let (_, p) = api.get("/api/v1/pipelines/api-gateway").await;
+    let last = &stage(&p, "production")["last_promotion"];
+    assert_eq!(
+        (&last["to_tag"], &last["approved_by"], &last["reason"]),
+        (
+            &json!("v1.2.0"),
+            &json!("api-token"),
+            &json!("from a terminal")
+        ),
+        "{p:#}"
+    );
+    assert!(api
+        .metrics()
+        .await
+        .contains(r#"retagd_promotions_total{pipeline="api-gateway",reason="",result="success",stage="production"} 1"#));
+
+    // No daemon there: promoted here, and said so.
+    drop(daemon);
+    let dev2 = env.push(REPO, "v1.2.1-dev.1", 2).await;
+    let out = run(&config, &["reconcile"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let mut here = promote.to_vec();
+    here[6] = dev2.as_str();
+    let out = run(&config, &here).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no retagd answers at"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        env.digest(REPO, "v1.2.1").await.as_deref(),
+        Some(dev2.as_str())
+    );
 }
