@@ -99,7 +99,6 @@ impl Engine {
         observed: &Observed,
     ) -> Vec<Drift> {
         let mut found = Vec::new();
-        let mut others = Vec::new();
         {
             let state = self.state();
             for s in &plan.stages {
@@ -110,18 +109,9 @@ impl Engine {
                         }
                     }
                 }
-                let listed = observed
-                    .tags
-                    .get(&plan::repo_key_of(&s.registry, &s.repository));
-                for (tag, expected) in state.written_tags(&pipeline.name, &s.stage) {
-                    let current = s.current.as_ref().is_some_and(|c| c.tag == tag);
-                    if !current && listed.is_some_and(|tags| tags.contains(&tag)) {
-                        others.push((s, tag, expected));
-                    }
-                }
             }
         }
-        found.extend(self.sweep(&pipeline.name, others).await);
+        found.extend(self.sweep(pipeline, plan, observed).await);
         for d in &mut found {
             let heal = pipeline
                 .stages
@@ -139,13 +129,29 @@ impl Engine {
         found
     }
 
-    /// The drift of `others` (written tags still listed, not current): HEADed when a sweep is
-    /// due, else as the last sweep found it, for the tags still as they were.
-    async fn sweep(&self, pipeline: &str, others: Vec<(&StagePlan, String, Digest)>) -> Vec<Drift> {
+    /// The drift of the other tags retagd wrote (still listed, no stage's current): HEADed when
+    /// a sweep is due, else as the last sweep found it, for the tags still as they were. A round
+    /// between sweeps looks only at what the last one found.
+    async fn sweep(
+        &self,
+        pipeline: &Pipeline,
+        plan: &PipelinePlan,
+        observed: &Observed,
+    ) -> Vec<Drift> {
+        let still = |s: &StagePlan, tag: &str, expected: &Digest| {
+            let current = s.current.as_ref().is_some_and(|c| c.tag == tag);
+            let listed = observed
+                .tags
+                .get(&plan::repo_key_of(&s.registry, &s.repository))
+                .is_some_and(|tags| tags.iter().any(|t| t == tag));
+            !current
+                && listed
+                && self.state().written(&pipeline.name, &s.stage, tag).as_ref() == Some(expected)
+        };
         let last = {
             let swept = self.records.swept.lock().unwrap_or_else(|e| e.into_inner());
             swept
-                .get(pipeline)
+                .get(&pipeline.name)
                 .filter(|(at, _)| at.elapsed() < SWEEP_EVERY)
                 .map(|(_, drift)| drift.clone())
         };
@@ -153,13 +159,37 @@ impl Engine {
             return last
                 .into_iter()
                 .filter(|d| {
-                    others.iter().any(|(s, tag, expected)| {
-                        s.stage == d.stage && *tag == d.tag && *expected == d.expected
-                    })
+                    plan.stages
+                        .iter()
+                        .find(|s| s.stage == d.stage)
+                        .is_some_and(|s| still(s, &d.tag, &d.expected))
                 })
                 .collect();
         }
         // Stage by stage, each stage's most recently written first.
+        let others: Vec<(&StagePlan, String, Digest)> = {
+            let state = self.state();
+            plan.stages
+                .iter()
+                .flat_map(|s| {
+                    let listed: std::collections::HashSet<&str> = observed
+                        .tags
+                        .get(&plan::repo_key_of(&s.registry, &s.repository))
+                        .into_iter()
+                        .flatten()
+                        .map(String::as_str)
+                        .collect();
+                    state
+                        .written_tags(&pipeline.name, &s.stage)
+                        .into_iter()
+                        .filter(move |(tag, _)| {
+                            listed.contains(tag.as_str())
+                                && s.current.as_ref().is_none_or(|c| c.tag != *tag)
+                        })
+                        .map(move |(tag, d)| (s, tag, d))
+                })
+                .collect()
+        };
         let mut found = Vec::new();
         for (s, tag, expected) in others.into_iter().take(SWEEP_TAGS) {
             match self.backend().head(&s.registry, &s.repository, &tag).await {
@@ -174,7 +204,7 @@ impl Engine {
             .swept
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(pipeline.to_string(), (Instant::now(), found.clone()));
+            .insert(pipeline.name.clone(), (Instant::now(), found.clone()));
         found
     }
 

@@ -410,6 +410,7 @@ fn operator_objects_select_the_retagd_pod() {
             "RetagdPipelineNotReconciled",
             "RetagdPromotionPendingTooLong",
             "RetagdRegistryRateLimitLow",
+            "RetagdTagDrift",
             "RetagdDown"
         ]
     );
