@@ -219,67 +219,55 @@ pub async fn run(options: &Options, seeded: &Seeded, work: &Path) -> Value {
     verify(&registry, seeded).await;
     let log = AccessLog::new(registry.log_path());
     let mut points = Vec::new();
+    // `BENCH_BASELINE_RETAGD=PATH`: the same points with another binary, measured in turn in
+    // the same run, so the comparison does not depend on the machine's mood.
+    let baseline = std::env::var("BENCH_BASELINE_RETAGD").ok();
     for point in &options.points {
         let repos = repositories(seeded, *point);
-        let config = work.join(format!("steady-p{}-t{}.toml", point.pipelines, point.tags));
-        std::fs::write(
-            &config,
-            common::config(&registry.url(), &repos, (Stages::Three, true), "1m", ""),
-        )
-        .unwrap();
-        let mut walls = Vec::new();
-        let mut cpus = Vec::new();
-        let mut requests = Vec::new();
-        for run in 0..=options.runs {
-            let mark = log.mark();
-            let ran = common::run_timed(common::retagd(&[
-                "reconcile",
-                "--config",
-                &config.display().to_string(),
-            ]))
-            .await;
-            common::check("retagd reconcile (steady state)", &ran.output);
-            let counts = Counts::of(&log.since(mark).await, |a| a.agent.starts_with("retagd/"));
-            assert_eq!(
-                counts.get("manifest PUT"),
-                0,
-                "a steady-state reconcile wrote something: {}",
-                counts.line()
-            );
-            if run == 0 {
-                continue; // warm-up: page cache, first connections
-            }
-            eprintln!(
-                "steady P={} tags={} run {run}: {:.3} s wall, {:.2} s CPU ({})",
-                point.pipelines,
-                point.tags,
-                ran.wall.as_secs_f64(),
-                ran.cpu,
-                counts.line()
-            );
-            walls.push(common::secs(ran.wall));
-            cpus.push(ran.cpu);
-            requests.push(counts);
+        let mut measured = serde_json::Map::new();
+        let mut binaries = vec![("retagd", common::RETAGD.to_string())];
+        if let Some(b) = &baseline {
+            binaries.push(("retagd-baseline", b.clone()));
         }
-        let daemon = daemon(&registry, &repos, options, work, *point).await;
-        let counts = requests.first().cloned().unwrap_or_default();
-        let p = point.pipelines as f64;
-        points.push(json!({
-            "pipelines": point.pipelines,
-            "tags": point.tags,
-            "reconcile": {
-                "wall_s": walls,
-                "median_s": common::median(&walls),
-                "cpu_s": cpus,
-                "median_cpu_s": common::median(&cpus),
-                "requests": counts.json(),
-                "requests_same_every_run": requests.iter().all(|c| c.by_kind == counts.by_kind),
-                "tag_list_pages_per_repo": counts.get("tag list") as f64 / p,
-                "manifest_heads_per_pipeline": counts.get("manifest HEAD") as f64 / p,
-                "manifest_gets": counts.get("manifest GET"),
-            },
-            "daemon": daemon,
-        }));
+        for (name, binary) in &binaries {
+            let value = measure(
+                &registry,
+                &log,
+                (name, binary),
+                &repos,
+                options,
+                work,
+                *point,
+            )
+            .await;
+            measured.insert((*name).to_string(), value);
+        }
+        let mut value = measured.remove("retagd").unwrap_or_default();
+        if let Some(base) = measured.remove("retagd-baseline") {
+            let ratio = |path: &[&str]| {
+                let get = |v: &Value| {
+                    path.iter()
+                        .fold(v, |v, k| &v[*k])
+                        .as_f64()
+                        .unwrap_or(f64::NAN)
+                };
+                get(&value) / get(&base)
+            };
+            let compared = json!({
+                "reconcile_cpu": ratio(&["reconcile", "median_cpu_s"]),
+                "reconcile_wall": ratio(&["reconcile", "median_s"]),
+                "daemon_cpu_per_pipeline_reconcile": ratio(&["daemon", "cpu_ms_per_pipeline_reconcile"]),
+                "daemon_rss": ratio(&["daemon", "rss_mib"]),
+                "daemon_settled_rss": ratio(&["daemon", "settled_rss_mib"]),
+            });
+            eprintln!(
+                "steady P={} tags={}: retagd / baseline = {compared}",
+                point.pipelines, point.tags
+            );
+            value["baseline"] = base;
+            value["versus_baseline"] = compared;
+        }
+        points.push(value);
     }
     let paged = match options.paged {
         Some(point) => Some(paged(&registry, seeded, point, work).await),
@@ -296,6 +284,76 @@ pub async fn run(options: &Options, seeded: &Seeded, work: &Path) -> Value {
     })
 }
 
+/// One binary on one point: timed one-shot reconciles, then a daemon.
+async fn measure(
+    registry: &Registry,
+    log: &AccessLog,
+    (name, binary): (&str, &str),
+    repos: &[String],
+    options: &Options,
+    work: &Path,
+    point: Point,
+) -> Value {
+    let config = work.join(format!("steady-p{}-t{}.toml", point.pipelines, point.tags));
+    std::fs::write(
+        &config,
+        common::config(&registry.url(), repos, (Stages::Three, true), "1m", ""),
+    )
+    .unwrap();
+    let mut walls = Vec::new();
+    let mut cpus = Vec::new();
+    let mut requests = Vec::new();
+    for run in 0..=options.runs {
+        let mark = log.mark();
+        let ran = common::run_timed(common::retagd_binary(
+            binary,
+            &["reconcile", "--config", &config.display().to_string()],
+        ))
+        .await;
+        common::check("retagd reconcile (steady state)", &ran.output);
+        let counts = Counts::of(&log.since(mark).await, |a| a.agent.starts_with("retagd/"));
+        assert_eq!(
+            counts.get("manifest PUT"),
+            0,
+            "a steady-state reconcile wrote something: {}",
+            counts.line()
+        );
+        if run == 0 {
+            continue; // warm-up: page cache, first connections
+        }
+        eprintln!(
+            "steady {name} P={} tags={} run {run}: {:.3} s wall, {:.2} s CPU ({})",
+            point.pipelines,
+            point.tags,
+            ran.wall.as_secs_f64(),
+            ran.cpu,
+            counts.line()
+        );
+        walls.push(common::secs(ran.wall));
+        cpus.push(ran.cpu);
+        requests.push(counts);
+    }
+    let daemon = daemon(registry, (name, binary), repos, options, work, point).await;
+    let counts = requests.first().cloned().unwrap_or_default();
+    let p = point.pipelines as f64;
+    json!({
+        "pipelines": point.pipelines,
+        "tags": point.tags,
+        "reconcile": {
+            "wall_s": walls,
+            "median_s": common::median(&walls),
+            "cpu_s": cpus,
+            "median_cpu_s": common::median(&cpus),
+            "requests": counts.json(),
+            "requests_same_every_run": requests.iter().all(|c| c.by_kind == counts.by_kind),
+            "tag_list_pages_per_repo": counts.get("tag list") as f64 / p,
+            "manifest_heads_per_pipeline": counts.get("manifest HEAD") as f64 / p,
+            "manifest_gets": counts.get("manifest GET"),
+        },
+        "daemon": daemon,
+    })
+}
+
 fn repositories(seeded: &Seeded, point: Point) -> Vec<String> {
     let set = seeded
         .sets
@@ -309,6 +367,7 @@ fn repositories(seeded: &Seeded, point: Point) -> Vec<String> {
 /// memory, CPU per pipeline reconcile and requests per round.
 async fn daemon(
     registry: &Registry,
+    (name, binary): (&str, &str),
     repos: &[String],
     options: &Options,
     work: &Path,
@@ -332,7 +391,7 @@ async fn daemon(
     .unwrap();
     let log = AccessLog::new(registry.log_path());
     let mark = log.mark();
-    let daemon = Daemon::start(&config, work.join("daemon.log"));
+    let daemon = Daemon::start_binary(binary, &config, work.join("daemon.log"));
     let address = daemon.address().await;
     let pid = daemon.child.id();
     let client = common::client("retagd-bench-check", 1);
@@ -367,7 +426,7 @@ async fn daemon(
     let counts = Counts::of(&log.since(mark).await, |a| a.agent.starts_with("retagd/"));
     let errors = counts.server_errors;
     eprintln!(
-        "steady daemon P={} tags={}: {done} reconciles, RSS {:.1} MiB, one interval later {:.1} MiB (peak {:.1} MiB), {:.2} ms CPU per pipeline reconcile",
+        "steady daemon {name} P={} tags={}: {done} reconciles, RSS {:.1} MiB, one interval later {:.1} MiB (peak {:.1} MiB), {:.2} ms CPU per pipeline reconcile",
         point.pipelines,
         point.tags,
         rss as f64 / 1024.0,

@@ -187,8 +187,18 @@ impl Daemon {
 
     /// [`Daemon::start`] at this `RETAGD_LOG` level.
     pub fn start_with(config: &Path, log: PathBuf, level: &str) -> Daemon {
+        Daemon::start_command(retagd(), config, log, level)
+    }
+
+    /// [`Daemon::start`] of another binary (a baseline build, in the benchmarks).
+    #[allow(dead_code)] // The benchmarks use it; the tests share this file.
+    pub fn start_binary(binary: &str, config: &Path, log: PathBuf) -> Daemon {
+        Daemon::start_command(super::process::retagd_at(binary), config, log, "info")
+    }
+
+    fn start_command(mut command: Command, config: &Path, log: PathBuf, level: &str) -> Daemon {
         let file = std::fs::File::create(&log).unwrap();
-        let child = retagd()
+        let child = command
             .args([
                 "run",
                 "--config",

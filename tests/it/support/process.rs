@@ -9,7 +9,12 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 /// suites' own switches such as `RETAGD_FAULTS` would be configuration overrides to it), the
 /// default log level spelled out, and no Docker config of the machine's user.
 pub fn retagd() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_retagd"));
+    retagd_at(env!("CARGO_BIN_EXE_retagd"))
+}
+
+/// [`retagd`] with another binary (a baseline build, in the benchmarks).
+pub fn retagd_at(binary: &str) -> Command {
+    let mut command = Command::new(binary);
     for (key, _) in std::env::vars() {
         if key.starts_with("RETAGD_") {
             command.env_remove(key);
