@@ -585,45 +585,36 @@ impl Engine {
         stopping: &(dyn Fn() -> bool + Sync),
     ) -> Outcome {
         let started = Instant::now();
-        let (plan, applied, referrers, drift) = {
+        let (mut applied, mut referrers, mut records, mut drift, mut after) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), None);
+        let plan = {
             let held = self.lock_targets(pipeline).await;
-            match self.plan_holding_slots(pipeline, intent, true).await {
-                Ok((plan, observed)) => {
-                    let drift = self.drift(pipeline, &plan, &observed).await;
-                    let applied = self
-                        .apply(
-                            pipeline,
-                            (&plan, &observed),
-                            intent,
-                            (held.exclusive, &drift),
-                            stopping,
-                        )
-                        .await;
-                    if pipeline.records {
-                        self.queue_records(pipeline, &applied);
-                    }
-                    // Records before referrers, which take them on to later stages.
-                    let (records, referrers) = if stopping() {
-                        (Vec::new(), Vec::new())
-                    } else {
-                        let records = self.write_records(&pipeline.name).await;
-                        let referrers = self
-                            .carry_referrers(pipeline, &plan, &observed, &applied)
-                            .await;
-                        (records, referrers)
-                    };
-                    let after = self.plan_after(pipeline, &plan, &observed, &applied);
-                    (Ok(plan), applied, referrers, (drift, records, after))
-                }
-                Err(e) => (
-                    Err(e),
-                    Vec::new(),
-                    Vec::new(),
-                    (Vec::new(), Vec::new(), None),
-                ),
-            }
+            self.plan_holding_slots(pipeline, intent, true)
+                .await
+                .map(|(plan, observed)| (plan, observed, held))
         };
-        let (drift, records, after) = drift;
+        let plan = match plan {
+            Ok((plan, observed, held)) => {
+                drift = self.drift(pipeline, &plan, &observed).await;
+                let view = (&plan, &observed);
+                let exclusive = (held.exclusive, &drift[..]);
+                applied = self.apply(pipeline, view, intent, exclusive, stopping).await;
+                if pipeline.records {
+                    self.queue_records(pipeline, &applied);
+                }
+                // Records before referrers, which take them on to later stages.
+                if !stopping() {
+                    records = self.write_records(&pipeline.name).await;
+                    referrers = self
+                        .carry_referrers(pipeline, &plan, &observed, &applied)
+                        .await;
+                }
+                after = self.plan_after(pipeline, &plan, &observed, &applied);
+                drop(held);
+                Ok(plan)
+            }
+            Err(e) => Err(e),
+        };
         self.save_state_in_turn().await;
         let outcome = Outcome {
             pipeline: pipeline.name.clone(),
