@@ -598,7 +598,9 @@ impl Engine {
                 drift = self.drift(pipeline, &plan, &observed).await;
                 let view = (&plan, &observed);
                 let exclusive = (held.exclusive, &drift[..]);
-                applied = self.apply(pipeline, view, intent, exclusive, stopping).await;
+                applied = self
+                    .apply(pipeline, view, intent, exclusive, stopping)
+                    .await;
                 if pipeline.records {
                     self.queue_records(pipeline, &applied);
                 }

@@ -166,30 +166,27 @@ impl Engine {
                 })
                 .collect();
         }
-        // Stage by stage, each stage's most recently written first.
-        let others: Vec<(&StagePlan, String, Digest)> = {
+        // Stage by stage, each stage's most recently written first. Most stages have none:
+        // nothing is built for them (a set of a stage's tags would cost more than the sweep).
+        let mut others: Vec<(&StagePlan, String, Digest)> = Vec::new();
+        {
             let state = self.state();
-            plan.stages
-                .iter()
-                .flat_map(|s| {
-                    let listed: std::collections::HashSet<&str> = observed
-                        .tags
-                        .get(&plan::repo_key_of(&s.registry, &s.repository))
-                        .into_iter()
-                        .flatten()
-                        .map(String::as_str)
-                        .collect();
-                    state
-                        .written_tags(&pipeline.name, &s.stage)
-                        .into_iter()
-                        .filter(move |(tag, _)| {
-                            listed.contains(tag.as_str())
-                                && s.current.as_ref().is_none_or(|c| c.tag != *tag)
-                        })
-                        .map(move |(tag, d)| (s, tag, d))
-                })
-                .collect()
-        };
+            for s in &plan.stages {
+                let written = state.written_tags(&pipeline.name, &s.stage);
+                if written.is_empty() {
+                    continue;
+                }
+                let listed = observed
+                    .tags
+                    .get(&plan::repo_key_of(&s.registry, &s.repository));
+                for (tag, d) in written {
+                    let current = s.current.as_ref().is_some_and(|c| c.tag == tag);
+                    if !current && listed.is_some_and(|tags| tags.contains(&tag)) {
+                        others.push((s, tag, d));
+                    }
+                }
+            }
+        }
         let mut found = Vec::new();
         for (s, tag, expected) in others.into_iter().take(SWEEP_TAGS) {
             match self.backend().head(&s.registry, &s.repository, &tag).await {
