@@ -67,6 +67,11 @@ pub struct Metrics {
     drift: IntGaugeVec,
     /// The (pipeline, stage, tag) series of `retagd_drift`, so a resolved one goes to 0.
     drifted: Mutex<BTreeSet<(String, String, String)>>,
+    /// Stages with a `retagd_stage_frozen` series: made at their first freeze, so a fleet that
+    /// is never frozen does not carry a series per stage (a series costs about a KiB here).
+    ever_frozen: Mutex<BTreeSet<(String, String)>>,
+    /// Pipelines with a `retagd_records_pending` series: made at their first unwritten record.
+    ever_unrecorded: Mutex<BTreeSet<String>>,
     records: IntCounterVec,
     unrecorded: IntGaugeVec,
 }
@@ -209,7 +214,7 @@ impl Metrics {
             )?,
             frozen: gauge_vec(
                 "retagd_stage_frozen",
-                "1 while a freeze (configured or set through the API) holds promotions into the stage, else 0.",
+                "1 while a freeze (configured or set through the API) holds promotions into the stage, else 0; present once the stage was first frozen.",
                 &["pipeline", "stage"],
             )?,
             waiting_until,
@@ -241,6 +246,8 @@ impl Metrics {
                 &["pipeline", "stage", "tag"],
             )?,
             drifted: Mutex::new(BTreeSet::new()),
+            ever_frozen: Mutex::new(BTreeSet::new()),
+            ever_unrecorded: Mutex::new(BTreeSet::new()),
             records: counter_vec(
                 "retagd_records_total",
                 "Promotion records written into target repositories, by result: written, failed (kept and tried again at the next reconcile).",
@@ -248,7 +255,7 @@ impl Metrics {
             )?,
             unrecorded: gauge_vec(
                 "retagd_records_pending",
-                "Promotion records of the pipeline not written yet.",
+                "Promotion records of the pipeline not written yet; present once one could not be written.",
                 &["pipeline"],
             )?,
             registry: registry.clone(),
@@ -341,6 +348,11 @@ impl Metrics {
             let kept = stages.iter().any(|(sp, _)| sp == p);
             if !kept {
                 let _ = self.last_success.remove_label_values(&[p.as_str()]);
+                let _ = self.unrecorded.remove_label_values(&[p.as_str()]);
+                self.ever_unrecorded
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(p);
             }
             kept
         });
@@ -350,6 +362,10 @@ impl Metrics {
                 return true;
             }
             let _ = self.frozen.remove_label_values(&[pipeline, stage]);
+            self.ever_frozen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&(pipeline.clone(), stage.clone()));
             let _ = self.last_promotion.remove_label_values(&[pipeline, stage]);
             let _ = self.pending_since.remove_label_values(&[pipeline, stage]);
             for why in [Wait::Soak, Wait::Window].map(Wait::as_str) {
@@ -437,9 +453,20 @@ impl Metrics {
                 .with_label_values(&[name, &r.stage, result])
                 .inc();
         }
-        self.unrecorded
-            .with_label_values(&[name])
-            .set(i64::try_from(outcome.unrecorded).unwrap_or(i64::MAX));
+        {
+            let mut ever = self
+                .ever_unrecorded
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if outcome.unrecorded > 0 {
+                ever.insert(name.to_string());
+            }
+            if ever.contains(name) {
+                self.unrecorded
+                    .with_label_values(&[name])
+                    .set(i64::try_from(outcome.unrecorded).unwrap_or(i64::MAX));
+            }
+        }
         if outcome.plan.is_ok() {
             self.drift(name, &outcome.drift);
         }
@@ -487,9 +514,18 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert((pipeline.to_string(), st.stage.clone()));
-        self.frozen
-            .with_label_values(&[pipeline, &st.stage])
-            .set(i64::from(st.frozen.is_some()));
+        {
+            let key = (pipeline.to_string(), st.stage.clone());
+            let mut ever = self.ever_frozen.lock().unwrap_or_else(|e| e.into_inner());
+            if st.frozen.is_some() {
+                ever.insert(key.clone());
+            }
+            if ever.contains(&key) {
+                self.frozen
+                    .with_label_values(&[pipeline, &st.stage])
+                    .set(i64::from(st.frozen.is_some()));
+            }
+        }
         let waiting = match &st.action {
             Action::Waiting { until, why, .. } => Some((*until, why.as_str())),
             _ => None,
