@@ -18,26 +18,12 @@ use support::registry::Registry;
 const RELEASE: &str = "release/api-gateway";
 const RECORD: &str = "application/vnd.retagd.promotion.v1+json";
 
-/// `GET /v2/<repo>/<kind>/<reference>` from the registry itself; `None` unless 200.
-async fn read(registry: &Registry, repo: &str, kind: &str, reference: &str) -> Option<Vec<u8>> {
-    let answer = support::http_client()
-        .get(format!("{}/v2/{repo}/{kind}/{reference}", registry.url()))
-        .header(
-            "accept",
-            "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json",
-        )
-        .send()
-        .await
-        .unwrap();
-    if !answer.status().is_success() {
-        return None;
-    }
-    Some(answer.bytes().await.unwrap().to_vec())
-}
-
 /// The descriptors the `sha256-<hex>` index of `subject` lists in `repo`.
 async fn listed(registry: &Registry, repo: &str, subject: &str) -> Vec<Value> {
-    match read(registry, repo, "manifests", &fallback_tag(subject)).await {
+    match registry
+        .read(repo, "manifests", &fallback_tag(subject))
+        .await
+    {
         Some(bytes) => serde_json::from_slice::<Value>(&bytes).unwrap()["manifests"]
             .as_array()
             .cloned()
@@ -56,7 +42,7 @@ async fn records(registry: &Registry, repo: &str, subject: &str) -> Vec<Value> {
         }
         let digest = d["digest"].as_str().unwrap();
         let manifest: Value =
-            serde_json::from_slice(&read(registry, repo, "manifests", digest).await.unwrap())
+            serde_json::from_slice(&registry.read(repo, "manifests", digest).await.unwrap())
                 .unwrap();
         assert_eq!(manifest["artifactType"], RECORD, "{manifest:#}");
         assert_eq!(manifest["subject"]["digest"], subject, "{manifest:#}");
@@ -66,7 +52,7 @@ async fn records(registry: &Registry, repo: &str, subject: &str) -> Vec<Value> {
         );
         let layer = manifest["layers"][0]["digest"].as_str().unwrap();
         let Ok(record) =
-            serde_json::from_slice::<Value>(&read(registry, repo, "blobs", layer).await.unwrap())
+            serde_json::from_slice::<Value>(&registry.read(repo, "blobs", layer).await.unwrap())
         else {
             continue;
         };
@@ -199,7 +185,9 @@ async fn automatic_and_approved_promotions_leave_records_that_history_reads_back
     drop(daemon);
 
     // Someone else's artifacts of the record type: garbage JSON, and another pipeline's.
-    let subject_size = read(&env.registry, REPO, "manifests", &dev1)
+    let subject_size = env
+        .registry
+        .read(REPO, "manifests", &dev1)
         .await
         .unwrap()
         .len();

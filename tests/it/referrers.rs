@@ -49,22 +49,7 @@ fn requests(log: &str) -> Vec<String> {
 
 /// The manifest bytes of `repo:reference` in `registry`, if it has them.
 async fn manifest_at(registry: &Registry, repo: &str, reference: &str) -> Option<Vec<u8>> {
-    let response = support::http_client()
-        .get(format!(
-            "{}/v2/{repo}/manifests/{reference}",
-            registry.url()
-        ))
-        .header(
-            "accept",
-            "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json",
-        )
-        .send()
-        .await
-        .unwrap();
-    if !response.status().is_success() {
-        return None;
-    }
-    Some(response.bytes().await.unwrap().to_vec())
+    registry.read(repo, "manifests", reference).await
 }
 
 /// The digests a `sha256-<hex>` index lists in `registry`.

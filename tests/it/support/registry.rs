@@ -221,6 +221,25 @@ impl Registry {
         self.addr.to_string()
     }
 
+    /// `GET /v2/<repo>/<kind>/<reference>` (`kind`: `manifests` or `blobs`) read from the
+    /// registry itself, accepting OCI indexes and manifests; the bytes, `None` unless 200.
+    #[allow(dead_code)] // The benchmarks share this file and do not call it.
+    pub async fn read(&self, repo: &str, kind: &str, reference: &str) -> Option<Vec<u8>> {
+        let answer = super::http_client()
+            .get(format!("{}/v2/{repo}/{kind}/{reference}", self.url()))
+            .header(
+                "accept",
+                "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json",
+            )
+            .send()
+            .await
+            .expect("the registry answers");
+        if !answer.status().is_success() {
+            return None;
+        }
+        Some(answer.bytes().await.expect("the body").to_vec())
+    }
+
     /// `http://127.0.0.1:PORT` or `https://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
