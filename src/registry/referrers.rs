@@ -713,6 +713,10 @@ pub async fn attach(
     Ok(m.digest)
 }
 
+/// Promotion records read per repository at most (two requests each), so a repository stuffed
+/// with artifacts of the record type cannot hold a history request for long.
+pub const MAX_RECORDS: usize = 2_000;
+
 /// What [`records`] found in one repository: the records, and what was skipped and why.
 #[derive(Debug, Default)]
 pub struct Found {
@@ -748,6 +752,12 @@ pub async fn records(
         {
             if !seen.insert(e.digest.clone()) {
                 continue;
+            }
+            if seen.len() > MAX_RECORDS {
+                found.skipped.push(format!(
+                    "{repo}: more than {MAX_RECORDS} promotion records; the rest are not read"
+                ));
+                return Ok(found);
             }
             match read_record(src, repo, subject, &e.digest).await {
                 Ok(Ok(r)) => found.records.push((e.digest.clone(), r)),
