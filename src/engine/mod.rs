@@ -519,6 +519,13 @@ impl Engine {
                     plan::repo_key_of(&stage.registry, &stage.repository),
                     p.to_tag.clone(),
                 ));
+            // A stage healed in this pass was planned from the bytes it held before, as a
+            // source and as a target: the next pass (at once, see `Outcome::next`) plans again.
+            let healed = |name: &str| drift.iter().any(|d| !d.open() && d.stage == name);
+            if healed(&p.from_stage) || healed(&stage.stage) {
+                tracing::info!(pipeline = %pipeline.name, stage = %stage.stage, from_stage = %p.from_stage, "healed in this pass: planned again next pass");
+                continue;
+            }
             let started = Instant::now();
             let drifted = drift.iter().find(|d| d.open() && d.stage == p.from_stage);
             let result = if let Some(d) = drifted {

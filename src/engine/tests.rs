@@ -628,3 +628,39 @@ async fn the_plan_after_a_reconcile_shows_its_promotions_without_asking_the_regi
     // Nothing written: no plan after.
     assert!(reconcile(&engine, &pipeline).await.after.is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_source_healed_in_this_pass_promotes_nothing_it_held_before_the_heal() {
+    let backend = Arc::new(Memory::default());
+    let dev1 = backend.push("r", "app/dev", "v1.2.0-dev.1");
+    let text = pipeline_toml("app", &APP, Some("manual")).replace(
+        "approval = \"auto\" }\n",
+        "approval = \"auto\", heal = true }\n",
+    );
+    let pipeline = pipelines(&[text]).remove(0);
+    let engine = engine(&backend);
+    let _ = reconcile(&engine, &pipeline).await;
+    let forged = memory::digest("forged");
+    backend.set("r", "app/rc", "v1.2.0-rc.1", &forged);
+
+    // The approval's plan saw the forged rc.1; the heal puts rc.1 back in the same pass, and
+    // the release is not made from what the plan saw.
+    let asked = Asked {
+        by: "alice".into(),
+        ..Asked::default()
+    };
+    let outcome = engine
+        .reconcile(&pipeline, &asked.intent(2), &|| false)
+        .await;
+    assert_eq!(outcome.drift[0].healed, Some(Ok(())));
+    assert!(outcome.applied.is_empty(), "{:?}", outcome.applied);
+    assert_eq!(outcome.next(), Next::Now);
+    assert_eq!(backend.tags("r", "app/rc").get("v1.2.0-rc.1"), Some(&dev1));
+    assert!(backend.tags("r", "app/release").is_empty());
+    // Approved again, it promotes the bytes retagd wrote.
+    let again = engine
+        .reconcile(&pipeline, &asked.intent(2), &|| false)
+        .await;
+    assert!(again.succeeded(), "{:?}", again.problems());
+    assert_eq!(backend.tags("r", "app/release").get("v1.2.0"), Some(&dev1));
+}
