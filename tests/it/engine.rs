@@ -136,6 +136,42 @@ async fn the_story_from_dev_to_release_with_idempotent_reconciles() {
     );
 }
 
+/// Issue 21: `retagd reconcile` printed the plan from before its promotions (staging still
+/// "promote v1.2.0-dev.1 -> v1.2.0-rc.1" after making rc.1). What it prints is what `retagd plan`
+/// says right after, then what it did; row by row, without the `[no current tag: ... N tag(s)
+/// ...]` notes, whose count misses the promotion record tag the same reconcile wrote (the plan
+/// after is worked out from the tags the reconcile listed plus the ones it promoted to).
+#[tokio::test]
+async fn reconcile_prints_the_plan_as_it_stands_after_its_promotions() {
+    let rows = |text: &str| -> Vec<String> {
+        text.lines()
+            .map(|l| l.split(" [no current tag:").next().unwrap().to_string())
+            .collect()
+    };
+    let env = Env::start();
+    let config = env.configure(AUTO, MANUAL);
+    for (n, seed) in [(1, 1), (2, 2)] {
+        let dev = env.push(REPO, &format!("v1.2.0-dev.{n}"), seed).await;
+        let out = run(&config, &["reconcile"]).await;
+        assert!(out.status.success(), "{}", text(&out));
+        let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+        let plan = run(&config, &["plan"]).await;
+        assert!(plan.status.success(), "{}", text(&plan));
+        let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
+        assert!(
+            plan.contains(&format!("v1.2.0-rc.{n} "))
+                && plan.contains(&format!("pending approval: v1.2.0-rc.{n} -> v1.2.0")),
+            "{plan}"
+        );
+        assert_eq!(
+            rows(&printed),
+            rows(&format!(
+                "{plan}promoted api-gateway/staging: v1.2.0-dev.{n} -> v1.2.0-rc.{n} ({dev})\n"
+            ))
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_tag_listed_before_its_manifest_is_readable_is_looked_at_again_at_once() {
     // The CNCF registry lists a pushed tag a moment before a HEAD finds it, and its webhook
