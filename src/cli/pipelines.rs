@@ -280,14 +280,20 @@ fn promote_through_daemon(
     });
     let daemon = super::remote::Endpoint::at(url);
     if !daemon.answers() {
-        if args.url.is_some() {
-            writeln!(
-                err,
-                "note: no retagd answers at {}; promoting here",
-                daemon.url()
-            )
-            .map_err(io_failure)?;
-        }
+        // Said whether the address was given or derived: a daemon listening elsewhere than the
+        // file's server.listen (RETAGD_SERVER__LISTEN set for it alone) would otherwise miss the
+        // promotion until its next look without anyone being told.
+        writeln!(
+            err,
+            "note: no retagd answers at {} ({}); promoting here (--local says this is meant)",
+            daemon.url(),
+            if args.url.is_some() {
+                "--url or RETAGD_URL"
+            } else {
+                "server.listen; --url names another address"
+            }
+        )
+        .map_err(io_failure)?;
         return Ok(None);
     }
     let token = match super::remote::given_token(&args.token)? {

@@ -1018,11 +1018,28 @@ async fn a_calendar_freeze_holds_until_it_ends_then_the_daemon_promotes_without_
     assert!(std::time::SystemTime::now() >= until - Duration::from_secs(1));
 }
 
+/// `retagd ARGS --config CONFIG` with these environment variables besides the harness's.
+async fn run_with(
+    config: &std::path::Path,
+    args: &[&str],
+    vars: &[(&str, &str)],
+) -> std::process::Output {
+    let mut command = support::process::retagd();
+    command.args(args).arg("--config").arg(config);
+    for (key, value) in vars {
+        command.env(key, value);
+    }
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn retagd_promote_goes_through_a_running_daemon_which_shows_it_at_once() {
     let env = Env::start();
     let (token_line, _) = secrets(&env);
-    // An hour between looks: only going through the daemon shows the promotion now.
+    // An hour between looks: only going through the daemon shows the promotion now. The file
+    // says `listen = "127.0.0.1:0"`; the daemon's port comes back from its log.
     let config = env.write(&env.config("1h", AUTO, MANUAL).server_setting(&token_line));
     let dev1 = env.push(REPO, "v1.2.0-dev.1", 1).await;
     let daemon = Daemon::start(&config, env.dir.path().join("daemon.log"));
@@ -1030,26 +1047,44 @@ async fn retagd_promote_goes_through_a_running_daemon_which_shows_it_at_once() {
     let api = Api::new(address);
     api.current("staging", "v1.2.0-rc.1").await;
     let url = format!("http://{address}");
-    let promote = [
-        "promote",
-        "--pipeline",
-        "api-gateway",
-        "--stage",
-        "production",
-        "--digest",
-        dev1.as_str(),
-        "--reason",
-        "from a terminal",
-        "--url",
-        url.as_str(),
-    ];
+    let promote = |digest: &str| -> Vec<String> {
+        [
+            "promote",
+            "--pipeline",
+            "api-gateway",
+            "--stage",
+            "production",
+            "--digest",
+            digest,
+            "--reason",
+            "from a terminal",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let with_url = |mut args: Vec<String>| {
+        args.extend(["--url".to_string(), url.clone()]);
+        args
+    };
+    fn refs(args: &[String]) -> Vec<&str> {
+        args.iter().map(String::as_str).collect()
+    }
 
-    // The token comes from the configuration's server.api_token_file.
-    let out = run(&config, &promote).await;
+    // No --url: the daemon at the configuration's server.listen (here the address the daemon
+    // got, given as the daemon would be given it); the token from server.api_token_file.
+    let args = promote(&dev1);
+    let listen = address.to_string();
+    let out = run_with(
+        &config,
+        &refs(&args),
+        &[("RETAGD_SERVER__LISTEN", listen.as_str())],
+    )
+    .await;
     assert!(out.status.success(), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("approving through the daemon at"),
+        stderr.contains(&format!("approving through the daemon at {url}")),
         "{stderr}"
     );
     let (_, p) = api.get("/api/v1/pipelines/api-gateway").await;
@@ -1068,22 +1103,64 @@ async fn retagd_promote_goes_through_a_running_daemon_which_shows_it_at_once() {
         .await
         .contains(r#"retagd_promotions_total{pipeline="api-gateway",reason="",result="success",stage="production"} 1"#));
 
-    // No daemon there: promoted here, and said so.
-    drop(daemon);
-    let dev2 = env.push(REPO, "v1.2.1-dev.1", 2).await;
-    let out = run(&config, &["reconcile"]).await;
+    // --url: the same daemon, which has it already.
+    let out = run(&config, &refs(&with_url(args.clone()))).await;
     assert!(out.status.success(), "{}", text(&out));
-    let mut here = promote.to_vec();
-    here[6] = dev2.as_str();
-    let out = run(&config, &here).await;
-    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "already up to date: api-gateway/production has it as v1.2.0\n"
+    );
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("no retagd answers at"),
+        String::from_utf8_lossy(&out.stderr).contains("approving through the daemon at"),
         "{}",
         text(&out)
     );
-    assert_eq!(
-        env.digest(REPO, "v1.2.1").await.as_deref(),
-        Some(dev2.as_str())
-    );
+
+    // No daemon any more: promoted here, and said once, naming where retagd looked; not said
+    // with --local.
+    drop(daemon);
+    for (n, (version, mode)) in [("1", "--url"), ("2", "listen"), ("3", "--local")]
+        .iter()
+        .enumerate()
+    {
+        let dev = env
+            .push(REPO, &format!("v1.2.{version}-dev.1"), 2 + n as u64)
+            .await;
+        let out = run(&config, &["reconcile"]).await;
+        assert!(out.status.success(), "{}", text(&out));
+        let args = match *mode {
+            "--url" => with_url(promote(&dev)),
+            "listen" => promote(&dev),
+            _ => {
+                let mut args = promote(&dev);
+                args.push("--local".into());
+                args
+            }
+        };
+        let out = run(&config, &refs(&args)).await;
+        assert!(out.status.success(), "{mode}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let notes = stderr.matches("no retagd answers at").count();
+        match *mode {
+            "--url" => assert!(
+                notes == 1
+                    && stderr
+                        .contains(&format!("no retagd answers at {url} (--url or RETAGD_URL)")),
+                "{stderr}"
+            ),
+            "listen" => assert!(
+                notes == 1
+                    && stderr.contains("no retagd answers at http://127.0.0.1:0 (server.listen"),
+                "{stderr}"
+            ),
+            _ => assert_eq!(notes, 0, "{stderr}"),
+        }
+        assert_eq!(
+            env.digest(REPO, &format!("v1.2.{version}"))
+                .await
+                .as_deref(),
+            Some(dev.as_str()),
+            "{mode}"
+        );
+    }
 }
