@@ -323,6 +323,28 @@ fn the_objects_rendered_are_the_expected_ones() {
     }
 }
 
+/// A chart's icon is a URL (Artifact Hub and `helm show chart` fetch it); it names the
+/// dashboard's icon in this repository's main branch, so moving or renaming the file must move
+/// the URL too.
+#[test]
+fn the_chart_icon_is_the_dashboard_icon_of_this_repository() {
+    let chart: Value = Figment::from(Yaml::file(chart_dir().join("Chart.yaml")))
+        .extract()
+        .unwrap();
+    let home = chart["home"].as_str().unwrap();
+    let icon = chart["icon"].as_str().unwrap();
+    let raw = format!(
+        "{}/main/",
+        home.replace("https://github.com/", "https://raw.githubusercontent.com/")
+    );
+    let path = icon
+        .strip_prefix(&raw)
+        .unwrap_or_else(|| panic!("icon {icon:?} is not a file of {home} (main) under {raw}"));
+    assert_eq!(path, "src/server/dashboard/icon.svg");
+    let svg = std::fs::read_to_string(repo(path)).unwrap();
+    assert!(svg.contains("<svg"), "{path} is not an SVG");
+}
+
 #[test]
 fn rendered_objects_pass_kubernetes_validate_strict() {
     let validate = kubernetes_validate();
