@@ -170,6 +170,24 @@ async fn reconcile_prints_the_plan_as_it_stands_after_its_promotions() {
             ))
         );
     }
+
+    // Two promotions chained in one pass (production automatic too): both rows up to date.
+    let env = Env::start();
+    let config = env.configure(AUTO, AUTO);
+    let dev = env.push(REPO, "v1.2.0-dev.1", 1).await;
+    let out = run(&config, &["reconcile"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let plan = run(&config, &["plan"]).await;
+    let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
+    assert!(plan.contains("up to date (v1.2.0)"), "{plan}");
+    assert_eq!(
+        rows(&printed),
+        rows(&format!(
+            "{plan}promoted api-gateway/staging: v1.2.0-dev.1 -> v1.2.0-rc.1 ({dev})\n\
+             promoted api-gateway/production: v1.2.0-rc.1 -> v1.2.0 ({dev})\n"
+        ))
+    );
 }
 
 #[tokio::test]
