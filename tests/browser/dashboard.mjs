@@ -1,7 +1,8 @@
 // The dashboard in a real browser: Debian's Chromium driven by Playwright, against a real
 // `retagd run` and a real registry that tests/it/dashboard.rs started. It pushes a new dev build
 // (scripts/push-sample-images), watches the page update without a reload, approves with a wrong
-// token and then the right one, and saves screenshots.
+// token and then the right one, sees a release tag pushed over by hand as drift, and saves
+// screenshots.
 //
 // env: RETAGD_URL, REGISTRY_URL, TOKEN, SCREENSHOTS (a directory), CHROMIUM (optional).
 // Exit 0 when every step held; otherwise the failed step on stderr and exit 1.
@@ -105,6 +106,13 @@ try {
   await frozen.getByRole("button", { name: "Unfreeze" }).click();
   await frozen.waitFor({ state: "detached", timeout: WAIT });
 
+  step = "a release tag pushed over by hand shows as drift";
+  execFileSync("python3", [push, REGISTRY_URL, REPO, "v1.2.1"], { stdio: "inherit" });
+  await stage("production")
+    .locator(".state[data-state='bad']", { hasText: "drift: v1.2.1 was moved outside retagd" })
+    .waitFor({ timeout: WAIT });
+  await shot("5-drift");
+
   step = "the filter hides other pipelines";
   await page.fill("#filter", "no-such-pipeline");
   await page.locator("#pipelines", { hasText: "no pipeline matches the filter" }).waitFor({ timeout: WAIT });
@@ -114,7 +122,7 @@ try {
   await page.emulateMedia({ colorScheme: "dark" });
   await page.setViewportSize({ width: 390, height: 844 });
   await shows("production", "v1.2.1");
-  await shot("5-dark-phone");
+  await shot("6-dark-phone");
 
   if (problems.length) throw new Error(problems.join("\n"));
   console.log("dashboard: every step held");

@@ -95,9 +95,35 @@ async fn the_dashboard_shows_versions_updates_live_and_approves_with_a_token() {
         "{said}\ndaemon log:\n{}",
         daemon.log()
     );
-    // What the page did, the registry shows: the release is the dev build the page displayed.
+    // What the page did, the registry's records show: alice released the dev build the page
+    // displayed; then the page saw v1.2.1 pushed over by hand, so the tag holds other bytes now.
     let dev = env.digest(REPO, "v1.2.1-dev.1").await.unwrap();
+    let history: serde_json::Value = client
+        .get(format!(
+            "{base}/api/v1/pipelines/api-gateway/history?stage=production"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .map(|b| serde_json::from_slice(&b).unwrap())
+        .unwrap();
+    let release = &history["entries"][0];
     assert_eq!(
+        (
+            &release["to"]["tag"],
+            &release["digest"],
+            &release["approved_by"]
+        ),
+        (
+            &serde_json::json!("v1.2.1"),
+            &serde_json::json!(dev),
+            &serde_json::json!("alice")
+        ),
+        "{history:#}"
+    );
+    assert_ne!(
         env.digest(REPO, "v1.2.1").await.as_deref(),
         Some(dev.as_str())
     );
@@ -109,7 +135,8 @@ async fn the_dashboard_shows_versions_updates_live_and_approves_with_a_token() {
         "2-refused",
         "3-approved",
         "4-frozen",
-        "5-dark-phone",
+        "5-drift",
+        "6-dark-phone",
     ] {
         assert!(screenshots.join(format!("dashboard-{shot}.png")).is_file());
     }
