@@ -111,7 +111,7 @@ pub fn stage_json(st: &StagePlan) -> Value {
             "since": calendar::format_time(c.since),
         })),
         "no_current": st.no_current,
-        "frozen": st.frozen.as_ref().map(freeze_json),
+        "frozen": st.frozen.as_deref().map(freeze_json),
         "action": action_json(&st.action),
     })
 }

@@ -145,7 +145,7 @@ pub struct StagePlan {
     /// Why there is no current tag, when there is none.
     pub no_current: Option<String>,
     /// The freeze covering the stage now, whatever its action (a promoted stage only).
-    pub frozen: Option<Freeze>,
+    pub frozen: Option<Box<Freeze>>,
     /// What to do.
     pub action: Action,
 }
@@ -197,8 +197,9 @@ pub enum Action {
     Frozen {
         /// The promotion held.
         promotion: Promotion,
-        /// The freeze (the one that ends last, when several cover the stage).
-        freeze: Freeze,
+        /// The freeze (the one that ends last, when several cover the stage); boxed, as
+        /// freezes are rare and every stage of every status would carry its size.
+        freeze: Box<Freeze>,
     },
     /// An approval named a digest that is not the candidate's: the source stage moved since the
     /// approver looked, and nothing is promoted.
@@ -390,7 +391,7 @@ impl Step<'_> {
         if let (Some(freeze), false) = (self.frozen, forced) {
             return Action::Frozen {
                 promotion,
-                freeze: freeze.clone(),
+                freeze: Box::new(freeze.clone()),
             };
         }
         let soaked = self.rule.min_age.map_or(cx.now, |min_age| {
@@ -515,7 +516,7 @@ impl Pass<'_> {
                 .promote
                 .as_ref()
                 .and_then(|_| cx.freeze(&stage.name))
-                .cloned(),
+                .map(|f| Box::new(f.clone())),
             action: action?,
         })
     }
