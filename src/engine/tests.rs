@@ -103,6 +103,27 @@ fn action<'a>(outcome: &'a Outcome, stage: &str) -> &'a Action {
         .action
 }
 
+/// `app` whose automatic stages heal drift (`release` as for [`app`]).
+fn healing(release: &str) -> Pipeline {
+    let text = pipeline_toml("app", &APP, Some(release)).replace(
+        "approval = \"auto\" }\n",
+        "approval = \"auto\", heal = true }\n",
+    );
+    pipelines(&[text]).remove(0)
+}
+
+/// alice approves the release stage (index 2) of `pipeline` now.
+async fn alice_approves(engine: &Engine, pipeline: &Pipeline, reason: Option<&str>) -> Outcome {
+    let asked = Asked {
+        by: "alice".into(),
+        reason: reason.map(str::to_string),
+        ..Asked::default()
+    };
+    engine
+        .reconcile(pipeline, &asked.intent(2), &|| false)
+        .await
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_steady_state_lists_each_repository_once_heads_current_tags_and_copies_nothing() {
     let backend = Arc::new(Memory::default());
@@ -437,14 +458,7 @@ async fn each_promotion_leaves_a_record_and_one_that_cannot_be_written_is_retrie
     assert_eq!(r.approved_by, None);
 
     // An approval is recorded with its approver and reason.
-    let asked = Asked {
-        by: "alice".into(),
-        reason: Some("CAB-7".into()),
-        ..Asked::default()
-    };
-    let approved = engine
-        .reconcile(&pipeline, &asked.intent(2), &|| false)
-        .await;
+    let approved = alice_approves(&engine, &pipeline, Some("CAB-7")).await;
     assert!(approved.succeeded(), "{:?}", approved.problems());
     let records = backend.records("r", "app/release");
     assert_eq!(records.len(), 1, "{records:?}");
@@ -514,11 +528,7 @@ async fn a_release_tag_moved_by_hand_is_drift_and_heal_puts_it_back() {
     );
 
     // With heal, the tag is put back and the heal is recorded; then all is quiet.
-    let text = pipeline_toml("app", &APP, Some("auto")).replace(
-        "approval = \"auto\" }\n",
-        "approval = \"auto\", heal = true }\n",
-    );
-    let healing = pipelines(&[text]).remove(0);
+    let healing = healing("auto");
     let healed = reconcile(&engine, &healing).await;
     assert_eq!(healed.drift.len(), 1);
     assert_eq!(healed.drift[0].healed, Some(Ok(())));
@@ -547,13 +557,7 @@ async fn nothing_is_promoted_out_of_a_drifted_stage() {
     // rc.1 is pushed over; approving the release of what rc holds now is refused.
     let forged = memory::digest("forged");
     backend.set("r", "app/rc", "v1.2.0-rc.1", &forged);
-    let asked = Asked {
-        by: "alice".into(),
-        ..Asked::default()
-    };
-    let held = engine
-        .reconcile(&pipeline, &asked.intent(2), &|| false)
-        .await;
+    let held = alice_approves(&engine, &pipeline, None).await;
     let refused: Vec<_> = held
         .failures()
         .map(|(a, e)| (a.stage.as_str(), e.reason()))
@@ -633,11 +637,7 @@ async fn the_plan_after_a_reconcile_shows_its_promotions_without_asking_the_regi
 async fn a_source_healed_in_this_pass_promotes_nothing_it_held_before_the_heal() {
     let backend = Arc::new(Memory::default());
     let dev1 = backend.push("r", "app/dev", "v1.2.0-dev.1");
-    let text = pipeline_toml("app", &APP, Some("manual")).replace(
-        "approval = \"auto\" }\n",
-        "approval = \"auto\", heal = true }\n",
-    );
-    let pipeline = pipelines(&[text]).remove(0);
+    let pipeline = healing("manual");
     let engine = engine(&backend);
     let _ = reconcile(&engine, &pipeline).await;
     let forged = memory::digest("forged");
@@ -645,22 +645,14 @@ async fn a_source_healed_in_this_pass_promotes_nothing_it_held_before_the_heal()
 
     // The approval's plan saw the forged rc.1; the heal puts rc.1 back in the same pass, and
     // the release is not made from what the plan saw.
-    let asked = Asked {
-        by: "alice".into(),
-        ..Asked::default()
-    };
-    let outcome = engine
-        .reconcile(&pipeline, &asked.intent(2), &|| false)
-        .await;
+    let outcome = alice_approves(&engine, &pipeline, None).await;
     assert_eq!(outcome.drift[0].healed, Some(Ok(())));
     assert!(outcome.applied.is_empty(), "{:?}", outcome.applied);
     assert_eq!(outcome.next(), Next::Now);
     assert_eq!(backend.tags("r", "app/rc").get("v1.2.0-rc.1"), Some(&dev1));
     assert!(backend.tags("r", "app/release").is_empty());
     // Approved again, it promotes the bytes retagd wrote.
-    let again = engine
-        .reconcile(&pipeline, &asked.intent(2), &|| false)
-        .await;
+    let again = alice_approves(&engine, &pipeline, None).await;
     assert!(again.succeeded(), "{:?}", again.problems());
     assert_eq!(backend.tags("r", "app/release").get("v1.2.0"), Some(&dev1));
 }
