@@ -269,6 +269,10 @@ impl Engine {
 
     /// Queues a record for every promotion in `applied` that wrote its tag.
     pub(super) fn queue_records(&self, pipeline: &Pipeline, applied: &[Applied]) {
+        // Most reconciles write nothing: no lock, no entry for them.
+        if !applied.iter().any(Applied::wrote) {
+            return;
+        }
         let now = SystemTime::now();
         let backend = self.backend();
         let mut all = self

@@ -483,18 +483,10 @@ impl Job<'_> {
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => None,
                 _ => return Err(dst.unexpected(&req, &answer)),
             }
+        } else if has_blob(dst, self.dst_repo(), &blob.digest, &self.dst_scopes).await? {
+            return Ok(BlobOutcome::Present);
         } else {
-            let req = Request::new(
-                Method::HEAD,
-                dst.url(&format!("/v2/{}/blobs/{}", self.dst_repo(), blob.digest))?,
-                &self.dst_scopes,
-            );
-            let answer = dst.transport.fetch(&req, MAX_ERROR_BODY).await?;
-            match answer.status {
-                s if s.is_success() => return Ok(BlobOutcome::Present),
-                StatusCode::NOT_FOUND => None,
-                _ => return Err(dst.unexpected(&req, &answer)),
-            }
+            None
         };
         let session = Mutex::new(session);
         let uploaded = dst
